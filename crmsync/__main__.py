@@ -1,0 +1,3 @@
+from crmsync.daemon.cli import main
+
+raise SystemExit(main())
