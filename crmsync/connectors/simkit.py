@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import parse_qsl
 
 import httpx
@@ -226,7 +226,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 def asgi_client(app: ASGIApp, base_url: str = "http://sim.test") -> httpx.AsyncClient:
     """An httpx client wired straight to a simulator app (no sockets): what connector tests use."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=cast(Any, app)), base_url=base_url)
 
 
 async def serve_app(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *,

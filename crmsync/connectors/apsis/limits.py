@@ -1,0 +1,63 @@
+"""Client-side limits for APSIS endpoints whose quota is "N per window" rather than a steady rate.
+
+Why not the shared token bucket: a bucket of rate r and burst b admits b + r·T calls in any window T, so
+"10 imports a minute" cannot be honoured by a bucket without halving throughput. A sliding window admits
+exactly ``limit`` calls in any ``window`` seconds. Time is trio's clock, so MockClock tests jump through it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+import trio
+
+log = structlog.get_logger("crmsync.connectors.apsis.limits")
+
+
+class SlidingWindowLimiter:
+    """At most ``limit`` acquisitions in any ``window`` seconds (FIFO among waiters)."""
+
+    def __init__(self, limit: int, window: float, *, name: str = "limit"):
+        if limit < 1 or window <= 0:
+            raise ValueError("limit must be >= 1 and window > 0")
+        self.limit = limit
+        self.window = window
+        self.name = name
+        self._stamps: deque[float] = deque()
+        self._lock = trio.Lock()
+
+    async def acquire(self) -> float:
+        """Wait for a slot; returns seconds waited."""
+        waited = 0.0
+        async with self._lock:
+            while True:
+                now = trio.current_time()
+                while self._stamps and self._stamps[0] <= now - self.window:
+                    self._stamps.popleft()
+                if len(self._stamps) < self.limit:
+                    self._stamps.append(now)
+                    return waited
+                delay = self._stamps[0] + self.window - now
+                log.debug("window_wait", limiter=self.name, delay_s=round(delay, 3))
+                waited += delay
+                await trio.sleep(delay)
+
+
+class ImportLimiter:
+    """APSIS imports: 10 creations a minute and at most 3 imports pending at once, per account (§7).
+
+    :meth:`slot` holds a concurrency slot for the whole life of an import (create → upload → poll until a
+    final status); :meth:`SlidingWindowLimiter.acquire` is taken for each creation request.
+    """
+
+    def __init__(self, per_minute: int = 10, concurrent: int = 3, *, window: float = 60.0):
+        self.creations = SlidingWindowLimiter(per_minute, window, name="apsis_imports")
+        self.running = trio.CapacityLimiter(concurrent)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self.running:
+            yield

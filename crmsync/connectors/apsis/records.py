@@ -1,0 +1,387 @@
+"""APSIS One record shapes and request-body builders: pure data, no I/O, no trio.
+
+Why a separate module: the sync rules (what to patch, which consents to write, what goes in an import file)
+must be testable in microseconds and shared by the client, the simulator and the integration flows.
+
+Facts (research ``efficy_apsis.md``): v2 attribute writes are JSON merge-patch keyed by attribute
+discriminator, ``null`` clears (§6.1); Consent 2.0 bodies carry topic + channel discriminators and a type
+(§5 C1); request bodies are capped at 100 kB (§8.3); bulk imports take a CSV whose headers are the
+``field_selector`` values of the import mappings (§7). The tag merge-patch value encoding is unverified
+(§6.3), hence :class:`TagEncoding`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+# -- well-known discriminators (§4.2) ---------------------------------------------------------------------
+
+SECTION_DEFAULT = "com.apsis1.sections.default"
+KEYSPACE_CRM_ID = "com.apsis1.keyspaces.crm-id"
+KEYSPACE_EMAIL = "com.apsis1.keyspaces.email"
+KEYSPACE_MOBILE = "com.apsis1.keyspaces.mobile"
+KEYSPACE_EXPORT = "com.apsis1.keyspaces.export"
+CHANNEL_EMAIL = "com.apsis1.channels.email"
+CHANNEL_SMS = "com.apsis1.channels.sms"
+CHANNELS = (CHANNEL_EMAIL, CHANNEL_SMS)
+ATTR_CRMID = "com.apsis1.attributes.crmid"
+ATTR_EMAIL = "com.apsis1.attributes.email"
+ATTR_MOBILE = "com.apsis1.attributes.mobile"
+ATTR_FIRSTNAME = "com.apsis1.attributes.firstname"
+ATTR_LASTNAME = "com.apsis1.attributes.lastname"
+
+ConsentType = Literal["opt-in", "opt-out", "pending-opt-in", "confirmed-opt-in"]
+WritableConsentType = Literal["opt-in", "opt-out"]
+CONSENT_TYPES: tuple[str, ...] = ("opt-in", "opt-out", "pending-opt-in", "confirmed-opt-in")
+WRITABLE_CONSENT_TYPES: tuple[str, ...] = ("opt-in", "opt-out")  # the other two are not writable via API
+
+#: APSIS rejects request bodies above 100 kB with 413 (§8.3). Whether "kB" is 1000 or 1024 bytes is not
+#: documented; 100 000 is the safe reading.
+MAX_BODY_BYTES = 100_000
+#: Import files are capped at 50 MB (§7).
+MAX_IMPORT_FILE_BYTES = 50_000_000
+
+T = TypeVar("T")
+
+
+def dumps(body: Any) -> bytes:
+    """The exact bytes the client sends for a JSON body (compact, UTF-8): sizes are measured on these."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# -- profile view ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsentKey:
+    """One consent slot: a topic (the UI's "Subscription") on one channel; a CRM profile maps to one."""
+
+    topic: str
+    channel: str
+
+
+@dataclass(frozen=True)
+class Consent:
+    """One consent as Consent 2.0 reports it (§5 C2)."""
+
+    topic: str
+    channel: str
+    type: str
+    source: str | None = None
+    reason: str | None = None
+    modified_at: str | None = None
+
+    @property
+    def key(self) -> ConsentKey:
+        return ConsentKey(self.topic, self.channel)
+
+    @classmethod
+    def from_api(cls, item: Mapping[str, Any]) -> Consent:
+        return cls(
+            topic=str(item["topic_discriminator"]),
+            channel=str(item["channel_discriminator"]),
+            type=str(item["type"]),
+            source=item.get("source"),
+            reason=item.get("reason"),
+            modified_at=item.get("modified_at"),
+        )
+
+
+@dataclass(frozen=True)
+class ApsisProfile:
+    """What crmsync wants (or knows) of one APSIS profile in one section.
+
+    ``key`` is the profile key in the connector's keyspace (the Efficy ``K_CONTACT`` in the CRM-id keyspace);
+    ``attributes`` are keyed by attribute discriminator; ``consents`` map a topic/channel to ``opt-in`` or
+    ``opt-out``; ``tags`` are tag discriminators the profile carries.
+    """
+
+    key: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    consents: Mapping[ConsentKey, str] = field(default_factory=dict)
+    tags: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            raise ValueError("an APSIS profile needs a non-empty key")
+        object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
+        object.__setattr__(self, "consents", MappingProxyType(dict(self.consents)))
+        object.__setattr__(self, "tags", frozenset(self.tags))
+        for ck, kind in self.consents.items():
+            if kind not in WRITABLE_CONSENT_TYPES:
+                raise ValueError(f"consent {ck.topic}/{ck.channel}: {kind!r} cannot be written via the API")
+
+
+@dataclass(frozen=True)
+class AttributeDefinition:
+    """An attribute of a section (§5 D3): v2 writes use ``discriminator``, imports use ``version_id``."""
+
+    discriminator: str
+    name: str
+    type: str | None
+    version_id: str | None
+
+    @classmethod
+    def from_api(cls, item: Mapping[str, Any]) -> AttributeDefinition:
+        versions = item.get("versions") or []
+        current = [v for v in versions if not v.get("deprecated_at")]
+        chosen = (current or versions or [{}])[-1]
+        return cls(
+            discriminator=str(item["discriminator"]),
+            name=str(item.get("name") or item["discriminator"]),
+            type=item.get("type"),
+            version_id=chosen.get("id"),
+        )
+
+
+# -- request bodies ----------------------------------------------------------------------------------------
+
+
+def attributes_patch(desired: Mapping[str, Any], current: Mapping[str, Any] | None = None, *,
+                     clear: Iterable[str] = ()) -> dict[str, Any]:
+    """The v2 merge-patch that turns ``current`` into ``desired`` (§6.1).
+
+    Only changed keys are sent (``current`` unknown: all of ``desired``); discriminators in ``clear`` become
+    ``null``, which merge-patch defines as "remove". An empty result means "no write needed".
+    """
+    patch: dict[str, Any] = {}
+    for name, value in desired.items():
+        if current is None or name not in current or current[name] != value:
+            patch[name] = value
+    for name in clear:
+        if name not in desired and (current is None or current.get(name) is not None):
+            patch[name] = None
+    return patch
+
+
+def consent_body(topic: str, channel: str, type: str, *, reason: str | None = None,
+                 source: str | None = None) -> dict[str, Any]:
+    """A Consent 2.0 write (§5 C1); only ``opt-in``/``opt-out`` are writable through the API."""
+    if type not in WRITABLE_CONSENT_TYPES:
+        raise ValueError(f"consent type {type!r} cannot be written via the API")
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}")
+    body: dict[str, Any] = {"topic_discriminator": topic, "channel_discriminator": channel, "type": type}
+    if reason is not None:
+        body["reason"] = reason
+    if source is not None:
+        body["source"] = source
+    return body
+
+
+@dataclass(frozen=True)
+class TagEncoding:
+    """How a tag merge-patch says add/remove. [U] research §6.3: most plausible is ``true``/``false``."""
+
+    add_value: Any = True
+    remove_value: Any = False
+
+    def is_set(self, value: Any) -> bool:
+        """Read a tag value from a GET body (anything truthy other than the remove value counts as set)."""
+        return value is not None and value != self.remove_value and bool(value)
+
+
+def tags_patch(add: Iterable[str] = (), remove: Iterable[str] = (),
+               encoding: TagEncoding = TagEncoding()) -> dict[str, Any]:
+    """A tag merge-patch (§5 P5): adding wins if a tag is in both (an explicit add is the newer intent)."""
+    patch: dict[str, Any] = {tag: encoding.remove_value for tag in remove}
+    patch.update({tag: encoding.add_value for tag in add})
+    return patch
+
+
+def parse_tags(body: Any, encoding: TagEncoding = TagEncoding()) -> frozenset[str]:
+    """Read a profile's tags from GET (§5 P6, shape [U]): an object ``{tag: bool}``, ``{"items": [...]}``
+    of discriminators or ``{"discriminator": ...}`` objects, or a bare list."""
+    if isinstance(body, Mapping) and "items" in body:
+        body = body["items"]
+    if isinstance(body, Mapping):
+        return frozenset(str(k) for k, v in body.items() if encoding.is_set(v))
+    tags: set[str] = set()
+    for item in body or []:
+        if isinstance(item, Mapping):
+            tags.add(str(item.get("discriminator") or item.get("tag_discriminator")))
+        else:
+            tags.add(str(item))
+    return frozenset(tags)
+
+
+# -- the byte-size chunker ---------------------------------------------------------------------------------
+
+
+class ItemTooLargeError(ValueError):
+    """A single item cannot fit in one body: sending it would earn a 413, so it is never sent."""
+
+
+def chunk_by_size(items: Iterable[T], max_bytes: int, *, size: Callable[[T], int], overhead: int = 2,
+                  separator: int = 1) -> Iterator[list[T]]:
+    """Group ``items`` so each group's serialized size stays within ``max_bytes``.
+
+    ``size`` gives one item's serialized bytes; ``overhead`` is the envelope (``[]`` or ``{}``: 2) and
+    ``separator`` the bytes between items (``,``: 1). Order is kept. Generic so the same rule serves JSON
+    arrays, merge-patch objects and CSV files (overhead = header line, separator 0).
+    """
+    group: list[T] = []
+    used = overhead
+    for item in items:
+        n = size(item)
+        if overhead + n > max_bytes:
+            raise ItemTooLargeError(f"one item is {n} bytes; the limit is {max_bytes} bytes per body")
+        extra = n + (separator if group else 0)
+        if group and used + extra > max_bytes:
+            yield group
+            group, used = [], overhead
+            extra = n
+        group.append(item)
+        used += extra
+    if group:
+        yield group
+
+
+def split_patch(patch: Mapping[str, Any], max_bytes: int = MAX_BODY_BYTES) -> list[dict[str, Any]]:
+    """Split a flat merge-patch into several whose compact JSON each fits ``max_bytes``.
+
+    Flat merge-patch members are independent, so applying the parts one after the other equals applying
+    the whole. An empty patch gives no parts (nothing to send).
+    """
+
+    def entry_size(entry: tuple[str, Any]) -> int:
+        return len(dumps(entry[0])) + 1 + len(dumps(entry[1]))
+
+    return [dict(group) for group in chunk_by_size(patch.items(), max_bytes, size=entry_size)]
+
+
+def split_list(items: Sequence[Any], max_bytes: int = MAX_BODY_BYTES) -> list[list[Any]]:
+    """Split a JSON array body into arrays that each fit ``max_bytes``."""
+    return list(chunk_by_size(items, max_bytes, size=lambda item: len(dumps(item))))
+
+
+# -- bulk import (§7) --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    """How full-sync import files are laid out.
+
+    ``key_column`` is the CSV header holding the profile key. ``address_attributes`` names, per channel,
+    the attribute whose column is the consent's ``address_field_selector`` (email for email, mobile for SMS).
+    ``update_existing_profiles``/``clear_existing_attributes`` are the import options (§7); what
+    ``clear_existing_attributes`` does exactly is [U], so it defaults to False: never wipe data we did not
+    mean to touch. ``resubscribe_if_opted_out`` defaults to False (consent invariant 1: an existing opt-out
+    is not overwritten by a bulk opt-in).
+    """
+
+    keyspace: str = KEYSPACE_CRM_ID
+    key_column: str = "crm_id"
+    address_attributes: Mapping[str, str] = field(
+        default_factory=lambda: {CHANNEL_EMAIL: ATTR_EMAIL, CHANNEL_SMS: ATTR_MOBILE})
+    update_existing_profiles: bool = True
+    clear_existing_attributes: bool = False
+    resubscribe_if_opted_out: bool = False
+    max_file_bytes: int = MAX_IMPORT_FILE_BYTES
+
+
+@dataclass(frozen=True)
+class ImportFile:
+    """One import: the body for ``POST /v2/audience/sections/{sec}/imports`` and the CSV to upload."""
+
+    request: dict[str, Any]
+    csv: bytes
+    rows: int
+
+
+def consent_column(ck: ConsentKey) -> str:
+    """CSV header for a topic/channel: unique per pair, since one topic may be mapped on both channels."""
+    return f"{ck.topic}|{ck.channel}"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _csv_line(values: Sequence[str]) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue().encode("utf-8")
+
+
+def build_imports(profiles: Sequence[ApsisProfile], attribute_versions: Mapping[str, str],
+                  settings: ImportSettings = ImportSettings()) -> list[ImportFile]:
+    """Import files for a full sync: attributes plus one consent type per file, each file ≤ the size cap.
+
+    Like APSIS' own Magento module, one file carries one consent type, with a column per topic/channel
+    holding ``1`` (apply) or ``0`` (leave alone) (§7). Opt-ins go first so that a later opt-out file always
+    has the last word. ``attribute_versions`` maps attribute discriminator → current version id (imports
+    key attributes by version id, §4.2); a profile attribute without a version is a configuration error.
+    """
+    if not profiles:
+        return []
+    attributes = sorted({name for p in profiles for name in p.attributes})
+    missing = [a for a in attributes if a not in attribute_versions]
+    if missing:
+        raise ValueError(f"no attribute version id known for {', '.join(missing)}")
+    files: list[ImportFile] = []
+    for kind in WRITABLE_CONSENT_TYPES:
+        slots = sorted({ck for p in profiles for ck, t in p.consents.items() if t == kind},
+                       key=consent_column)
+        if kind == "opt-out" and not slots:
+            continue
+        with_attributes = kind == "opt-in"
+        columns = [settings.key_column]
+        attr_cols = list(attributes) if with_attributes else []
+        # The address column of each channel used must be present, even in consent-only files.
+        needed_addresses = sorted({settings.address_attributes[ck.channel] for ck in slots})
+        for addr in needed_addresses:
+            if addr not in attr_cols:
+                attr_cols.append(addr)
+                if addr not in attribute_versions:
+                    raise ValueError(f"no attribute version id known for address attribute {addr}")
+        columns += attr_cols + [consent_column(ck) for ck in slots]
+        header = _csv_line(columns)
+        lines = [
+            _csv_line([p.key]
+                      + [_cell(p.attributes.get(a)) for a in attr_cols]
+                      + ["1" if p.consents.get(ck) == kind else "0" for ck in slots])
+            for p in profiles
+            if with_attributes or any(p.consents.get(ck) == kind for ck in slots)
+        ]
+        request = import_request(attr_cols, attribute_versions, slots, kind, settings)
+        for group in chunk_by_size(lines, settings.max_file_bytes, size=len, overhead=len(header),
+                                   separator=0):
+            files.append(ImportFile(request=request, csv=header + b"".join(group), rows=len(group)))
+    return files
+
+
+def import_request(attr_cols: Sequence[str], attribute_versions: Mapping[str, str],
+                   slots: Sequence[ConsentKey], kind: str, settings: ImportSettings) -> dict[str, Any]:
+    """The v2 import body (§7): one keyspace mapping, attribute mappings by version id, consent mappings
+    grouped by the channel's address column."""
+    by_address: dict[str, list[dict[str, Any]]] = {}
+    for ck in slots:
+        address = settings.address_attributes[ck.channel]
+        by_address.setdefault(address, []).append({
+            "field_selector": consent_column(ck),
+            "channel_discriminator": ck.channel,
+            "topic_discriminator": ck.topic,
+            "type": kind,
+            "resubscribe_if_opted_out": settings.resubscribe_if_opted_out,
+        })
+    return {
+        "keyspace_mapping": {"keyspace_discriminator": settings.keyspace,
+                             "field_selector": settings.key_column},
+        "options": {"update_existing_profiles": settings.update_existing_profiles,
+                    "clear_existing_attributes": settings.clear_existing_attributes},
+        "attribute_mappings": [{"field_selector": a, "attribute_version_id": attribute_versions[a]}
+                               for a in attr_cols],
+        "consent_mappings": [{"address_field_selector": addr, "consents": consents}
+                             for addr, consents in by_address.items()],
+    }

@@ -1,0 +1,255 @@
+"""Efficy contact rows turned into typed records. Pure functions and frozen dataclasses, no I/O.
+
+Why this exists: Efficy's wire values are not what they look like (research §9.3):
+
+* an **empty date comes back as 1899-12-30** (Delphi's zero date); passing it on makes marketing flows fire
+  for "125-year-old" contacts, so it is read as ``None``;
+* integers and booleans arrive as **strings** (``"1"``/``"0"``; some Efficy builds and custom fields use
+  ``"T"``/``"F"``), so flags and keys are converted by field, never by guessing at every string
+  (``"0470…"`` phone numbers and ``"01234"`` postcodes must stay strings).
+
+Field types come from naming conventions that hold for the standard schema (``K_*`` keys, ``D_*`` dates,
+``OPENED`` flag) plus an optional per-deployment override (:class:`FieldTypes`), because the Efficy schema is
+customisable per customer (§1.5).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, tzinfo
+from typing import Any, Literal
+
+import structlog
+
+from crmsync.connectors.efficy.envelope import normalise_key
+
+log = structlog.get_logger("crmsync.connectors.efficy.records")
+
+FieldValue = str | int | float | bool | datetime | None
+FieldType = Literal["str", "int", "float", "flag", "datetime"]
+
+#: Delphi's TDateTime zero: what Efficy returns for an empty date.
+EFFICY_EMPTY_DATE = date(1899, 12, 30)
+
+_TRUE = frozenset({"1", "t", "true", "y", "yes", "-1"})
+_FALSE = frozenset({"0", "f", "false", "n", "no", ""})
+_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
+
+#: Columns of the standard Cont row that get their own attribute on :class:`EfficyContact`.
+ID_FIELD = "K_CONTACT"
+EMAIL_FIELD = "EMAIL1"
+FIRST_NAME_FIELD = "FIRSTNAME"
+LAST_NAME_FIELD = "NAME"
+CHANGED_FIELD = "D_CHANGE"
+
+
+@dataclass(frozen=True)
+class FieldTypes:
+    """How to type Efficy columns. Conventions first, explicit ``overrides`` (column → type) win.
+
+    ``flags`` lists the columns known to be boolean flags; ``[U]`` beyond ``OPENED`` (research §1.5 verifies
+    only ``OPENED``), so deployments add their own (e.g. a ``ROBINSON`` flag used in sync conditions).
+    """
+
+    flags: frozenset[str] = frozenset({"OPENED"})
+    overrides: Mapping[str, FieldType] = field(default_factory=dict)
+
+    def type_of(self, column: str) -> FieldType | None:
+        name = column.upper()
+        if name in self.overrides:
+            return self.overrides[name]
+        if name in self.flags:
+            return "flag"
+        if name.startswith("K_"):
+            return "int"
+        if name.startswith("D_"):
+            return "datetime"
+        return None
+
+
+DEFAULT_FIELD_TYPES = FieldTypes()
+
+
+@dataclass(frozen=True)
+class EfficyContact:
+    """One Efficy contact (entity ``Cont``, table 11000) as the daemon sees it.
+
+    ``contact_id`` is ``K_CONTACT`` as a decimal string (the APSIS CRM-id profile key); ``fields`` holds every
+    other column, typed; ``profile_ids`` are the CRM Profiles linked to the contact, i.e. its consents
+    (seed 004: "CRM Profiles" are the consent base). ``profile_ids`` is ``None`` when the read did not
+    include profiles, which is different from "has none".
+    """
+
+    contact_id: str
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    fields: Mapping[str, FieldValue] = field(default_factory=dict, hash=False)
+    profile_ids: tuple[str, ...] | None = None
+    modified_at: datetime | None = None
+
+    def has_profile(self, profile_id: str) -> bool:
+        """Whether the contact is linked to (has consented via) a CRM Profile."""
+        return self.profile_ids is not None and str(profile_id) in self.profile_ids
+
+    def with_profiles(self, profile_ids: Iterable[Any]) -> EfficyContact:
+        """A copy carrying ``profile_ids`` (normalised and sorted so equal sets compare equal)."""
+        return EfficyContact(
+            self.contact_id, self.email, self.first_name, self.last_name, self.fields,
+            normalise_profile_ids(profile_ids), self.modified_at,
+        )
+
+
+@dataclass(frozen=True)
+class EfficyProfile:
+    """A CRM Profile (consent base), e.g. ``("3", "Newsletter")``."""
+
+    profile_id: str
+    name: str
+
+
+# -- scalar readers ---------------------------------------------------------------------------------------
+
+def parse_datetime(value: Any, *, tz: tzinfo = UTC) -> datetime | None:
+    """Read an Efficy date/time; 1899-12-30 (Delphi zero), empty strings and garbage read as ``None``.
+
+    Efficy sends local server time without an offset; ``tz`` says which zone that is (an [U] per-deployment
+    setting; UTC by default). Results are timezone-aware.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day)
+    else:
+        text = str(value).strip()
+        if not text or not _DATE_RE.match(text):
+            return None
+        try:
+            parsed = datetime.fromisoformat(text.replace(" ", "T", 1).replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if parsed.date() <= EFFICY_EMPTY_DATE:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed.astimezone(UTC)
+
+
+def parse_flag(value: Any) -> bool | None:
+    """Read an Efficy flag: ``"1"``/``"0"``, ``"T"``/``"F"``, real booleans or numbers; unknown → ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value != 0
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    return None
+
+
+def parse_number(value: Any, kind: Literal["int", "float"] = "int") -> int | float | None:
+    """Read a number Efficy may send as a string (``"12"``, ``"12.0"``, ``"1,5"``); empty → ``None``."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number: float = float(value)
+    else:
+        text = str(value).strip().replace(",", ".")
+        if not _NUMBER_RE.match(text):  # float() would also take "1_000", "nan", "inf"
+            return None
+        number = float(text)
+    if kind == "int":
+        return int(number) if number.is_integer() else number
+    return number
+
+
+def parse_value(column: str, value: Any, *, types: FieldTypes = DEFAULT_FIELD_TYPES,
+                tz: tzinfo = UTC) -> FieldValue:
+    """Type one column's value by its declared/conventional type.
+
+    Untyped columns keep JSON numbers as numbers and strings as strings, except that an empty string and the
+    1899-12-30 zero date (in any column, as custom date fields have no naming convention) read as ``None``.
+    """
+    kind = types.type_of(column)
+    if kind == "datetime":
+        return parse_datetime(value, tz=tz)
+    if kind == "flag":
+        return parse_flag(value)
+    if kind in ("int", "float"):
+        number = parse_number(value, kind)
+        if number is None and value not in (None, ""):
+            return str(value)  # composite relation keys like "56_865114542" stay readable
+        return number
+    if kind == "str":
+        return None if value is None else str(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = str(value)
+    if text == "":
+        return None
+    if _DATE_RE.match(text.strip()):
+        parsed = parse_datetime(text, tz=tz)
+        if parsed is None:
+            return None  # the zero date
+        return parsed
+    return text
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def normalise_profile_ids(profile_ids: Iterable[Any]) -> tuple[str, ...]:
+    """Profile keys as sorted unique strings (Efficy sends them as numbers or numeric strings)."""
+    keys = {k for k in (normalise_key(p) for p in profile_ids) if k is not None}
+    return tuple(sorted(keys, key=lambda k: (len(k), k)))
+
+
+def contact_from_row(row: Mapping[str, Any], profile_ids: Iterable[Any] | None = None, *,
+                     types: FieldTypes = DEFAULT_FIELD_TYPES, tz: tzinfo = UTC,
+                     email_field: str = EMAIL_FIELD) -> EfficyContact:
+    """Build an :class:`EfficyContact` from one Cont row (UPPER-CASE columns, as Efficy returns them).
+
+    Raises ``ValueError`` when the row has no ``K_CONTACT``: a contact without its key cannot be synced.
+    """
+    upper = {str(k).upper(): v for k, v in row.items()}
+    contact_id = normalise_key(upper.get(ID_FIELD))
+    if contact_id is None:
+        raise ValueError("Efficy contact row without K_CONTACT")
+    fields: dict[str, FieldValue] = {}
+    for column, value in upper.items():
+        if column == ID_FIELD:
+            continue
+        fields[column] = parse_value(column, value, types=types, tz=tz)
+    changed = fields.get(CHANGED_FIELD)
+    return EfficyContact(
+        contact_id=contact_id,
+        email=_text(upper.get(email_field.upper())),
+        first_name=_text(upper.get(FIRST_NAME_FIELD)),
+        last_name=_text(upper.get(LAST_NAME_FIELD)),
+        fields=fields,
+        profile_ids=None if profile_ids is None else normalise_profile_ids(profile_ids),
+        modified_at=changed if isinstance(changed, datetime) else None,
+    )
+
+
+def profile_from_row(row: Mapping[str, Any], *, key_field: str = "K_PROFILE",
+                     name_field: str = "NAME") -> EfficyProfile | None:
+    """A CRM Profile from a detail/SQL row; ``None`` when the row carries no profile key."""
+    upper = {str(k).upper(): v for k, v in row.items()}
+    key = normalise_key(upper.get(key_field.upper()))
+    if key is None:
+        return None
+    return EfficyProfile(key, _text(upper.get(name_field.upper())) or "")

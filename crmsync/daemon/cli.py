@@ -1,0 +1,242 @@
+"""The ``crmsync`` command line: run the daemon, the sandbox, check a config, and control a running daemon.
+
+Control commands find the socket through ``--socket``, else ``$CRMSYNC_SOCKET``, else the configured
+``daemon.control_socket``. They print human-readable text, or the raw result with ``--json`` (a stable API).
+Exit status: 0 success, 1 refused or invalid, 2 usage, 3 cannot reach the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import trio
+
+from crmsync import __version__
+from crmsync.daemon import render
+from crmsync.daemon.config import ConfigError, DaemonConfig, default_config_path, load_config
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="crmsync",
+        description="Keep contacts and messaging consent in sync between CRMs and messaging platforms.",
+        epilog="Run 'crmsync COMMAND --help' for a command's options. Docs: README.md.",
+    )
+    p.add_argument("--version", action="version", version=f"crmsync {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def config_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", metavar="FILE",
+                        help=f"config file (default: $CRMSYNC_CONFIG or {default_config_path()})")
+
+    sp = sub.add_parser("run", help="run the daemon in the foreground (systemd's ExecStart)",
+                        description="Run the daemon in the foreground until SIGTERM/SIGINT. SIGHUP reloads.")
+    config_arg(sp)
+
+    sp = sub.add_parser(
+        "sandbox", help="run simulators of all four systems plus the daemon, syncing demo data",
+        description="Start loopback simulators of EveryAction, Mobile Commons, Efficy and APSIS One with "
+                    "generated demo data, and the daemon configured against them with every integration "
+                    "active. Runs until SIGTERM/SIGINT.")
+    sp.add_argument("--contacts", type=int, default=200, metavar="N", help="demo contacts per system (default 200)")
+    sp.add_argument("--state-dir", metavar="DIR", help="where the database, config and control socket live "
+                    "(default: a fresh temporary folder)")
+    sp.add_argument("--port", type=int, default=0, help="webhook/metrics port (default: any free port)")
+
+    sp = sub.add_parser("check-config", help="validate a config file; exit 1 naming each bad key",
+                        description="Validate the config. Prints each problem as 'key.path: reason'; exit 0 "
+                                    "when valid, 1 otherwise.")
+    config_arg(sp)
+
+    def control(name: str, help_: str, *, integration: str = "none", extra: Any = None) -> None:
+        sp = sub.add_parser(name, help=help_, description=help_ + ". Talks to the daemon's control socket.")
+        if integration == "required":
+            sp.add_argument("name", metavar="NAME", help="integration name, as in [integrations.NAME]")
+        elif integration == "optional":
+            sp.add_argument("name", metavar="NAME", nargs="?", help="integration name (omit for the daemon)")
+        if extra:
+            extra(sp)
+        sp.add_argument("--json", action="store_true", help="print the raw JSON result (stable keys)")
+        sp.add_argument("--socket", metavar="PATH", help="control socket (default: $CRMSYNC_SOCKET, then the "
+                        "configured daemon.control_socket)")
+        config_arg(sp)
+
+    control("status", "show the daemon, or one integration in full", integration="optional")
+    control("activate", "activate an integration (its first scheduled sync follows its schedule)",
+            integration="required")
+    control("deactivate", "deactivate an integration: stop all its flows, keep its state",
+            integration="required")
+    control("full-sync", "start a full sync (resumable; cancel with 'crmsync cancel')", integration="required",
+            extra=lambda sp: sp.add_argument("--watch", action="store_true", help="show progress until done"))
+    control("cancel", "cancel a running full sync or flow", integration="required")
+    control("run-flow", "run one flow now", integration="required",
+            extra=lambda sp: (sp.add_argument("flow", metavar="FLOW", help="flow name, e.g. ea_to_mc"),
+                              sp.add_argument("--wait", action="store_true", help="wait for the run to end")))
+    control("runs", "list recent runs of an integration", integration="required",
+            extra=lambda sp: (sp.add_argument("--limit", type=int, default=20),
+                              sp.add_argument("--flow", help="only this flow")))
+    control("report", "show a run's synchronization report (default: the latest run)", integration="required",
+            extra=lambda sp: (sp.add_argument("run_id", metavar="RUN_ID", nargs="?", type=int),
+                              sp.add_argument("--limit", type=int, default=200, help="rows to show"),
+                              sp.add_argument("--offset", type=int, default=0)))
+    control("reload", "re-read the config file; only changed integrations restart")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "sandbox":
+            from crmsync.daemon.sandbox import run_sandbox
+
+            return run_sandbox(contacts=args.contacts, state_dir=args.state_dir, port=args.port)
+        if args.command == "check-config":
+            return cmd_check_config(args)
+        return cmd_control(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    return getattr(args, "config", None) or default_config_path()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid", file=sys.stderr)
+        for line in exc.lines():
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"{path}: ok ({len(config.integrations)} integrations: "
+          f"{', '.join(f'{n} [{c.kind}]' for n, c in config.integrations.items()) or 'none'})")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from crmsync.daemon.app import Daemon
+    from crmsync.daemon.logging import configure_logging
+
+    path = _config_path(args)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid config, not starting", file=sys.stderr)
+        for line in exc.lines():
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_REFUSED
+    configure_logging(config.daemon.log_level)
+    daemon = Daemon(config, config_path=path)
+    try:
+        trio.run(daemon.run)
+    except OSError as exc:
+        print(f"crmsync: cannot start: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    return EXIT_OK
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    if getattr(args, "socket", None):
+        return str(args.socket)
+    if os.environ.get("CRMSYNC_SOCKET"):
+        return os.environ["CRMSYNC_SOCKET"]
+    try:
+        return str(load_config(_config_path(args)).daemon.control_socket)
+    except ConfigError:
+        return str(DaemonConfig().control_socket)
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from crmsync.daemon.control import ControlClient
+
+    cmd = args.command.replace("-", "_")
+    call_args: dict[str, Any] = {}
+    if getattr(args, "name", None):
+        call_args["integration"] = args.name
+    if cmd == "run_flow":
+        call_args["flow"] = args.flow
+        call_args["wait"] = args.wait
+    elif cmd == "runs":
+        call_args["limit"] = args.limit
+        if args.flow:
+            call_args["flow"] = args.flow
+    elif cmd == "report":
+        if args.run_id is not None:
+            call_args["run_id"] = args.run_id
+        call_args["limit"] = args.limit
+        call_args["offset"] = args.offset
+    path = socket_path(args)
+
+    async def go() -> tuple[int, str]:
+        async with ControlClient(path, timeout=24 * 3600 if call_args.get("wait") else 60) as client:
+            reply = await client.call(cmd, **call_args)
+            if cmd == "full_sync" and args.watch and reply.get("ok"):
+                await _watch(client, args.name)
+                reply = await client.call("status", integration=args.name)
+        return _print_reply(cmd, reply, args.json)
+
+    try:
+        code, _ = trio.run(go)
+    except (FileNotFoundError, ConnectionRefusedError, PermissionError, ConnectionError) as exc:
+        print(f"crmsync: cannot reach the daemon at {path}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return code
+
+
+async def _watch(client: Any, name: str) -> None:
+    while True:
+        reply = await client.call("status", integration=name)
+        fs = (reply.get("result") or {}).get("full_sync") or {}
+        sys.stderr.write("\r" + render.progress_bar(fs.get("done", 0), fs.get("total")))
+        sys.stderr.flush()
+        if fs.get("state") != "running":
+            sys.stderr.write("\n")
+            return
+        await trio.sleep(1)
+
+
+def _print_reply(cmd: str, reply: dict[str, Any], as_json: bool) -> tuple[int, str]:
+    if not reply.get("ok"):
+        err = reply.get("error") or {}
+        if as_json:
+            print(json.dumps(reply, indent=2, default=str))
+        else:
+            print(f"crmsync: {err.get('code', 'error')}: {err.get('message', '')}", file=sys.stderr)
+            for problem in err.get("problems", []):
+                print(f"  {problem}", file=sys.stderr)
+        return EXIT_REFUSED, ""
+    result = reply.get("result")
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return EXIT_OK, ""
+    assert isinstance(result, dict)
+    if cmd == "status":
+        print(render.render_status(result))
+    elif cmd == "runs":
+        print(render.render_runs(result))
+    elif cmd == "report":
+        print(render.render_report(result))
+    elif cmd == "run_flow" and "run" in result:
+        run = result["run"] or {}
+        print(f"run {result['run_id']} ({result['flow']}): {run.get('status')}; "
+              f"{render.counts_line(run.get('counts'))}")
+    elif cmd == "reload":
+        print("reloaded: " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "reloaded"))
+    else:
+        print(", ".join(f"{k}: {v}" for k, v in result.items()))
+    return EXIT_OK, ""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""The control socket: NDJSON over a Unix stream socket (mode 0660), or one handed over by systemd.
+
+Request ``{"id": 1, "cmd": "status", "args": {}}``; reply ``{"id": 1, "ok": true, "result": {...}}`` or
+``{"id": 1, "ok": false, "error": {"code": "...", "message": "..."}}``. Requests are answered in order and may
+be pipelined. A line over 64 KiB, bad JSON or an unknown command gets an error reply, never a crash; an
+oversized line also closes the connection (the rest of it cannot be framed). Connections idle for longer than
+the configured timeout are closed. Each state-changing command is logged with the caller's uid and pid.
+
+``trio`` has no Unix listener helper, so :func:`open_unix_listener` binds one (under a umask, so the socket
+never exists with wider permissions than asked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from crmsync import __version__
+from crmsync.daemon.config import ConfigError
+from crmsync.daemon.supervisor import CommandError, Supervisor
+
+log = structlog.get_logger("crmsync.daemon.control")
+
+MAX_LINE = 64 * 1024
+PROTOCOL = 1
+MUTATING = {"activate", "deactivate", "full_sync", "cancel", "run_flow", "reload"}
+COMMANDS = ("hello", "status", "activate", "deactivate", "full_sync", "cancel", "run_flow", "runs", "report",
+            "reload")
+
+
+async def open_unix_listener(path: Path, mode: int = 0o660) -> trio.SocketListener:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # a stale socket from a previous run; never remove a regular file
+        else:
+            raise OSError(f"{path} exists and is not a socket")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    sock.listen(128)
+    return trio.SocketListener(sock)
+
+
+def listener_from_fd(fd: int) -> trio.SocketListener:
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def peer_credentials(stream: trio.SocketStream) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the connected client, from SO_PEERCRED (Linux)."""
+    try:
+        raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+class ControlServer:
+    def __init__(self, supervisor: Supervisor, idle_timeout: float,
+                 reload_config: Callable[[], Awaitable[dict[str, Any]]]):
+        self.supervisor = supervisor
+        self.idle_timeout = idle_timeout
+        self.reload_config = reload_config
+
+    async def serve(self, listener: trio.SocketListener) -> None:
+        await trio.serve_listeners(self.handle_connection, [listener])
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        creds = peer_credentials(stream)
+        buf = bytearray()
+        try:
+            while True:
+                with trio.move_on_after(self.idle_timeout) as idle:
+                    chunk = await stream.receive_some(65536)
+                if idle.cancelled_caught:
+                    await _send(stream, {"id": None, "ok": False,
+                                         "error": {"code": "idle_timeout", "message": "closing idle connection"}})
+                    return
+                if not chunk:
+                    return
+                buf.extend(chunk)
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        if len(buf) > MAX_LINE:
+                            await _send(stream, _error(None, "line_too_long",
+                                                       f"request lines are capped at {MAX_LINE} bytes"))
+                            return
+                        break
+                    line = bytes(buf[:nl])
+                    del buf[: nl + 1]
+                    if len(line) > MAX_LINE:
+                        await _send(stream, _error(None, "line_too_long",
+                                                   f"request lines are capped at {MAX_LINE} bytes"))
+                        return
+                    if not line.strip():
+                        continue
+                    reply = await self.dispatch_line(line, creds)
+                    await _send(stream, reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            return
+
+    async def dispatch_line(self, line: bytes, creds: tuple[int, int, int] | None = None) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(None, "bad_json", f"not a JSON object: {exc}")
+        if not isinstance(request, dict):
+            return _error(None, "bad_request", "a request is a JSON object with id, cmd and args")
+        rid = request.get("id")
+        cmd = request.get("cmd")
+        args = request.get("args", {})
+        if not isinstance(cmd, str):
+            return _error(rid, "bad_request", "cmd must be a string")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            return _error(rid, "bad_request", "args must be an object")
+        if cmd not in COMMANDS:
+            self.supervisor.metrics.control_commands.labels("_unknown", "error").inc()
+            return _error(rid, "unknown_command", f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)}")
+        if cmd in MUTATING:
+            pid, uid, gid = creds if creds else (None, None, None)
+            log.info("control_command", cmd=cmd, args=args, peer_pid=pid, peer_uid=uid, peer_gid=gid)
+        try:
+            result = await self._call(cmd, args)
+        except CommandError as exc:
+            self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
+            return _error(rid, exc.code, exc.message)
+        except ConfigError as exc:
+            self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
+            return {"id": rid, "ok": False, "error": {"code": "invalid_config", "message": str(exc),
+                                                      "problems": exc.lines()}}
+        except (TypeError, ValueError) as exc:
+            self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
+            return _error(rid, "bad_request", str(exc))
+        except Exception as exc:  # never let one command take the socket down
+            log.exception("control_command_failed", cmd=cmd)
+            self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
+            return _error(rid, "internal_error", f"{type(exc).__name__}: {exc}")
+        self.supervisor.metrics.control_commands.labels(cmd, "ok").inc()
+        return {"id": rid, "ok": True, "result": result}
+
+    async def _call(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        s = self.supervisor
+        name = args.get("integration")
+        if cmd not in ("hello", "status", "reload") and not isinstance(name, str):
+            raise CommandError("bad_request", "args.integration (the integration name) is required")
+        name = name if isinstance(name, str) else ""
+        if cmd == "hello":
+            return {"protocol": PROTOCOL, "version": __version__, "commands": list(COMMANDS)}
+        if cmd == "status":
+            return await s.status(name or None)
+        if cmd == "activate":
+            return await s.activate(name)
+        if cmd == "deactivate":
+            return await s.deactivate(name)
+        if cmd == "full_sync":
+            return await s.full_sync(name)
+        if cmd == "cancel":
+            return await s.cancel(name)
+        if cmd == "run_flow":
+            return await s.run_flow(name, args.get("flow"), wait=bool(args.get("wait", False)))
+        if cmd == "runs":
+            return await s.runs(name, int(args.get("limit", 20)), args.get("flow"))
+        if cmd == "report":
+            return await s.report(name, args.get("run_id"), int(args.get("limit", 1000)), int(args.get("offset", 0)))
+        if cmd == "reload":
+            return await self.reload_config()
+        raise CommandError("unknown_command", cmd)
+
+
+def _error(rid: Any, code: str, message: str) -> dict[str, Any]:
+    return {"id": rid, "ok": False, "error": {"code": code, "message": message}}
+
+
+async def _send(stream: trio.SocketStream, obj: dict[str, Any]) -> None:
+    await stream.send_all(json.dumps(obj, default=str).encode() + b"\n")
+
+
+class ControlClient:
+    """A small synchronous-feeling async client (the CLI and tests use it)."""
+
+    def __init__(self, path: str | Path, timeout: float = 60.0):
+        self.path = str(path)
+        self.timeout = timeout
+        self._stream: trio.SocketStream | None = None
+        self._buf = bytearray()
+        self._next_id = 0
+
+    async def __aenter__(self) -> ControlClient:
+        self._stream = await trio.open_unix_socket(self.path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
+
+    async def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        assert self._stream is not None
+        self._next_id += 1
+        await self._stream.send_all(
+            json.dumps({"id": self._next_id, "cmd": cmd, "args": args}).encode() + b"\n"
+        )
+        return await self.read_reply()
+
+    async def read_reply(self) -> dict[str, Any]:
+        assert self._stream is not None
+        with trio.fail_after(self.timeout):
+            while b"\n" not in self._buf:
+                chunk = await self._stream.receive_some(65536)
+                if not chunk:
+                    raise ConnectionError("the daemon closed the control connection")
+                self._buf.extend(chunk)
+        nl = self._buf.find(b"\n")
+        line = bytes(self._buf[:nl])
+        del self._buf[: nl + 1]
+        reply: dict[str, Any] = json.loads(line)
+        return reply

@@ -1,0 +1,161 @@
+"""The HTTP side: ``POST /webhooks/{integration}``, ``GET /metrics``, ``GET /healthz``, served by Hypercorn's
+trio worker.
+
+Webhook rules: unknown integration 404; no or wrong signature 401; body over the cap 413 (checked on
+Content-Length first, then counted while reading, since chunked bodies have no length); a body the kind
+cannot parse 400 with nothing stored; 202 only after the events are committed to the store. Hypercorn has
+no body cap of its own for ASGI apps, hence the counting here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from crmsync.daemon.integrations.base import WebhookRejected
+from crmsync.daemon.metrics import CONTENT_TYPE, Metrics
+from crmsync.daemon.supervisor import CommandError, Supervisor
+from crmsync.daemon.webhook_auth import verify
+
+log = structlog.get_logger("crmsync.daemon.http")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class HttpApp:
+    """ASGI app. ``serve_webhooks``/``serve_metrics`` pick which routes this listener answers."""
+
+    def __init__(self, supervisor: Supervisor, metrics: Metrics, max_body: int, *,
+                 serve_webhooks: bool = True, serve_metrics: bool = True):
+        self.supervisor = supervisor
+        self.metrics = metrics
+        self.max_body = max_body
+        self.serve_webhooks = serve_webhooks
+        self.serve_metrics = serve_metrics
+        self.accepting = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if self.serve_metrics and path == "/metrics":
+            if method not in ("GET", "HEAD"):
+                return await _respond(send, 405, {"error": "method not allowed"})
+            return await _respond_raw(send, 200, self.metrics.render(), CONTENT_TYPE)
+        if self.serve_metrics and path == "/healthz":
+            return await _respond(send, 200, {"status": "ok", "integrations_running": len(self.supervisor.runtimes)})
+        if self.serve_webhooks and path.startswith("/webhooks/"):
+            if method != "POST":
+                return await _respond(send, 405, {"error": "use POST"})
+            return await self._webhook(path[len("/webhooks/"):], scope, receive, send)
+        return await _respond(send, 404, {"error": "not found"})
+
+    async def _webhook(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        status = await self._webhook_status(name, scope, receive, send)
+        label = name if name in self.supervisor.kinds else "_unknown"
+        self.metrics.webhooks.labels(label, str(status)).inc()
+
+    async def _webhook_status(self, name: str, scope: Scope, receive: Receive, send: Send) -> int:
+        kind = self.supervisor.kinds.get(name)
+        if kind is None or not kind.supports_webhooks or kind.config.webhook is None:
+            await _respond(send, 404, {"error": f"no webhook endpoint for {name!r}"})
+            return 404
+        if not self.accepting:
+            await _respond(send, 503, {"error": "shutting down"}, [(b"retry-after", b"30")])
+            return 503
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _respond(send, 413, {"error": f"body larger than {self.max_body} bytes"})
+            return 413
+        try:
+            body = await _read_body(receive, self.max_body)
+        except BodyTooLarge:
+            await _respond(send, 413, {"error": f"body larger than {self.max_body} bytes"})
+            return 413
+        if not verify(kind.config.webhook, headers, body):
+            log.warning("webhook_unauthenticated", integration=name, header=kind.config.webhook.header)
+            await _respond(send, 401, {"error": "missing or invalid signature"})
+            return 401
+        try:
+            accepted = await self.supervisor.accept_webhook(name, headers, body)
+        except WebhookRejected as exc:
+            log.warning("webhook_rejected", integration=name, reason=str(exc))
+            await _respond(send, 400, {"error": str(exc)})
+            return 400
+        except CommandError as exc:
+            await _respond(send, 404, {"error": exc.message})
+            return 404
+        await _respond(send, 202, {"accepted": accepted})
+        return 202
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        body.extend(message.get("body", b""))
+        if len(body) > limit:
+            raise BodyTooLarge()
+        if not message.get("more_body", False):
+            break
+    return bytes(body)
+
+
+async def _respond(send: Send, status: int, payload: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    await _respond_raw(send, status, json.dumps(payload).encode(), "application/json", extra)
+
+
+async def _respond_raw(send: Send, status: int, body: bytes, content_type: str,
+                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()),
+               *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def hypercorn_config(bind: str, graceful_timeout: float) -> HypercornConfig:
+    cfg = HypercornConfig()
+    cfg.bind = [bind]
+    cfg.graceful_timeout = graceful_timeout
+    cfg.accesslog = logging.getLogger("hypercorn.access")
+    cfg.errorlog = logging.getLogger("hypercorn.error")
+    cfg.read_timeout = 30
+    cfg.keep_alive_timeout = 5
+    return cfg
+
+
+async def serve_http(app: HttpApp, bind: str, graceful_timeout: float, shutdown: trio.Event, *,
+                     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until ``shutdown`` is set; in-flight requests get ``graceful_timeout`` to finish."""
+    cfg = hypercorn_config(bind, graceful_timeout)
+
+    async def _serve(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(app, cfg, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(_serve)
+        task_status.started(binds[0] if binds else bind)

@@ -1,0 +1,70 @@
+"""Structured JSON logs on stdout (structlog), with a journald priority prefix under systemd.
+
+Flows bind ``integration`` and ``flow`` into structlog's context variables; trio gives every task a copy of
+the context, so bindings never leak between integrations. Standard-library loggers (Hypercorn's, trio's) go
+through the same JSON renderer. Secrets cannot appear: config secrets are :class:`~crmsync.daemon.secrets.Secret`
+objects whose repr is masked, and connectors build error messages from API answers, not from requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def _render(journal: bool) -> Any:
+    json_renderer = structlog.processors.JSONRenderer(sort_keys=False)
+
+    def render(logger: Any, name: str, event: dict[str, Any]) -> str:
+        rendered = json_renderer(logger, name, event)
+        line = rendered.decode() if isinstance(rendered, bytes) else rendered
+        if journal:
+            level = str(event.get("level", name))
+            return f"<{_PRIORITY.get(level, 6)}>{line}"
+        return str(line)
+
+    return render
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    stream = stream or sys.stdout
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            _render(journal),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _render(journal),
+            ],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Hypercorn's access log is noise at info; keep errors.
+    logging.getLogger("hypercorn.access").setLevel(logging.WARNING)

@@ -1,0 +1,146 @@
+"""Human-readable output of control-command results: tables and a progress bar. Pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, v in enumerate(row):
+            widths[i] = max(widths[i], len(v))
+    lines = ["  ".join(h.upper().ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip())
+    return "\n".join(lines)
+
+
+def progress_bar(done: int, total: int | None, width: int = 30) -> str:
+    if not total:
+        return f"[{'?' * width}] {done} done"
+    frac = min(1.0, done / total) if total else 0.0
+    filled = round(frac * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ({frac * 100:.1f}%)"
+
+
+def _short_time(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    return iso.replace("T", " ")[:19]
+
+
+def counts_line(counts: dict[str, Any] | None) -> str:
+    if not counts:
+        return "-"
+    skipped = counts.get("skipped") or {}
+    text = (f"fetched {counts.get('fetched', 0)}, created {counts.get('created', 0)}, "
+            f"updated {counts.get('updated', 0)}, unchanged {counts.get('unchanged', 0)}, "
+            f"rejected {counts.get('rejected', 0)}, skipped {sum(skipped.values())}")
+    return text
+
+
+def render_status(result: dict[str, Any]) -> str:
+    if "daemon" in result:
+        d = result["daemon"]
+        lines = [
+            f"crmsync {d['version']} (pid {d['pid']}), up {d['uptime_s']:.0f}s",
+            f"  webhooks:  {d.get('webhooks') or '-'}",
+            f"  metrics:   {d.get('metrics') or '-'}",
+            f"  control:   {d.get('control_socket') or '-'}",
+            f"  store:     {d.get('store')}",
+            f"  config:    {d.get('config') or '-'}",
+            "",
+        ]
+        rows = []
+        for i in result["integrations"]:
+            fs = i.get("full_sync") or {}
+            rows.append([
+                i["name"], i["kind"], "active" if i["active"] else "inactive",
+                i.get("queue_depth", 0),
+                (fs.get("state") or "-") + (" (required)" if i.get("full_sync_required") else ""),
+                _last_runs(i),
+            ])
+        lines.append(table(["integration", "kind", "state", "queue", "full sync", "last runs"], rows)
+                     if rows else "no integrations configured")
+        return "\n".join(lines)
+    return render_integration(result)
+
+
+def _last_runs(i: dict[str, Any]) -> str:
+    parts = []
+    for flow, info in i.get("flows", {}).items():
+        last = info.get("last_run")
+        if last:
+            parts.append(f"{flow}={last['status']}")
+    return ", ".join(parts) or "-"
+
+
+def render_integration(i: dict[str, Any]) -> str:
+    lines = [
+        f"{i['name']} ({i['kind']}): {'ACTIVE' if i['active'] else 'inactive'}"
+        + (f" since {_short_time(i.get('since'))}" if i.get("since") else ""),
+    ]
+    if i.get("notes"):
+        lines.append(f"  notes: {i['notes']}")
+    if i.get("full_sync_required"):
+        lines.append(f"  FULL SYNC REQUIRED: {i.get('full_sync_required_reason') or ''}".rstrip())
+    fs = i.get("full_sync")
+    if fs:
+        lines.append(f"  full sync: {fs['state']} (run {fs['run_id']})")
+        if fs["state"] == "running":
+            rate = fs.get("rate_per_s")
+            lines.append("    " + progress_bar(fs["done"], fs.get("total"))
+                         + (f"  {rate}/s" if rate is not None else ""))
+        else:
+            lines.append(f"    {fs['done']} records; finished {_short_time(fs.get('finished_at'))}")
+    lines.append(f"  real-time queue: {i.get('queue_depth', 0)} waiting")
+    rows = []
+    for flow, info in i.get("flows", {}).items():
+        last = info.get("last_run") or {}
+        rows.append([
+            flow, info.get("schedule", "-"), "running" if info.get("running") else "",
+            last.get("status", "-"), _short_time(last.get("finished_at") or last.get("started_at")),
+            _short_time(info.get("next_run")),
+        ])
+    lines.append("")
+    lines.append(table(["flow", "schedule", "now", "last status", "last run", "next run"], rows))
+    if i.get("cursors"):
+        lines.append("")
+        lines.append("  cursors: " + ", ".join(f"{f}={c['value']}" for f, c in i["cursors"].items()))
+    if i.get("links") is not None:
+        lines.append(f"  linked records: {i['links']}")
+    return "\n".join(lines)
+
+
+def render_runs(result: dict[str, Any]) -> str:
+    rows = [[r["id"], r["flow"], r["status"], r.get("trigger", ""), _short_time(r["started_at"]),
+             _short_time(r.get("finished_at")), counts_line(r.get("counts"))] for r in result["runs"]]
+    if not rows:
+        return f"{result['integration']}: no runs yet"
+    return table(["id", "flow", "status", "trigger", "started", "finished", "counts"], rows)
+
+
+def render_report(result: dict[str, Any]) -> str:
+    run = result["run"]
+    c = result["counts"]
+    lines = [
+        f"Synchronization report: {result['integration']}, run {run['id']} ({run['flow']}), {run['status']}",
+        f"  started {_short_time(run['started_at'])}, finished {_short_time(run.get('finished_at'))}",
+    ]
+    if run.get("error"):
+        lines.append(f"  error: {run['error']}")
+    lines.append(f"  fetched {c.get('fetched', 0)}  created {c.get('created', 0)}  updated {c.get('updated', 0)}  "
+                 f"unchanged {c.get('unchanged', 0)}  rejected {c.get('rejected', 0)}")
+    skipped = c.get("skipped") or {}
+    if skipped:
+        lines.append("  skipped: " + ", ".join(f"{reason} {n}" for reason, n in skipped.items()))
+    rows = [[r["seq"], r.get("crm_id") or "", r.get("messaging_id") or "", r["outcome"], r.get("reason") or "",
+             (r.get("message") or "")[:80]] for r in result["rows"]]
+    if rows:
+        lines.append("")
+        lines.append(table(["#", "crm id", "messaging id", "outcome", "reason", "message"], rows))
+        if result.get("rows_total", len(rows)) > len(rows):
+            lines.append(f"... {result['rows_total'] - len(rows)} more rows (use --limit/--offset or --json)")
+    return "\n".join(lines)

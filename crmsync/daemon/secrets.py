@@ -1,0 +1,107 @@
+"""Secrets in config: never inline, always ``NAME_file`` (a path) or ``NAME_env`` (an environment variable).
+
+A relative ``*_file`` path is looked up in ``$CREDENTIALS_DIRECTORY`` first, so systemd's ``LoadCredential=``
+works with ``password_file = "everyaction-key"``. The value is held in a :class:`Secret`, whose ``repr`` and
+``str`` are masked so it cannot leak into logs, errors or reports by accident.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
+
+
+class Secret:
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def read_secret_file(raw: str) -> str:
+    path = Path(raw)
+    if not path.is_absolute():
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds and (Path(creds) / path).exists():
+            path = Path(creds) / path
+    try:
+        value = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    value = value.strip("\r\n")
+    if not value:
+        raise ValueError(f"{str(path)!r} is empty")
+    return value
+
+
+class StrictModel(BaseModel):
+    """Config sections: unknown keys are errors, values are immutable after load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class SecretsModel(StrictModel):
+    """A config section with secrets. Subclasses list them in ``secrets``: name -> required?"""
+
+    secrets: ClassVar[dict[str, bool]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_secrets(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls.secrets:
+            return data
+        data = dict(data)
+        problems: list[str] = []
+        for name, required in cls.secrets.items():
+            inline = data.pop(name, None)
+            file_key, env_key = f"{name}_file", f"{name}_env"
+            file_ref, env_ref = data.pop(file_key, None), data.pop(env_key, None)
+            if isinstance(inline, Secret):  # already resolved (model_copy, reload diffing)
+                data[name] = inline
+                continue
+            if inline is not None:
+                problems.append(f"{name}: secrets are never inline; use {file_key} or {env_key}")
+                continue
+            if file_ref is not None and env_ref is not None:
+                problems.append(f"{name}: set only one of {file_key} and {env_key}")
+                continue
+            if file_ref is not None:
+                if not isinstance(file_ref, str):
+                    problems.append(f"{file_key}: must be a path string")
+                    continue
+                try:
+                    data[name] = Secret(read_secret_file(file_ref))
+                except ValueError as exc:
+                    problems.append(f"{file_key}: {exc}")
+            elif env_ref is not None:
+                if not isinstance(env_ref, str):
+                    problems.append(f"{env_key}: must be an environment variable name")
+                    continue
+                value = os.environ.get(env_ref)
+                if not value:
+                    problems.append(f"{env_key}: environment variable {env_ref!r} is not set or empty")
+                else:
+                    data[name] = Secret(value)
+            elif required:
+                problems.append(f"{name}: required; set {file_key} or {env_key}")
+        if problems:
+            raise PydanticCustomError("secret", "{problems}", {"problems": "; ".join(problems)})
+        return data

@@ -1,0 +1,377 @@
+"""The supervisor: one child runtime per active integration, and the operations the control socket exposes.
+
+Activation is persisted in the store, so an integration that was active comes back active after a restart
+(and a full sync that was running resumes). ``reload`` restarts only the integrations whose config changed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from crmsync import __version__
+from crmsync.clock import WallClock
+from crmsync.daemon.config import Config
+from crmsync.daemon.integrations import registry
+from crmsync.daemon.integrations.base import FlowError, IntegrationContext, IntegrationKind, WebhookRejected
+from crmsync.daemon.metrics import Metrics
+from crmsync.daemon.runtime import FULL_SYNC_FLOW, FlowBusy, IntegrationRuntime
+from crmsync.state import Database
+from crmsync.state import queries as q
+
+log = structlog.get_logger("crmsync.daemon.supervisor")
+
+
+class CommandError(Exception):
+    """An operation refused with a stable snake_case code (the control protocol's error codes)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Supervisor:
+    def __init__(self, config: Config, db: Database, metrics: Metrics, clock: WallClock):
+        self.config = config
+        self.db = db
+        self.metrics = metrics
+        self.clock = clock
+        self.kinds: dict[str, IntegrationKind] = {}
+        self.runtimes: dict[str, IntegrationRuntime] = {}
+        self._nursery: trio.Nursery | None = None
+        self._lock = trio.Lock()  # serialises activate/deactivate/reload
+        self.started_at = time.time()
+        self.listen: dict[str, str | None] = {"webhooks": None, "metrics": None, "control": None}
+        for name in config.integrations:
+            self.kinds[name] = self._build_kind(name, config)
+
+    # -- construction ------------------------------------------------------------------------------------
+
+    def _build_kind(self, name: str, config: Config) -> IntegrationKind:
+        icfg = config.integrations[name]
+        kind_cls = registry.get_kind(icfg.kind)
+        if kind_cls is None:  # config validation makes this unreachable
+            raise CommandError("unknown_kind", f"unknown kind {icfg.kind!r}")
+        ctx = IntegrationContext(
+            name=name, db=self.db, clock=self.clock, observer=self.metrics,
+            state_dir=Path(config.daemon.state_dir),
+        )
+        return kind_cls(ctx, icfg)
+
+    def _runtime(self, name: str) -> IntegrationRuntime:
+        return IntegrationRuntime(
+            self.kinds[name], self.metrics, self.config.timezone_of(name),
+            (self.config.daemon.report_retention_days, self.config.daemon.report_retention_runs),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        now = self.clock.now().isoformat()
+        interrupted = await self.db.tx(q.interrupt_running_runs, now)
+        if interrupted:
+            log.info("runs_interrupted_by_previous_stop", count=interrupted)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            statuses = {s["name"]: s for s in await self.db.tx(q.list_status)}
+            for name in self.kinds:
+                active = bool(statuses.get(name, {}).get("active"))
+                self.metrics.active.labels(name).set(int(active))
+                if active:
+                    await self._start(name)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _start(self, name: str) -> None:
+        assert self._nursery is not None
+        runtime = self._runtime(name)
+        self.runtimes[name] = runtime
+        await self._nursery.start(runtime.run)
+        log.info("integration_started", integration=name, kind=self.kinds[name].kind)
+
+    async def _stop(self, name: str, grace: float = 10.0) -> None:
+        runtime = self.runtimes.pop(name, None)
+        if runtime is None:
+            return
+        runtime.request_stop()
+        with trio.move_on_after(grace):
+            await runtime.stopped.wait()
+        runtime.cancel()
+        await runtime.stopped.wait()
+        log.info("integration_stopped", integration=name)
+
+    async def shutdown(self, grace: float) -> None:
+        """Graceful stop of every integration within ``grace`` seconds, then cancel what is left."""
+        runtimes = list(self.runtimes.values())
+        for r in runtimes:
+            r.request_stop()
+        with trio.move_on_after(grace):
+            for r in runtimes:
+                await r.stopped.wait()
+        for r in runtimes:
+            r.cancel()
+        for r in runtimes:
+            await r.stopped.wait()
+        self.runtimes.clear()
+
+    # -- commands ----------------------------------------------------------------------------------------
+
+    def _kind(self, name: Any) -> IntegrationKind:
+        if not isinstance(name, str) or not name:
+            raise CommandError("bad_request", "an integration name is required")
+        kind = self.kinds.get(name)
+        if kind is None:
+            raise CommandError("unknown_integration", f"no integration named {name!r}; "
+                               f"configured: {', '.join(sorted(self.kinds)) or 'none'}")
+        return kind
+
+    def _active_runtime(self, name: str) -> IntegrationRuntime:
+        self._kind(name)
+        runtime = self.runtimes.get(name)
+        if runtime is None:
+            raise CommandError("not_active", f"integration {name!r} is not active; activate it first")
+        return runtime
+
+    async def activate(self, name: str) -> dict[str, Any]:
+        kind = self._kind(name)
+        async with self._lock:
+            changed = await self.db.tx(q.set_active, name, kind.kind, True, self.clock.now().isoformat())
+            if name not in self.runtimes:
+                await self._start(name)
+            self.metrics.active.labels(name).set(1)
+        return {"integration": name, "active": True, "changed": changed}
+
+    async def deactivate(self, name: str) -> dict[str, Any]:
+        kind = self._kind(name)
+        async with self._lock:
+            changed = await self.db.tx(q.set_active, name, kind.kind, False, self.clock.now().isoformat())
+            await self._stop(name)
+            self.metrics.active.labels(name).set(0)
+        return {"integration": name, "active": False, "changed": changed}
+
+    async def full_sync(self, name: str) -> dict[str, Any]:
+        kind = self._kind(name)
+        if not kind.supports_full_sync:
+            raise CommandError("unsupported", f"{kind.kind} has no full sync")
+        runtime = self._active_runtime(name)
+        try:
+            run_id = await runtime.start_full_sync()
+        except FlowBusy as exc:
+            raise CommandError("already_running", str(exc)) from None
+        except FlowError as exc:
+            raise CommandError("not_active", str(exc)) from None
+        return {"integration": name, "run_id": run_id, "flow": FULL_SYNC_FLOW}
+
+    async def cancel(self, name: str) -> dict[str, Any]:
+        runtime = self._active_runtime(name)
+        cancelled = runtime.cancel_runs()
+        if not cancelled:
+            raise CommandError("not_running", f"nothing to cancel: no full sync or flow is running for {name!r}")
+        for item in cancelled:
+            event = runtime.done_event(item["run_id"])
+            if event is not None:
+                with trio.move_on_after(30):
+                    await event.wait()
+        return {"integration": name, "cancelled": cancelled}
+
+    async def run_flow(self, name: str, flow: Any, wait: bool = False) -> dict[str, Any]:
+        kind = self._kind(name)
+        if not isinstance(flow, str) or not flow:
+            raise CommandError("bad_request", "a flow name is required")
+        if flow == FULL_SYNC_FLOW and kind.supports_full_sync:
+            result = await self.full_sync(name)
+            run_id = result["run_id"]
+        else:
+            if flow not in kind.flows():
+                raise CommandError("unknown_flow", f"{kind.kind} has no flow {flow!r}; "
+                                   f"it has {', '.join(kind.flows()) or 'none'}")
+            runtime = self._active_runtime(name)
+            try:
+                run_id = await runtime.start_flow(flow, "command")
+            except FlowBusy as exc:
+                raise CommandError("already_running", str(exc)) from None
+            except FlowError as exc:
+                raise CommandError("flow_error", str(exc)) from None
+        if wait:
+            current = self.runtimes.get(name)
+            event = current.done_event(run_id) if current else None
+            if event is not None:
+                await event.wait()
+            run = await self.db.tx(q.get_run, run_id)
+            return {"integration": name, "flow": flow, "run_id": run_id, "run": run}
+        return {"integration": name, "flow": flow, "run_id": run_id}
+
+    async def runs(self, name: str, limit: int = 20, flow: str | None = None) -> dict[str, Any]:
+        self._kind(name)
+        limit = max(1, min(int(limit), 1000))
+        return {"integration": name, "runs": await self.db.tx(q.list_runs, name, limit, flow)}
+
+    async def report(self, name: str, run_id: Any = None, limit: int = 1000, offset: int = 0) -> dict[str, Any]:
+        self._kind(name)
+        run: dict[str, Any] | None
+        if run_id is None:
+            runs = await self.db.tx(q.list_runs, name, 1)
+            if not runs:
+                raise CommandError("no_runs", f"{name!r} has no runs yet")
+            run = runs[0]
+        else:
+            try:
+                run = await self.db.tx(q.get_run, int(run_id))
+            except (TypeError, ValueError):
+                raise CommandError("bad_request", f"run id must be a number, not {run_id!r}") from None
+            if run is None or run["integration"] != name:
+                raise CommandError("unknown_run", f"{name!r} has no run {run_id}")
+        assert run is not None
+        rows = await self.db.tx(q.report_rows, run["id"], max(1, min(int(limit), 100_000)), max(0, int(offset)))
+        total_rows = await self.db.tx(q.count_report_rows, run["id"])
+        return {
+            "integration": name, "run": run, "counts": run["counts"] or _empty_counts(),
+            "rows": rows, "rows_total": total_rows,
+        }
+
+    async def reload(self, new: Config) -> dict[str, Any]:
+        """Apply a validated config: only integrations that were added, removed or changed restart."""
+        async with self._lock:
+            old = self.config
+            added = [n for n in new.integrations if n not in old.integrations]
+            removed = [n for n in old.integrations if n not in new.integrations]
+            changed = [n for n in new.integrations if n in old.integrations
+                       and new.integrations[n] != old.integrations[n]]
+            restart_needed = []
+            if new.daemon.model_dump(exclude={"plugins"}) != old.daemon.model_dump(exclude={"plugins"}):
+                restart_needed.append("daemon")
+            if new.http != old.http:
+                restart_needed.append("http")
+            self.config = new.model_copy(update={"daemon": old.daemon, "http": old.http})
+            for name in removed:
+                await self._stop(name)
+                self.kinds.pop(name, None)
+                self.metrics.active.labels(name).set(0)
+            statuses = {s["name"]: s for s in await self.db.tx(q.list_status)}
+            for name in changed + added:
+                was_running = name in self.runtimes
+                await self._stop(name)
+                previous = self.kinds.get(name)
+                self.kinds[name] = self._build_kind(name, self.config)
+                if previous is not None:
+                    note = self.kinds[name].config_change_note(previous.config)
+                    if note:
+                        await self.db.tx(self._require_full_sync, name, note, self.clock.now().isoformat())
+                if was_running or statuses.get(name, {}).get("active"):
+                    await self._start(name)
+            return {"added": added, "removed": removed, "changed": changed,
+                    "unchanged": [n for n in new.integrations if n not in added and n not in changed],
+                    "restart_required_for": restart_needed}
+
+    def _require_full_sync(self, c: Any, name: str, note: str, now: str) -> None:
+        if q.get_status(c, name) is None:
+            q.set_active(c, name, self.kinds[name].kind, False, now)
+        q.set_full_sync_required(c, name, True, note)
+
+    # -- webhooks ----------------------------------------------------------------------------------------
+
+    async def accept_webhook(self, name: str, headers: Mapping[str, str], body: bytes) -> int:
+        """Parse and durably queue a webhook's events; returns how many were new. Raises WebhookRejected."""
+        kind = self.kinds.get(name)
+        if kind is None or not kind.supports_webhooks:
+            raise CommandError("unknown_integration", f"no webhook endpoint for {name!r}")
+        events = kind.parse_webhook(headers, body)
+        if not events:
+            raise WebhookRejected("the body holds no events")
+        now = self.clock.now().isoformat()
+        accepted = await self.db.tx(q.enqueue, name, [(e.dedupe_key, e.payload) for e in events], now)
+        runtime = self.runtimes.get(name)
+        if runtime is not None:
+            runtime.wake_queue()
+        return accepted
+
+    # -- status ------------------------------------------------------------------------------------------
+
+    async def status(self, name: str | None = None) -> dict[str, Any]:
+        if name:
+            self._kind(name)
+            return await self._integration_status(name, full=True)
+        return {
+            "daemon": {
+                "version": __version__,
+                "pid": os.getpid(),
+                "uptime_s": round(time.time() - self.started_at, 1),
+                "webhooks": self.listen.get("webhooks"),
+                "metrics": self.listen.get("metrics"),
+                "control_socket": self.listen.get("control"),
+                "store": str(self.db.path),
+                "config": self.config.source,
+                "timezone": self.config.daemon.timezone,
+            },
+            "integrations": [await self._integration_status(n, full=False) for n in sorted(self.kinds)],
+        }
+
+    async def _integration_status(self, name: str, *, full: bool) -> dict[str, Any]:
+        kind = self.kinds[name]
+        runtime = self.runtimes.get(name)
+
+        def read(c: Any) -> dict[str, Any]:
+            st = q.get_status(c, name) or {}
+            flows = {}
+            for flow in kind.flows() + ((FULL_SYNC_FLOW,) if kind.supports_full_sync else ()):
+                last = q.last_run(c, name, flow)
+                flows[flow] = {"last_run": _run_brief(last)}
+            return {
+                "status": st,
+                "flows": flows,
+                "full_sync": q.get_full_sync(c, name),
+                "queue_depth": q.queue_depth(c, name) if kind.supports_webhooks else 0,
+                "cursors": q.list_cursors(c, name) if full else None,
+                "links": q.count_links(c, name) if full else None,
+            }
+
+        data = await self.db.tx(read)
+        st = data["status"]
+        schedules = runtime.schedules if runtime else kind.schedules()
+        for flow, info in data["flows"].items():
+            info["schedule"] = schedules[flow].describe() if flow in schedules else (
+                "on command" if flow == FULL_SYNC_FLOW else "continuous" if flow == "realtime" else "on command")
+            nxt = runtime.next_runs.get(flow) if runtime else None
+            info["next_run"] = nxt.isoformat() if nxt else None
+            info["running"] = bool(runtime and flow in runtime.running_flows().values())
+        fs = data["full_sync"]
+        full_sync = None
+        if fs:
+            full_sync = {k: fs[k] for k in ("state", "run_id", "done", "total", "started_at", "updated_at",
+                                             "finished_at")}
+            if runtime and runtime.full_sync_progress and fs["state"] == "running":
+                full_sync["rate_per_s"] = runtime.full_sync_progress["rate_per_s"]
+        result: dict[str, Any] = {
+            "name": name,
+            "kind": kind.kind,
+            "active": bool(st.get("active")),
+            "since": st.get("since"),
+            "notes": kind.config.notes,
+            "running": runtime is not None,
+            "full_sync_required": bool(st.get("full_sync_required")),
+            "full_sync_required_reason": st.get("full_sync_required_reason"),
+            "full_sync": full_sync,
+            "queue_depth": data["queue_depth"],
+            "flows": data["flows"],
+        }
+        if full:
+            result["cursors"] = data["cursors"]
+            result["links"] = data["links"]
+        return result
+
+
+def _run_brief(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return {k: run[k] for k in ("id", "status", "started_at", "finished_at", "counts", "error")}
+
+
+def _empty_counts() -> dict[str, Any]:
+    return {"fetched": 0, "created": 0, "updated": 0, "unchanged": 0, "rejected": 0, "skipped": {}}

@@ -1,0 +1,82 @@
+"""systemd integration in pure Python: sd_notify (READY/WATCHDOG/STOPPING/STATUS) and socket activation.
+
+No libsystemd: the notify protocol is one AF_UNIX datagram to ``$NOTIFY_SOCKET`` (a leading ``@`` is the
+abstract namespace); ``LISTEN_FDS``/``LISTEN_PID`` hand us pre-opened sockets starting at fd 3 (sd_listen_fds(3)).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+log = logging.getLogger("crmsync.daemon.systemd")
+
+SD_LISTEN_FDS_START = 3
+
+
+class Notifier:
+    def __init__(self, environ: dict[str, str] | None = None):
+        env = os.environ if environ is None else environ
+        addr = env.pop("NOTIFY_SOCKET", None)  # children must not inherit it
+        self._sock: socket.socket | None = None
+        if addr:
+            if addr.startswith("@"):
+                addr = "\0" + addr[1:]
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                s.connect(addr)
+                self._sock = s
+            except OSError as exc:
+                log.warning("cannot reach NOTIFY_SOCKET: %s", exc)
+
+    @property
+    def enabled(self) -> bool:
+        return self._sock is not None
+
+    def notify(self, *lines: str) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.send("\n".join(lines).encode())
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def watchdog_interval(environ: dict[str, str] | None = None) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WatchdogSec), or None when no watchdog is asked for."""
+    env = os.environ if environ is None else environ
+    usec, pid = env.pop("WATCHDOG_USEC", None), env.pop("WATCHDOG_PID", None)
+    if not usec:
+        return None
+    if pid and pid.isdigit() and int(pid) != os.getpid():
+        return None
+    try:
+        return int(usec) / 2e6
+    except ValueError:
+        return None
+
+
+def listen_fds(environ: dict[str, str] | None = None) -> dict[str, int]:
+    """Sockets passed by systemd, by FileDescriptorName (unnamed ones as 'fd3', 'fd4', ...)."""
+    env = os.environ if environ is None else environ
+    if env.get("LISTEN_PID") != str(os.getpid()):
+        return {}
+    try:
+        count = int(env.pop("LISTEN_FDS", "0"))
+    except ValueError:
+        return {}
+    env.pop("LISTEN_PID", None)
+    names = env.pop("LISTEN_FDNAMES", "").split(":")
+    out = {}
+    for i in range(count):
+        fd = SD_LISTEN_FDS_START + i
+        name = names[i] if i < len(names) and names[i] else f"fd{fd}"
+        os.set_inheritable(fd, False)
+        out[name] = fd
+    return out

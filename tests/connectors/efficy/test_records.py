@@ -1,0 +1,126 @@
+"""Typed reading of Efficy rows: zero dates, string flags, numbers, keys; and the envelope helpers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from crmsync.connectors.efficy.envelope import dataset, find_error, normalise_key
+from crmsync.connectors.efficy.paging import decode_position, encode_position
+from crmsync.connectors.efficy.records import (
+    EfficyContact,
+    FieldTypes,
+    contact_from_row,
+    parse_datetime,
+    parse_flag,
+    parse_number,
+    parse_value,
+)
+
+
+@pytest.mark.parametrize("value", ["1899-12-30", "1899-12-30T00:00:00", "1899-12-30 00:00:00",
+                                   "1899-12-30T00:00:00Z", "", None, "not a date", "  "])
+def test_zero_and_empty_dates_read_as_none(value: object) -> None:
+    assert parse_datetime(value) is None
+
+
+def test_dates_are_timezone_aware() -> None:
+    assert parse_datetime("2024-03-14T09:00:00") == datetime(2024, 3, 14, 9, tzinfo=UTC)
+    assert parse_datetime("2024-03-14T09:00:00Z") == datetime(2024, 3, 14, 9, tzinfo=UTC)
+    assert parse_datetime("2024-03-14 09:00") == datetime(2024, 3, 14, 9, tzinfo=UTC)
+    brussels_winter = timezone(timedelta(hours=1))
+    assert parse_datetime("2024-03-14T09:00:00", tz=brussels_winter) == datetime(2024, 3, 14, 8, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("1", True), ("0", False), ("T", True), ("F", False), ("t", True), ("f", False), (True, True),
+    (False, False), (1, True), (0, False), ("", False), (None, None), ("maybe", None),
+])
+def test_flags(value: object, expected: bool | None) -> None:
+    assert parse_flag(value) is expected
+
+
+def test_numbers() -> None:
+    assert parse_number("12") == 12 and isinstance(parse_number("12"), int)
+    assert parse_number("12.0") == 12 and isinstance(parse_number("12.0"), int)
+    assert parse_number("1,5", "float") == 1.5
+    assert parse_number("") is None and parse_number("abc") is None and parse_number(True) is None
+
+
+def test_value_typing_by_column() -> None:
+    assert parse_value("K_COMPANY", "56") == 56
+    assert parse_value("K_RELATION", "56_865114542") == "56_865114542"  # composite relation key
+    assert parse_value("D_CREATE", "1899-12-30T00:00:00") is None
+    assert parse_value("OPENED", "0") is False
+    assert parse_value("MOBILE", "+32470000000") == "+32470000000"
+    assert parse_value("POSTCODE", "01234") == "01234"  # never guessed into a number
+    assert parse_value("BIRTHDATE", "1899-12-30T00:00:00") is None  # custom date column, no D_ prefix
+    assert parse_value("BIRTHDATE", "1980-05-01T00:00:00") == datetime(1980, 5, 1, tzinfo=UTC)
+    assert parse_value("CITY", "") is None
+    assert parse_value("SCORE", 7) == 7
+    types = FieldTypes(flags=frozenset({"OPENED", "ROBINSON"}), overrides={"SCORE": "float", "CODE": "str"})
+    assert parse_value("ROBINSON", "T", types=types) is True
+    assert parse_value("SCORE", "7", types=types) == 7.0
+    assert parse_value("CODE", "0012", types=types) == "0012"
+
+
+def test_contact_from_row() -> None:
+    row = {"K_CONTACT": "12345", "NAME": "Doe", "FIRSTNAME": " Jane ", "EMAIL1": "", "OPENED": "1",
+           "D_CHANGE": "2024-03-14T09:00:00", "D_CREATE": "1899-12-30T00:00:00", "K_COMPANY": "7"}
+    contact = contact_from_row(row, profile_ids=[12, "3", 3.0])
+    assert contact.contact_id == "12345"
+    assert (contact.first_name, contact.last_name, contact.email) == ("Jane", "Doe", None)
+    assert contact.fields == {"NAME": "Doe", "FIRSTNAME": " Jane ", "EMAIL1": None, "OPENED": True,
+                              "D_CHANGE": datetime(2024, 3, 14, 9, tzinfo=UTC), "D_CREATE": None,
+                              "K_COMPANY": 7}
+    assert contact.profile_ids == ("3", "12")
+    assert contact.modified_at == datetime(2024, 3, 14, 9, tzinfo=UTC)
+    assert contact_from_row({"k_contact": 12345.0}).contact_id == "12345"
+    assert contact_from_row({"K_CONTACT": 1}).profile_ids is None  # not loaded, unlike "none"
+    with pytest.raises(ValueError, match="K_CONTACT"):
+        contact_from_row({"NAME": "x"})
+
+
+def test_contacts_compare_by_value() -> None:
+    a = contact_from_row({"K_CONTACT": 1, "NAME": "x"}, [2, 1])
+    b = contact_from_row({"K_CONTACT": "1", "NAME": "x"}, ["1", "2"])
+    assert a == b
+    assert isinstance(hash(a), int)
+    assert a.with_profiles([]) != a
+    assert isinstance(a, EfficyContact)
+
+
+def test_normalise_key() -> None:
+    assert normalise_key(12345) == "12345"
+    assert normalise_key("12345") == "12345"
+    assert normalise_key(12345.0) == "12345"
+    assert normalise_key("56_865114542") == "56_865114542"
+    assert normalise_key("") is None and normalise_key(None) is None
+
+
+def test_find_error_forms() -> None:
+    assert find_error([{"@name": "api", "@func": [{"@name": "x", "#result": 1}]}]) is None
+    flag = find_error([{"@name": "api", "@func": [{"@name": "x", "#error": True, "#message": "Nope"}]}])
+    assert flag is not None and flag.message == "Nope" and flag.where == "function"
+    u = find_error([{"#error": {"code": 12, "message": "Bad", "detail": "field X"}}])
+    assert u is not None and u.message == "Bad (field X)" and u.code == "12"
+    top = find_error({"error": True, "code": 3, "message": "Top"})
+    assert top is not None and top.message == "Top" and top.code == "3"
+    assert find_error([{"@name": "api", "#error": False, "@func": []}]) is None
+
+
+def test_dataset_search_tolerates_nesting_and_the_efficy_u_variant() -> None:
+    nested = {"@name": "query", "#result": {"wrap": [{"#class": "dataset", "#data": [{"A": 1}]}]}}
+    assert dataset(nested) == [{"A": 1}]
+    bug = {"@name": "query", "#result": {"#class": "dataset", "#data": {"data": [{"A": 2}]}}}
+    assert dataset(bug) == [{"A": 2}]
+    assert dataset({"@name": "query"}) == []
+
+
+def test_positions_round_trip_and_reject_garbage() -> None:
+    assert decode_position(None) == 0
+    assert decode_position(encode_position(10042)) == 10042
+    for bad in ("10042", "efficy-k1:abc", "efficy-k1:-5", "other:1"):
+        with pytest.raises(ValueError):
+            decode_position(bad)
