@@ -111,7 +111,7 @@ class DaemonConfig(StrictModel):
     state_dir: Path = Path("/var/lib/crmsync")
     database: Path | None = None
     timezone: str = "UTC"
-    control_socket: Path = Path("/run/crmsync/control.sock")
+    control_socket: Path = Path("/run/crmsync-control.sock")  # matches systemd/crmsync.socket
     control_socket_mode: int = 0o660
     control_idle_timeout: Duration = timedelta(minutes=5)
     shutdown_timeout: Duration = timedelta(seconds=20)
@@ -256,8 +256,8 @@ def parse_config(text: str, source: str | None = None) -> Config:
             integrations[name] = kind.config_model.model_validate(section)
         except ValidationError as exc:
             problems.extend(_problems(exc, path))
-            continue
-        for flow in integrations[name].schedules:
+        schedules = section.get("schedules")
+        for flow in schedules if isinstance(schedules, dict) else ():
             if flow not in kind.scheduled_flows:
                 problems.append((
                     f"integrations.{name}.schedules.{flow}",
@@ -280,7 +280,7 @@ def _problems(exc: ValidationError, prefix: tuple[str, ...]) -> list[tuple[str, 
             msg = msg[len("Value error, "):]
         elif err["type"] == "secret":
             # secret problems carry their own key names; attach them to the key path
-            for part in msg.split("; "):
+            for part in msg.split(" | "):
                 key, _, reason = part.partition(": ")
                 out.append((".".join([*loc, key]), reason))
             continue

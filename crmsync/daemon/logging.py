@@ -33,23 +33,24 @@ def _render(journal: bool) -> Any:
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    """structlog and stdlib loggers (Hypercorn, trio) both end in one JSON formatter on ``stream``."""
     journal = bool(os.environ.get("JOURNAL_STREAM"))
     stream = stream or sys.stdout
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
         processors=[
+            structlog.stdlib.filter_by_level,
             *shared,
-            structlog.stdlib.add_logger_name,
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            _render(journal),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)
@@ -60,7 +61,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
                 structlog.processors.format_exc_info,
                 _render(journal),
             ],
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            foreign_pre_chain=shared,
         )
     )
     root = logging.getLogger()

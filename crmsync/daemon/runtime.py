@@ -171,7 +171,8 @@ class IntegrationRuntime:
             task_status.started(run_id)
             started = time.monotonic()
             status = "failed"
-            with structlog.contextvars.bound_contextvars(flow=flow, run_id=run_id):
+            # tasks inherit the context of whoever started them (maybe a control connection): bind explicitly
+            with structlog.contextvars.bound_contextvars(integration=self.name, flow=flow, run_id=run_id):
                 log.info("run_started", trigger=trigger)
                 try:
                     with scope:
@@ -235,7 +236,7 @@ class IntegrationRuntime:
     # -- timers ------------------------------------------------------------------------------------------
 
     async def _timer(self, flow: str, schedule: Schedule) -> None:
-        with structlog.contextvars.bound_contextvars(flow=flow):
+        with structlog.contextvars.bound_contextvars(integration=self.name, flow=flow):
             while not self.stopping:
                 after = self.clock.now()
                 not_before = self.kind.first_run_not_before(flow, self.activated_at or after)
@@ -345,7 +346,7 @@ class IntegrationRuntime:
 
     async def _realtime_consumer(self) -> None:
         backoff = 1.0
-        with structlog.contextvars.bound_contextvars(flow=REALTIME_FLOW):
+        with structlog.contextvars.bound_contextvars(integration=self.name, flow=REALTIME_FLOW):
             while not self.stopping:
                 if not await self._interruptible_wait(self.full_sync_idle.wait):
                     return

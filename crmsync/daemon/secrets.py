@@ -103,5 +103,5 @@ class SecretsModel(StrictModel):
             elif required:
                 problems.append(f"{name}: required; set {file_key} or {env_key}")
         if problems:
-            raise PydanticCustomError("secret", "{problems}", {"problems": "; ".join(problems)})
+            raise PydanticCustomError("secret", "{problems}", {"problems": " | ".join(problems)})
         return data

@@ -388,13 +388,22 @@ class EveryActionClient(ApiClient):
         return response.content.decode("utf-8-sig", errors="replace")
 
     async def iter_export_rows(self, job: ExportJob) -> AsyncIterator[ContactChange]:
-        """Rows of every file of a completed job, file by file."""
+        """Rows of every file of a completed job, file by file.
+
+        Logs a warning when the rows read differ from ``exportedRecordCount``: that is how a lost file or a
+        mis-sniffed delimiter would show up.
+        """
+        total = 0
         for index, file in enumerate(job.files):
             rows = parse_contacts_csv(await self.download_export_file(file))
+            total += len(rows)
             log.debug("everyaction_export_file", export_job_id=job.export_job_id, file_index=index,
                       files=len(job.files), rows=len(rows))
             for row in rows:
                 yield row
+        if total != job.exported_record_count:
+            log.warning("everyaction_export_count_mismatch", export_job_id=job.export_job_id, rows=total,
+                        exported_record_count=job.exported_record_count)
 
     async def run_contacts_export(self, since: datetime, until: datetime | None = None) -> ExportJob:
         """Create a Contacts export and wait for it; the job tells the caller the window VAN actually used."""

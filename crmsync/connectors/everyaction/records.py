@@ -125,7 +125,7 @@ def opt_in_from_export(value: str | int | float | None) -> OptInStatus | None:
         number = float(value)
     if number != int(number):
         return None
-    return _EXPORT_ID_TO_OPT_IN.get(int(number) if number != 1 else 2)
+    return _EXPORT_ID_TO_OPT_IN.get(int(number))
 
 
 def opt_in_export_id(status: OptInStatus) -> int:

@@ -881,14 +881,18 @@ class EveryActionSimulator(SimulatorApp):
                   if job.resource_type == "Contacts" and (in_window(p) or p.van_id in job.requested_ids)]
         rows = [[self._field(db, p, f) for f in job.fields] for p in people]
         limit_bytes = job.file_size_kb * 1024
+        header_bytes = len(contacts_csv(job.fields, [], self.csv_delimiter).encode())
         chunks: list[list[list[Any]]] = [[]]
+        size = header_bytes
         for row in rows:
+            row_bytes = len(contacts_csv(job.fields, [row], self.csv_delimiter).encode()) - header_bytes
             current = chunks[-1]
             full = self.rows_per_file is not None and len(current) >= self.rows_per_file
-            size = len(contacts_csv(job.fields, [*current, row], self.csv_delimiter).encode())
-            if current and (full or size > limit_bytes):
+            if current and (full or size + row_bytes > limit_bytes):
                 chunks.append([])
+                size = header_bytes
             chunks[-1].append(row)
+            size += row_bytes
         expires = self.clock.now() + self.link_lifetime
         base = self._base(request)
         for index, chunk in enumerate(chunks):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import httpx
@@ -273,7 +274,9 @@ async def test_export_window_across_several_files(sim: EveryActionSimulator, cli
     sim.add_person("Late", "Comer")  # after the window
 
     started = trio.current_time()
-    rows = [r async for r in client.changed_contacts(since, until)]
+    with capture_logs() as logs:
+        rows = [r async for r in client.changed_contacts(since, until)]
+    assert not [e for e in logs if e["event"] == "everyaction_export_count_mismatch"]
 
     assert sorted(r.van_id for r in rows) == sorted([before, *changed])
     assert len(sim.downloads) == 3  # 5 rows at 2 rows per file: all three files were read
@@ -363,3 +366,18 @@ async def test_download_retries_storage_hiccup(sim: EveryActionSimulator, client
     sim.faults.fail(503, path_contains="/blob/")
     rows = [r async for r in client.iter_export_rows(job)]
     assert len(rows) == 1 and sim.faults.injected == 1
+
+
+async def test_row_count_mismatch_is_reported(sim: EveryActionSimulator, client: EveryActionClient,
+                                              wall: WallClock, autojump_clock: trio.testing.MockClock) -> None:
+    since = wall.now()
+    for i in range(3):
+        sim.add_person(f"P{i}", "Lee")
+    await trio.sleep(1)
+    job = await client.run_contacts_export(since)
+    truncated = dataclasses.replace(job, files=job.files[:1])  # what reading only files[0] would do
+    with capture_logs() as logs:
+        rows = [r async for r in client.iter_export_rows(truncated)]
+    assert len(rows) == 2
+    mismatch = [e for e in logs if e["event"] == "everyaction_export_count_mismatch"]
+    assert mismatch and mismatch[0]["rows"] == 2 and mismatch[0]["exported_record_count"] == 3
