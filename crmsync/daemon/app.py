@@ -139,7 +139,7 @@ class Daemon:
             notifier.close()
             if self.control_path and not self.control_path.startswith("fd:"):
                 with contextlib.suppress(OSError):
-                    os.unlink(self.control_path)  # noqa: ASYNC240 - one syscall at exit
+                    os.unlink(self.control_path)
             self.stopped.set()
             log.info("stopped")
 

@@ -192,3 +192,22 @@ async def test_commands_refuse_clearly(
         report = await supervisor.report("a")
         assert report["counts"]["unchanged"] == 1 and report["rows"][0]["outcome"] == "unchanged"
         nursery.cancel_scope.cancel()
+
+
+async def test_reload_restarts_only_changed_integrations(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, db: Database, sim_clock: WallClock
+) -> None:
+    config = fake_config(tmp_path, {"a": {}, "b": {}, "c": {}})
+    async with trio.open_nursery() as nursery:
+        supervisor = await start_supervisor(nursery, config, db, sim_clock)
+        for name in ("a", "b", "c"):
+            await supervisor.activate(name)
+        before = dict(supervisor.runtimes)
+        new = fake_config(tmp_path, {"a": {}, "b": {"notes": "changed"}, "d": {}})
+        result = await supervisor.reload(new)
+        assert result["changed"] == ["b"] and result["added"] == ["d"] and result["removed"] == ["c"]
+        assert supervisor.runtimes["a"] is before["a"]  # untouched
+        assert supervisor.runtimes["b"] is not before["b"]  # restarted, still active
+        assert "c" not in supervisor.runtimes and "d" not in supervisor.runtimes  # d was never activated
+        assert before["c"].stopped.is_set() and before["b"].stopped.is_set()
+        nursery.cancel_scope.cancel()

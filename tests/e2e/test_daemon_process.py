@@ -145,7 +145,10 @@ def test_daemon_end_to_end(daemon: Any) -> None:
     # a full sync through the CLI, then its report
     assert _cli("full-sync", "demo", "--socket", str(sock)).returncode == 0
     deadline = time.monotonic() + 20
-    while json.loads(_cli("status", "demo", "--json", "--socket", str(sock)).stdout)["full_sync"]["state"] != "completed":
+    def full_sync_state() -> str:
+        return str(json.loads(_cli("status", "demo", "--json", "--socket", str(sock)).stdout)["full_sync"]["state"])
+
+    while full_sync_state() != "completed":
         assert time.monotonic() < deadline
         time.sleep(0.2)
     report = json.loads(_cli("report", "demo", "--json", "--socket", str(sock)).stdout)

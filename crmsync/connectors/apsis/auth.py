@@ -114,7 +114,7 @@ class TokenCache:
         if token is None:
             return False
         lifetime = token.expires_at - token.issued_at
-        return False
+        return trio.current_time() < token.expires_at - min(self.margin, lifetime / 2)
 
     async def get(self) -> AccessToken:
         """A usable token: the cached one, or a new one if it is missing or about to expire."""
