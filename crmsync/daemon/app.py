@@ -34,12 +34,14 @@ log = structlog.get_logger("crmsync.daemon.app")
 
 class Daemon:
     def __init__(self, config: Config, *, clock: WallClock | None = None, handle_signals: bool = True,
-                 config_path: str | None = None, db_inline: bool = False):
+                 config_path: str | None = None, db_inline: bool = False,
+                 transports: dict[str, Any] | None = None):
         self.config = config
         self.clock = clock or WallClock()
         self.handle_signals = handle_signals
         self.config_path = config_path or config.source
         self.db_inline = db_inline  # tests under MockClock only (see Database)
+        self.transports = transports or {}  # tests: in-process simulators per system
         self.metrics = Metrics()
         self.db: Database | None = None
         self.supervisor: Supervisor | None = None
@@ -72,7 +74,7 @@ class Daemon:
         systemd_fds = listen_fds()
         self.db = await Database.open(cfg.daemon.database_path, inline=self.db_inline)
         try:
-            self.supervisor = Supervisor(cfg, self.db, self.metrics, self.clock)
+            self.supervisor = Supervisor(cfg, self.db, self.metrics, self.clock, transports=self.transports)
             async with trio.open_nursery() as root:
                 sig_scope = trio.CancelScope()
                 if self.handle_signals:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 import trio
 
@@ -38,11 +39,13 @@ class CommandError(Exception):
 
 
 class Supervisor:
-    def __init__(self, config: Config, db: Database, metrics: Metrics, clock: WallClock):
+    def __init__(self, config: Config, db: Database, metrics: Metrics, clock: WallClock, *,
+                 transports: dict[str, httpx.AsyncBaseTransport] | None = None):
         self.config = config
         self.db = db
         self.metrics = metrics
         self.clock = clock
+        self.transports = transports or {}
         self.kinds: dict[str, IntegrationKind] = {}
         self.runtimes: dict[str, IntegrationRuntime] = {}
         self._nursery: trio.Nursery | None = None
@@ -61,7 +64,7 @@ class Supervisor:
             raise CommandError("unknown_kind", f"unknown kind {icfg.kind!r}")
         ctx = IntegrationContext(
             name=name, db=self.db, clock=self.clock, observer=self.metrics,
-            state_dir=Path(config.daemon.state_dir),
+            state_dir=Path(config.daemon.state_dir), transports=self.transports,
         )
         return kind_cls(ctx, icfg)
 

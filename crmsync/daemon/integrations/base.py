@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import httpx
 import trio
 
 from crmsync.clock import WallClock
@@ -73,6 +74,9 @@ class IntegrationContext:
     observer: RequestObserver
     state_dir: Path
     http_timeout: float = 30.0
+    # tests (and benchmarks) hand in httpx transports per system ("everyaction", "apsis", ...) so that API
+    # clients talk to in-process simulators; empty in production
+    transports: dict[str, httpx.AsyncBaseTransport] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -57,7 +57,7 @@ def test_chunk_by_size_refuses_an_item_that_can_never_fit() -> None:
 
 
 def test_split_patch_parts_fit_and_recombine() -> None:
-    patch = {f"usercreated.attributes.f{i}": "v" * 900 for i in range(300)}
+    patch: dict[str, str | None] = {f"usercreated.attributes.f{i}": "v" * 900 for i in range(300)}
     patch["usercreated.attributes.gone"] = None
     parts = split_patch(patch, 100_000)
     assert len(parts) == 3
