@@ -22,7 +22,7 @@ from crmsync.daemon.config import Config
 from crmsync.daemon.integrations import registry
 from crmsync.daemon.integrations.base import FlowError, IntegrationContext, IntegrationKind, WebhookRejected
 from crmsync.daemon.metrics import Metrics
-from crmsync.daemon.runtime import FULL_SYNC_FLOW, FlowBusy, IntegrationRuntime
+from crmsync.daemon.runtime import FULL_SYNC_FLOW, REALTIME_FLOW, FlowBusy, IntegrationRuntime
 from crmsync.state import Database
 from crmsync.state import queries as q
 
@@ -323,7 +323,9 @@ class Supervisor:
         def read(c: Any) -> dict[str, Any]:
             st = q.get_status(c, name) or {}
             flows = {}
-            for flow in kind.flows() + ((FULL_SYNC_FLOW,) if kind.supports_full_sync else ()):
+            listed = kind.flows() + ((FULL_SYNC_FLOW,) if kind.supports_full_sync else ()) + (
+                (REALTIME_FLOW,) if kind.supports_webhooks else ())
+            for flow in listed:
                 last = q.last_run(c, name, flow)
                 flows[flow] = {"last_run": _run_brief(last)}
             return {
@@ -340,7 +342,7 @@ class Supervisor:
         schedules = runtime.schedules if runtime else kind.schedules()
         for flow, info in data["flows"].items():
             info["schedule"] = schedules[flow].describe() if flow in schedules else (
-                "on command" if flow == FULL_SYNC_FLOW else "continuous" if flow == "realtime" else "on command")
+                "continuous (webhook queue)" if flow == REALTIME_FLOW else "on command")
             nxt = runtime.next_runs.get(flow) if runtime else None
             info["next_run"] = nxt.isoformat() if nxt else None
             info["running"] = bool(runtime and flow in runtime.running_flows().values())

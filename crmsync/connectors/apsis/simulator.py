@@ -162,6 +162,12 @@ class ApsisSimulator(SimulatorApp):
 
     ``public_url`` is the base URL clients reach the simulator at; the fake S3 upload URL handed out by
     imports lives there too (set it when serving on a real port, as the sandbox does).
+
+    Settings resting on unverified facts ([U] in the research): ``expired_token_status`` (401, or 403 as
+    seen by some clients), ``retry_after_on_429`` (Retry-After is undocumented: none by default),
+    ``upload_url_lifetime`` (pre-signed URL validity), ``import_polls_per_step`` (how fast imports move),
+    and the tag value encoding (``true`` adds, ``false``/``null`` remove). ``clear_existing_attributes`` in
+    imports is read as "empty cells clear the attribute", also [U].
     """
 
     def __init__(
