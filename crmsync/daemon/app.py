@@ -89,9 +89,9 @@ class Daemon:
                 else:
                     listener = await open_unix_listener(Path(cfg.daemon.control_socket), cfg.daemon.control_socket_mode)
                     self.control_path = str(cfg.daemon.control_socket)
+                self.supervisor.listen["control"] = self.control_path
                 control = ControlServer(self.supervisor, cfg.daemon.control_idle_timeout.total_seconds(), self.reload)
                 ctl_scope = trio.CancelScope()
-                root.start_soon(self._serve_control, control, listener, ctl_scope)
                 grace = cfg.http.graceful_timeout.total_seconds()
                 if cfg.http.metrics_listen:
                     hooks = HttpApp(self.supervisor, self.metrics, cfg.http.max_body_bytes, serve_metrics=False)
@@ -109,6 +109,8 @@ class Daemon:
                     self.metrics_url = self.webhook_url
                 self.supervisor.listen.update(
                     webhooks=self.webhook_url, metrics=self.metrics_url, control=self.control_path)
+                # serve the control socket last, so that status always knows every address
+                root.start_soon(self._serve_control, control, listener, ctl_scope)
                 wd_scope = trio.CancelScope()
                 interval = watchdog_interval()
                 if interval:

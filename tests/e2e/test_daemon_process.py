@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -209,3 +210,50 @@ kind = "unknown_kind"
                 "integrations.one.schedules.nightly.daily_at", "integrations.two.kind"):
         assert key in err, (key, err)
     assert "unknown key" in err and "Mars/Olympus" in err
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate not installed")
+def test_socket_activation_and_sd_notify(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[daemon]
+state_dir = "{tmp_path}"
+control_socket = "{tmp_path}/not-used.sock"
+[http]
+webhook_listen = "127.0.0.1:0"
+""")
+    notify_path = tmp_path / "notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(20)
+    sock = tmp_path / "activated.sock"
+    env = _env()
+    proc = subprocess.Popen(
+        ["systemd-socket-activate", "-l", str(sock), "--fdname=control",
+         "-E", f"PYTHONPATH={env['PYTHONPATH']}", "-E", f"NOTIFY_SOCKET={notify_path}",
+         "-E", "WATCHDOG_USEC=2000000",
+         sys.executable, "-m", "crmsync", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        # the first connection starts the daemon, which answers on the socket systemd handed over
+        reply = _ctl(sock, b'{"id": 1, "cmd": "status"}\n')[0]
+        assert reply["ok"] and reply["result"]["daemon"]["control_socket"] == "fd:3"
+        messages = []
+        while not any(m.startswith("READY=1") for m in messages):
+            messages.append(notify.recv(4096).decode())
+        while "WATCHDOG=1" not in messages:
+            messages.append(notify.recv(4096).decode())
+        assert not (tmp_path / "not-used.sock").exists()
+        proc.send_signal(signal.SIGTERM)
+        while not any(m.startswith("STOPPING=1") for m in messages):
+            messages.append(notify.recv(4096).decode())
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
