@@ -29,7 +29,7 @@ from crmsync.connectors.errors import ApiError
 from crmsync.daemon.integrations.base import FlowError, IntegrationKind
 from crmsync.daemon.metrics import Metrics
 from crmsync.daemon.runs import RunContext
-from crmsync.daemon.schedule import Interval, Schedule, next_fire
+from crmsync.daemon.schedule import Schedule, next_fire
 from crmsync.state import queries as q
 
 log = structlog.get_logger("crmsync.daemon.runtime")
@@ -209,7 +209,7 @@ class IntegrationRuntime:
 
         def finish(c: Any) -> None:
             q.finish_run(c, run.run_id, status, counts, run.error, now)
-            q.prune(c, older, self.retention_runs)
+            q.prune(c, self.name, run.flow, older, self.retention_runs)
 
         try:
             await run.flush(finish)
@@ -246,8 +246,6 @@ class IntegrationRuntime:
                 self.next_runs[flow] = fire_at
                 if not await self._interruptible_wait(partial(self.clock.sleep_until, fire_at)):
                     return
-                if isinstance(schedule, Interval) and not self.full_sync_idle.is_set() and flow == REALTIME_FLOW:
-                    continue
                 try:
                     await self._execute(flow, "schedule", self._flow_body(flow))
                 except FlowBusy:
@@ -356,6 +354,9 @@ class IntegrationRuntime:
                 self.metrics.queue_depth.labels(self.name).set(depth)
                 if not events:
                     if not await self._interruptible_wait(wakeup.wait):
+                        return
+                    # webhooks come in bursts: gather a moment so one run covers the burst
+                    if not await self._interruptible_wait(partial(trio.sleep, self.kind.realtime_coalesce_s)):
                         return
                     continue
                 if self.full_sync_running():

@@ -361,18 +361,32 @@ def count_report_rows(c: sqlite3.Connection, run_id: int) -> int:
     return int(c.execute("SELECT COUNT(*) FROM report_rows WHERE run_id = ?", (run_id,)).fetchone()[0])
 
 
-def prune(c: sqlite3.Connection, older_than: str, keep_runs: int) -> int:
-    """Drop report rows of runs finished before ``older_than`` and of all but the newest ``keep_runs`` runs
-    per integration and flow; drop processed-event tombstones older than ``older_than``. Runs themselves stay
-    (they are small); their counts remain readable."""
-    cur = c.execute(
-        "DELETE FROM report_rows WHERE run_id IN (SELECT id FROM runs WHERE finished_at IS NOT NULL AND "
-        "(finished_at < ? OR id NOT IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
-        "(PARTITION BY integration, flow ORDER BY id DESC) AS n FROM runs) WHERE n <= ?)))",
-        (older_than, keep_runs),
+def prune(c: sqlite3.Connection, integration: str, flow: str, older_than: str, keep_runs: int) -> int:
+    """Bounded retention for one (integration, flow): keep the newest ``keep_runs`` runs with their report
+    rows, and of those drop the ones finished before ``older_than`` too, except the very latest run (status
+    shows it). Also drops processed-event tombstones older than ``older_than``. Returns runs deleted."""
+    newest = c.execute(
+        "SELECT id FROM runs WHERE integration = ? AND flow = ? ORDER BY id DESC LIMIT 1", (integration, flow)
+    ).fetchone()
+    if newest is None:
+        return 0
+    cutoff = c.execute(
+        "SELECT id FROM runs WHERE integration = ? AND flow = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+        (integration, flow, keep_runs - 1),
+    ).fetchone()
+    doomed = c.execute(
+        "SELECT id FROM runs WHERE integration = ? AND flow = ? AND id != ? AND finished_at IS NOT NULL "
+        "AND (finished_at < ? OR id < ?)",
+        (integration, flow, newest[0], older_than, cutoff[0] if cutoff else -1),
+    ).fetchall()
+    ids = [(r[0],) for r in doomed]
+    c.executemany("DELETE FROM report_rows WHERE run_id = ?", ids)
+    c.executemany("DELETE FROM runs WHERE id = ?", ids)
+    c.execute(
+        "DELETE FROM realtime_queue WHERE integration = ? AND attempts = -1 AND received_at < ?",
+        (integration, older_than),
     )
-    c.execute("DELETE FROM realtime_queue WHERE attempts = -1 AND received_at < ?", (older_than,))
-    return cur.rowcount
+    return len(ids)
 
 
 # -- small per-integration values --------------------------------------------------------------------------

@@ -80,18 +80,24 @@ async def test_links_are_one_to_one(tmp_path: Path) -> None:
     await db.aclose()
 
 
-async def test_report_rows_are_pruned_by_age_and_count(tmp_path: Path) -> None:
+async def test_runs_and_report_rows_are_pruned_by_age_and_count(tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "s.db")
     ids = []
-    for day in range(1, 6):
+    for day in range(1, 7):
         run_id = await db.tx(q.start_run, "a", "f", "test", f"2026-01-0{day}T00:00:00+00:00")
         await db.tx(q.add_report_rows, run_id, [ReportRow("created", "1", "2")], "t")
         await db.tx(q.finish_run, run_id, "success", {}, None, f"2026-01-0{day}T01:00:00+00:00")
         ids.append(run_id)
-    await db.tx(q.prune, "2026-01-02T12:00:00+00:00", 3)
-    kept = [rid for rid in ids if await db.tx(q.count_report_rows, rid)]
-    assert kept == ids[2:]  # older than the cut-off, or beyond the newest 3: rows gone
-    assert await db.tx(q.get_run, ids[0]) is not None  # the run itself (and its counts) stays
+    other = await db.tx(q.start_run, "a", "g", "test", "2026-01-01T00:00:00+00:00")
+    await db.tx(q.finish_run, other, "success", {}, None, "2026-01-01T01:00:00+00:00")
+    assert await db.tx(q.prune, "a", "f", "2026-01-02T12:00:00+00:00", 3) == 3
+    kept = [rid for rid in ids if await db.tx(q.get_run, rid)]
+    assert kept == ids[3:]  # older than the cut-off, or beyond the newest 3: gone with their rows
+    assert await db.tx(q.count_report_rows, ids[0]) == 0 and await db.tx(q.count_report_rows, ids[-1]) == 1
+    assert await db.tx(q.get_run, other) is not None  # another flow is untouched
+    # everything old: the latest run stays, so status can still show it
+    assert await db.tx(q.prune, "a", "f", "2027-01-01T00:00:00+00:00", 3) == 2
+    assert [r["id"] for r in await db.tx(q.list_runs, "a", 10, "f")] == [ids[-1]]
     await db.aclose()
 
 

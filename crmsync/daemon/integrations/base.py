@@ -106,6 +106,7 @@ class IntegrationKind:
     supports_full_sync: ClassVar[bool] = False
     supports_webhooks: ClassVar[bool] = False
     realtime_batch_size: ClassVar[int] = 100
+    realtime_coalesce_s: ClassVar[float] = 0.5  # after a wake-up, wait this long to batch a burst of webhooks
 
     def __init__(self, ctx: IntegrationContext, config: IntegrationConfig):
         self.ctx = ctx
