@@ -11,8 +11,9 @@ Importing this module registers the kind ``fake`` (config: ``[daemon] plugins = 
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,7 @@ class World:
     source: FakeSource = field(default_factory=FakeSource)
     dest: FakeDestination = field(default_factory=FakeDestination)
     flow_runs: list[tuple[str, str]] = field(default_factory=list)  # (flow, wall time iso)
+    open_attempts: int = 0
 
 
 WORLDS: dict[str, World] = {}
@@ -75,6 +77,7 @@ def world(name: str) -> World:
 class FakeConfig(IntegrationConfig):
     records: int = 0
     page_size: int = 10
+    fail_open: int = 0  # open() raises this many times first (a broken client, a bug)
 
 
 @register
@@ -96,6 +99,14 @@ class FakeKind(IntegrationKind):
     @property
     def w(self) -> World:
         return world(self.name)
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[None]:
+        assert isinstance(self.config, FakeConfig)
+        self.w.open_attempts += 1
+        if self.w.open_attempts <= self.config.fail_open:
+            raise RuntimeError("client construction failed")
+        yield
 
     def default_schedules(self) -> dict[str, Schedule]:
         from datetime import time, timedelta

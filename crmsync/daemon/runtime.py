@@ -69,6 +69,7 @@ class IntegrationRuntime:
         self._full_sync_cancel_requested = False
         self._queue_wakeup = trio.Event()
         self.activated_at: datetime | None = None
+        self.on_healthy: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -90,10 +91,16 @@ class IntegrationRuntime:
                         log.info("full_sync_resuming", position=fs["position"], done=fs["done"])
                         await self.start_full_sync(resume=True)
                     task_status.started()
+                    self.healthy()
         finally:
             self.nursery = None
             self.metrics.full_sync_running.labels(self.name).set(0)
             self.stopped.set()
+
+    def healthy(self) -> None:
+        """Hook for the supervisor: this runtime is up (clears a previous crash from status)."""
+        if self.on_healthy is not None:
+            self.on_healthy()
 
     def request_stop(self) -> None:
         """Graceful: stop waiting for timers and queue; running flows stop at their next safe point."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from crmsync.state import Database
 from crmsync.state import queries as q
 
 log = structlog.get_logger("crmsync.daemon.supervisor")
+
+CRASH_BACKOFF_START = 5.0
+CRASH_BACKOFF_MAX = 300.0
 
 
 class CommandError(Exception):
@@ -50,6 +54,7 @@ class Supervisor:
         self.runtimes: dict[str, IntegrationRuntime] = {}
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()  # serialises activate/deactivate/reload
+        self.errors: dict[str, str] = {}  # the last crash of each integration's runtime, for status
         self.started_at = time.time()
         self.listen: dict[str, str | None] = {"webhooks": None, "metrics": None, "control": None}
         for name in config.integrations:
@@ -69,10 +74,15 @@ class Supervisor:
         return kind_cls(ctx, icfg)
 
     def _runtime(self, name: str) -> IntegrationRuntime:
-        return IntegrationRuntime(
+        runtime = IntegrationRuntime(
             self.kinds[name], self.metrics, self.config.timezone_of(name),
             (self.config.daemon.report_retention_days, self.config.daemon.report_retention_runs),
         )
+        runtime.on_healthy = partial(self._clear_error, name)
+        return runtime
+
+    def _clear_error(self, name: str) -> None:
+        self.errors.pop(name, None)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -94,13 +104,40 @@ class Supervisor:
 
     async def _start(self, name: str) -> None:
         assert self._nursery is not None
-        runtime = self._runtime(name)
-        self.runtimes[name] = runtime
-        await self._nursery.start(runtime.run)
+        await self._nursery.start(self._supervise, name)
         log.info("integration_started", integration=name, kind=self.kinds[name].kind)
+
+    async def _supervise(self, name: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run one integration; if it crashes outside a run (a bug, a broken client), log it, show it in
+        status, and restart it with backoff. The other integrations and the daemon carry on."""
+        delay = CRASH_BACKOFF_START
+        started = False
+        while True:
+            runtime = self._runtime(name)
+            self.runtimes[name] = runtime
+            try:
+                if started:
+                    await runtime.run()
+                else:
+                    await runtime.run(task_status=task_status)
+                    started = True
+                return  # deactivated, stopped or removed
+            except Exception as exc:
+                if not started:
+                    started = True
+                    task_status.started()
+                self.errors[name] = f"{type(exc).__name__}: {exc}"
+                log.exception("integration_crashed", integration=name, restart_in_s=delay)
+            if self.runtimes.get(name) is not runtime or runtime.stopping:
+                return  # stopped or replaced while crashing: do not come back
+            await trio.sleep(delay)
+            if self.runtimes.get(name) is not runtime:
+                return
+            delay = min(delay * 2, CRASH_BACKOFF_MAX)
 
     async def _stop(self, name: str, grace: float = 10.0) -> None:
         runtime = self.runtimes.pop(name, None)
+        self.errors.pop(name, None)
         if runtime is None:
             return
         runtime.request_stop()
@@ -359,7 +396,8 @@ class Supervisor:
             "active": bool(st.get("active")),
             "since": st.get("since"),
             "notes": kind.config.notes,
-            "running": runtime is not None,
+            "running": runtime is not None and name not in self.errors,
+            "error": self.errors.get(name),
             "full_sync_required": bool(st.get("full_sync_required")),
             "full_sync_required_reason": st.get("full_sync_required_reason"),
             "full_sync": full_sync,

@@ -211,3 +211,22 @@ async def test_reload_restarts_only_changed_integrations(
         assert "c" not in supervisor.runtimes and "d" not in supervisor.runtimes  # d was never activated
         assert before["c"].stopped.is_set() and before["b"].stopped.is_set()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_crashing_integration_is_isolated_and_restarted(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, db: Database, sim_clock: WallClock
+) -> None:
+    config = fake_config(tmp_path, {"broken": {"fail_open": 2}, "fine": {}})
+    async with trio.open_nursery() as nursery:
+        supervisor = await start_supervisor(nursery, config, db, sim_clock)
+        await supervisor.activate("fine")
+        await supervisor.activate("broken")  # returns: the crash is contained
+        status = await supervisor.status("broken")
+        assert status["active"] is True and status["running"] is False
+        assert "client construction failed" in status["error"]
+        await trio.sleep(3600)  # backoff 5 s, 10 s: the third attempt works
+        status = await supervisor.status("broken")
+        assert status["running"] is True and status["error"] is None
+        assert world("broken").open_attempts == 3
+        assert world("fine").flow_runs  # the other integration ran all along
+        nursery.cancel_scope.cancel()
