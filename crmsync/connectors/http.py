@@ -142,6 +142,7 @@ class ApiClient:
         timeout: float = 30.0,
         max_concurrency: int = 4,
         rate_limit: float | None = None,
+        rate_burst: int | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self._owns_http = http is None
@@ -151,7 +152,7 @@ class ApiClient:
         self.observer: RequestObserver = observer or NullObserver()
         self.retry = retry or RetryPolicy()
         self._limiter = trio.CapacityLimiter(max_concurrency)
-        self._rate = RateLimiter(rate_limit) if rate_limit else None
+        self._rate = RateLimiter(rate_limit, rate_burst) if rate_limit else None
 
     async def aclose(self) -> None:
         if self._owns_http:

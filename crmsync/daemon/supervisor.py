@@ -70,6 +70,7 @@ class Supervisor:
         ctx = IntegrationContext(
             name=name, db=self.db, clock=self.clock, observer=self.metrics,
             state_dir=Path(config.daemon.state_dir), transports=self.transports,
+            extra={"timezone": config.timezone_of(name)},  # the zone the kind's schedules run in
         )
         return kind_cls(ctx, icfg)
 

@@ -162,7 +162,18 @@ def test_daemon_end_to_end(daemon: Any) -> None:
     config.write_text(good + "\n[integrations.demo2]\nkind = \"nope\"\n")
     refused = _cli("reload", "--socket", str(sock))
     assert refused.returncode == 1 and "integrations.demo2.kind" in refused.stderr
-    config.write_text(good)
+    # SIGHUP applies a valid new config: demo3 appears, demo keeps running untouched
+    config.write_text(good + "\n[integrations.demo3]\nkind = \"fake\"\n")
+    proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while True:
+        status = json.loads(_cli("status", "--json", "--socket", str(sock)).stdout)
+        names = {i["name"]: i["active"] for i in status["integrations"]}
+        if "demo3" in names:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert names == {"demo": True, "demo3": False}
 
     # SIGTERM: exit 0, socket removed, and no secret anywhere in the output
     proc.send_signal(signal.SIGTERM)

@@ -327,6 +327,7 @@ class EveryActionSimulator(SimulatorApp):
         date_of_birth: date | str | None = None,
         identifiers: Mapping[str, str] | None = None,
         db_mode: int = 1,
+        country_code: str = "US",
     ) -> int:
         """Create a person as a user would in the UI; returns the vanId. Stamps a change at clock.now()."""
         body: dict[str, Any] = {"firstName": first_name, "lastName": last_name}
@@ -346,7 +347,7 @@ class EveryActionSimulator(SimulatorApp):
             body["phones"] = [ph]
         if address_line1 or zip or city:
             body["addresses"] = [{"addressLine1": address_line1, "city": city, "stateOrProvince": state,
-                                  "zipOrPostalCode": zip, "countryCode": "US", "type": "H",
+                                  "zipOrPostalCode": zip, "countryCode": country_code, "type": "H",
                                   "isPreferred": True}]
         if identifiers:
             body["identifiers"] = [{"type": k, "externalId": v} for k, v in identifiers.items()]

@@ -308,6 +308,8 @@ def plan_ea_to_mc(
         # a re-opt-in must come from the subscriber. Data still moves; consent stays as it is.
         note = "opted out in Mobile Commons; the API cannot re-subscribe, the subscriber must opt in again"
     data = {} if payload_unchanged else data_diff(contact, profile)
+    # Liberal may create a profile for someone EveryAction has opted out: record the opt-out there too.
+    opt_out = final == Consent.OUT and mc.status != Consent.OUT  # the profile exists or is created here
     link = van_id if profile_constituent_id != van_id else None
     return Plan(data=data, link_id=link, subscribe=subscribe, opt_out=opt_out, consent=final, note=note)
 
@@ -340,13 +342,15 @@ def plan_mc_to_ea(
     reason = ineligible_reason(contact, required, missing_country_is_us=missing_country_is_us)
     if reason is None and mc.status == Consent.IN and final == Consent.OUT:
         reason = "opted_out_in_everyaction"
+    link = None if has_identifier else "missing"
     if reason is None and not liberal and final != Consent.IN:
+        if ea.status == final and not opt_out:
+            return Plan(consent=final, link_id=link)  # consent already agrees; no data in Conservative
         reason = "not_opted_in"  # Conservative: data only for records opted in in EveryAction
     if reason is not None:
         return Plan(skip=reason, opt_out=opt_out, consent=final)
     data = {} if payload_unchanged else data_diff(contact, person)
-    return Plan(data=data, opt_in=opt_in, opt_out=opt_out, consent=final,
-                link_id=None if has_identifier else "missing")
+    return Plan(data=data, opt_in=opt_in, opt_out=opt_out, consent=final, link_id=link)
 
 
 def ea_payload(contact: Contact, consent: Consent, van_id: str) -> dict[str, object]:

@@ -1,0 +1,143 @@
+"""Flow ``ea_to_mc`` (nightly): every EveryAction change of the past window -> Mobile Commons.
+
+For each changed contact: read it fully (the export row lacks phone type and country), find the profile by
+its mobile number (Mobile Commons addresses profiles by phone only; the stored link says whether it is the
+same person), let :mod:`.rules` decide, then write: ``profile_update`` (data, the VAN ID as Constituent ID,
+and the default web opt-in path for new opt-ins, whose welcome Mobile Commons sends once per campaign ever)
+and ``profile_opt_out`` for EveryAction opt-outs. Report rows, links, fingerprints and consent observations
+are flushed together per batch; the cursor advances in the last flush, after every record was acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+from datetime import datetime, timedelta
+from typing import cast
+
+import structlog
+
+from crmsync.connectors.errors import FatalApiError, NotFoundError
+from crmsync.connectors.everyaction import ContactChange, EveryActionClient
+from crmsync.connectors.mobilecommons import MobileCommonsClient, ProfileUpdate
+from crmsync.daemon.integrations.everyaction_mobilecommons import rules, store
+from crmsync.daemon.integrations.everyaction_mobilecommons.config import (
+    EA_MAX_LOOKBACK,
+    EveryActionMobileCommonsConfig,
+)
+from crmsync.daemon.runs import RunContext
+from crmsync.state import queries as q
+
+log = structlog.get_logger("crmsync.integrations.everyaction_mobilecommons.ea_to_mc")
+
+FLOW = "ea_to_mc"
+BATCH = 50
+# VAN refuses a dateChangedFrom older than 90 days, measured on its own (later) clock: keep a margin.
+LOOKBACK_MARGIN = timedelta(hours=1)
+
+
+def window_start(now: datetime, cursor: datetime | None, window: timedelta) -> datetime:
+    """The configured window, widened back to the last acknowledged end if the daemon missed runs, capped
+    at VAN's 90-day export limit."""
+    start = now - window
+    if cursor is not None and cursor < start:
+        start = cursor
+    return max(start, now - EA_MAX_LOOKBACK + LOOKBACK_MARGIN)
+
+
+def profile_update(contact: rules.Contact, plan: rules.Plan, van_id: str, path: str | None) -> ProfileUpdate:
+    assert contact.phone is not None
+    d = plan.data
+    return ProfileUpdate(
+        phone_number=contact.phone, email=d.get("email"), first_name=d.get("first_name"),
+        last_name=d.get("last_name"), street1=d.get("street_address"), street2=d.get("street_address_2"),
+        city=d.get("city"), state=d.get("state"), postal_code=d.get("zip_code"), country=d.get("country"),
+        constituent_id=van_id if plan.link_id else None,
+        opt_in_path_id=path if plan.subscribe else None,
+    )
+
+
+async def run_ea_to_mc(config: EveryActionMobileCommonsConfig, ea: EveryActionClient,
+                       mc: MobileCommonsClient, run: RunContext) -> None:
+    name = run.integration
+    now = run.clock.now().replace(microsecond=0)  # VAN's dates have second resolution
+    raw_cursor = await run.db.tx(q.get_cursor, name, FLOW)
+    cursor = datetime.fromisoformat(raw_cursor) if raw_cursor else None
+    since = window_start(now, cursor, config.ea_window)
+    log.info("ea_to_mc_window", since=since.isoformat(), until=now.isoformat(),
+             widened=since < now - config.ea_window)
+    job = await ea.run_contacts_export(since, now)
+    # the window end VAN actually used is where the next window starts
+    until = job.date_changed_to or now
+    pending: list[store.TxFn] = []
+    seen: set[int] = set()
+    async with contextlib.aclosing(cast("AsyncGenerator[ContactChange, None]", ea.iter_export_rows(job))) as rows:
+        async for change in rows:
+            if change.van_id in seen:  # rows may repeat across files; each person once per run
+                continue
+            if run.should_stop():
+                run.interrupted = True  # stop at a safe point: what was done is flushed, the cursor stays
+                await run.flush(*pending)
+                return
+            seen.add(change.van_id)
+            run.fetched()
+            van_id = str(change.van_id)
+            try:
+                pending += await sync_one(config, ea, mc, run, van_id)
+            except FatalApiError as exc:
+                # One record refused (validation, ...): report the API's message, carry on (run is partial).
+                run.record("rejected", crm_id=van_id, message=exc.message)
+            if run.pending_rows >= BATCH:
+                await run.flush(*pending)
+                pending = []
+    await run.flush(*pending, store.set_cursor(name, FLOW, until.isoformat(), run.now_iso()))
+
+
+async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
+                   run: RunContext, van_id: str) -> list[store.TxFn]:
+    name, now = run.integration, run.clock.now()
+    try:
+        person = await ea.get_person(van_id)
+    except NotFoundError:
+        run.skip("not_found_in_everyaction", crm_id=van_id)
+        return []
+    contact = rules.contact_from_van(person)
+    ea_status = rules.van_consent(person, contact.phone)
+    known = await run.db.tx(store.read_for_van, name, van_id)
+    obs = rules.observe_ea(known.observation, ea_status, now)
+    writes = [store.put_observation(name, van_id, obs)]
+    if contact.phone is None:
+        run.skip("no_mobile_number", crm_id=van_id)
+        return writes
+    profile = await mc.find_profile(contact.phone)
+    messaging_id = profile.id if profile else None
+    payload_fp = rules.fingerprint(rules.ea_payload(contact, ea_status, van_id))
+    plan = rules.plan_ea_to_mc(
+        contact=contact, ea=obs.fact(), profile=rules.contact_from_profile(profile) if profile else None,
+        mc=rules.mc_consent(profile), van_id=van_id,
+        profile_constituent_id=profile.constituent_id if profile else None, liberal=config.liberal_sync,
+        required=config.required_fields(), opt_in_path=config.default_opt_in_path_id,
+        payload_unchanged=known.fingerprint == payload_fp and profile is not None,
+        missing_country_is_us=config.missing_country == "assume_us",
+    )
+    wrote = created = False
+    if plan.skip is None and (plan.data or plan.link_id or plan.subscribe):
+        saved = await mc.profile_update(profile_update(contact, plan, van_id, config.default_opt_in_path_id))
+        wrote, created, messaging_id = True, profile is None, saved.id
+    if plan.opt_out:
+        await mc.profile_opt_out(contact.phone)
+        wrote = True
+    if plan.skip is not None:
+        if plan.opt_out:  # the opt-out travelled; the data did not
+            run.record("updated", crm_id=van_id, messaging_id=messaging_id,
+                       message=f"opted out in Mobile Commons; profile data not synced ({plan.skip})")
+        else:
+            run.skip(plan.skip, crm_id=van_id, messaging_id=messaging_id)
+        return writes
+    stamp = run.now_iso()
+    assert messaging_id is not None  # a profile existed or was just written
+    writes.append(store.put_link(name, van_id, messaging_id, stamp))
+    writes.append(store.put_fingerprint(name, f"mc:{van_id}", payload_fp, ea_status.value, stamp))
+    outcome = "created" if created else "updated" if wrote else "unchanged"
+    run.record(outcome, crm_id=van_id, messaging_id=messaging_id, message=plan.note)
+    return writes

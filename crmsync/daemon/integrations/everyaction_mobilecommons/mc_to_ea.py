@@ -1,0 +1,168 @@
+"""Flow ``mc_to_ea`` (every five minutes during the day): Mobile Commons opt-ins and opt-outs -> EveryAction.
+
+Reads profiles whose ``updated_at`` moved since the cursor (minus a small overlap: the API's bounds have
+one-second resolution and clocks differ a little; re-reading is harmless because writes are diffed and
+fingerprinted). For each profile: find the EveryAction record by the stored link, else the profile's
+Constituent ID, else ``people/find`` (email, or names + phone); a new opt-in with an email and no match
+becomes a new record through ``findOrCreate`` with opt-in status true; an opt-out sets the matching record's
+opt-in status to false. The Mobile Commons id goes to EveryAction as an identifier and the VAN ID to the
+profile's Constituent ID, so later runs match by link, never by email.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+from datetime import datetime
+from typing import Any, cast
+
+import structlog
+
+from crmsync.connectors.errors import FatalApiError, NotFoundError
+from crmsync.connectors.everyaction import EveryActionClient, OptInStatus, VanPerson, match_candidate
+from crmsync.connectors.everyaction.records import identifier_update, phone_opt_in_update
+from crmsync.connectors.mobilecommons import MobileCommonsClient, Profile, ProfileUpdate
+from crmsync.daemon.integrations.everyaction_mobilecommons import rules, store
+from crmsync.daemon.integrations.everyaction_mobilecommons.config import EveryActionMobileCommonsConfig
+from crmsync.daemon.runs import RunContext
+from crmsync.state import queries as q
+
+log = structlog.get_logger("crmsync.integrations.everyaction_mobilecommons.mc_to_ea")
+
+FLOW = "mc_to_ea"
+BATCH = 50
+VAN_NAMES = {"first_name": "firstName", "last_name": "lastName"}
+ADDRESS = {"street_address": "addressLine1", "street_address_2": "addressLine2", "city": "city",
+           "state": "stateOrProvince", "zip_code": "zipOrPostalCode", "country": "countryCode"}
+
+
+def van_body(contact: rules.Contact, plan: rules.Plan) -> dict[str, Any]:
+    """``POST people/{vanId}`` body for the data fields of the plan (collections add or update by value)."""
+    body: dict[str, Any] = {VAN_NAMES[k]: v for k, v in plan.data.items() if k in VAN_NAMES}
+    if "email" in plan.data:
+        body["emails"] = [{"email": plan.data["email"], "isPreferred": True}]
+    if any(k in ADDRESS for k in plan.data):
+        address = {api: contact.get(k) for k, api in ADDRESS.items() if contact.get(k)}
+        body["addresses"] = [{**address, "isPreferred": True}]
+    return body
+
+
+async def run_mc_to_ea(config: EveryActionMobileCommonsConfig, ea: EveryActionClient,
+                       mc: MobileCommonsClient, run: RunContext) -> None:
+    name = run.integration
+    now = run.clock.now().replace(microsecond=0)  # the API's bounds have second resolution
+    raw_cursor = await run.db.tx(q.get_cursor, name, FLOW)
+    start = (datetime.fromisoformat(raw_cursor) - config.mc_overlap if raw_cursor
+             else now - config.mc_initial_lookback)
+    pending: list[store.TxFn] = []
+    seen: set[str] = set()
+    async with contextlib.aclosing(
+            cast("AsyncGenerator[Profile, None]", mc.profiles(updated_from=start, updated_to=now))) as profiles:
+        async for profile in profiles:
+            if profile.id in seen:
+                continue
+            if run.should_stop():
+                run.interrupted = True
+                await run.flush(*pending)
+                return
+            seen.add(profile.id)
+            run.fetched()
+            try:
+                pending += await sync_one(config, ea, mc, run, profile)
+            except FatalApiError as exc:
+                run.record("rejected", messaging_id=profile.id, message=exc.message)
+            if run.pending_rows >= BATCH:
+                await run.flush(*pending)
+                pending = []
+    await run.flush(*pending, store.set_cursor(name, FLOW, now.isoformat(), run.now_iso()))
+
+
+async def _match(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, profile: Profile,
+                 contact: rules.Contact, link: str | None) -> VanPerson | None:
+    """By link, else by the profile's Constituent ID, else ``people/find``."""
+    for ref in (link, profile.constituent_id):
+        if ref and ref.isdigit():
+            try:
+                return await ea.get_person(ref)
+            except NotFoundError:
+                continue
+    try:
+        candidate = match_candidate(first_name=contact.first_name, last_name=contact.last_name,
+                                    email=contact.email, phone=contact.phone)
+    except ValueError:
+        return None
+    if not candidate.can_match:
+        return None
+    found = await ea.find_person(candidate)
+    return await ea.get_person(found) if found is not None else None
+
+
+async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
+                   run: RunContext, profile: Profile) -> list[store.TxFn]:
+    name, now, stamp = run.integration, run.clock.now(), run.now_iso()
+    pid = profile.id
+    contact = rules.contact_from_profile(profile)
+    if contact.phone is None:
+        run.skip("no_mobile_number", messaging_id=pid)
+        return []
+    known = await run.db.tx(store.read_for_profile, name, pid)
+    mc_fact = rules.mc_consent(profile)
+    person = await _match(config, ea, profile, contact, known.link)
+    writes: list[store.TxFn] = []
+    obs = None
+    if person is not None:
+        van_id = str(person.van_id)
+        previous = await run.db.tx(store.read_observation, name, van_id)
+        obs = rules.observe_ea(previous, rules.van_consent(person, contact.phone), now)
+        writes.append(store.put_observation(name, van_id, obs))
+    payload_fp = rules.fingerprint(rules.mc_payload(contact, mc_fact.status, pid))
+    id_type = config.everyaction.identifier_type
+    plan = rules.plan_mc_to_ea(
+        contact=contact, mc=mc_fact, person=rules.contact_from_van(person) if person else None,
+        ea=obs.fact() if obs else rules.ConsentFact(rules.Consent.UNKNOWN), liberal=config.liberal_sync,
+        required=config.required_fields(), payload_unchanged=known.fingerprint == payload_fp,
+        has_identifier=person is not None and person.identifier(id_type) == pid,
+        missing_country_is_us=config.missing_country == "assume_us",
+    )
+    if plan.skip is not None and not plan.opt_out:
+        run.skip(plan.skip, crm_id=str(person.van_id) if person else None, messaging_id=pid)
+        return writes
+    created = wrote = False
+    if person is None:
+        # A new opt-in with an email: findOrCreate (matches by email first, so a retry finds what an
+        # interrupted run created instead of creating it twice).
+        result = await ea.find_or_create(match_candidate(
+            first_name=contact.first_name, last_name=contact.last_name, email=contact.email,
+            phone=contact.phone, phone_opt_in=OptInStatus.OPT_IN, identifiers={id_type: pid},
+            address_line1=contact.street_address, city=contact.city, state=contact.state,
+            zip=contact.zip_code, country_code=contact.country or "US"))
+        van_id, created, wrote = str(result.van_id), result.created, True
+        writes.append(store.put_observation(name, van_id, rules.written_ea(rules.Consent.IN, now)))
+        if not result.created:  # matched after all: make sure the opt-in is on the listed number
+            await ea.set_phone_opt_in(van_id, contact.phone, OptInStatus.OPT_IN)
+    else:
+        van_id = str(person.van_id)
+        body: dict[str, Any] = {} if plan.skip else van_body(contact, plan)
+        if plan.opt_in or plan.opt_out:
+            status = OptInStatus.OPT_IN if plan.opt_in else OptInStatus.OPT_OUT
+            body.update(phone_opt_in_update(contact.phone, status))
+            writes.append(store.put_observation(
+                name, van_id, rules.written_ea(rules.Consent.IN if plan.opt_in else rules.Consent.OUT, now)))
+        if plan.link_id and plan.skip in (None, "not_opted_in"):
+            body.update(identifier_update(id_type, pid))
+        if body:
+            await ea.update_person(van_id, body)
+            wrote = True
+    if plan.skip in (None, "not_opted_in") and profile.constituent_id != van_id:
+        # the VAN ID into the profile's Constituent ID: both records stay linked
+        await mc.profile_update(ProfileUpdate(phone_number=contact.phone, constituent_id=van_id))
+        wrote = True
+    if plan.skip is not None:
+        run.record("updated", crm_id=van_id, messaging_id=pid,
+                   message=f"opt-out set in EveryAction; profile data not synced ({plan.skip})")
+        writes.append(store.put_link(name, van_id, pid, stamp))
+        return writes
+    writes.append(store.put_link(name, van_id, pid, stamp))
+    writes.append(store.put_fingerprint(name, f"ea:{pid}", payload_fp, mc_fact.status.value, stamp))
+    run.record("created" if created else "updated" if wrote else "unchanged", crm_id=van_id, messaging_id=pid)
+    return writes

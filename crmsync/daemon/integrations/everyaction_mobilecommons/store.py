@@ -1,0 +1,57 @@
+"""The state this kind keeps, as transaction functions for ``run.flush(...)`` (no trio, no I/O of their own).
+
+* links: crm_id = VAN ID, messaging_id = Mobile Commons profile id;
+* fingerprints: ``mc:{vanId}`` (last payload ea_to_mc wanted Mobile Commons to hold) and ``ea:{profileId}``
+  (last payload mc_to_ea wanted EveryAction to hold);
+* kv ``ea_consent:{vanId}``: the last EveryAction opt-in status seen and when (see rules.EaObservation).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from crmsync.daemon.integrations.everyaction_mobilecommons.rules import EaObservation
+from crmsync.state import queries as q
+
+TxFn = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(frozen=True)
+class Known:
+    link: str | None  # the other side's id
+    fingerprint: str | None
+    observation: EaObservation | None
+
+
+def read_for_van(c: sqlite3.Connection, integration: str, van_id: str) -> Known:
+    fp = q.get_fingerprint(c, integration, f"mc:{van_id}")
+    return Known(q.link_for_crm(c, integration, van_id), fp[0] if fp else None,
+                 EaObservation.loads(q.kv_get(c, integration, f"ea_consent:{van_id}")))
+
+
+def read_for_profile(c: sqlite3.Connection, integration: str, profile_id: str) -> Known:
+    fp = q.get_fingerprint(c, integration, f"ea:{profile_id}")
+    return Known(q.link_for_messaging(c, integration, profile_id), fp[0] if fp else None, None)
+
+
+def read_observation(c: sqlite3.Connection, integration: str, van_id: str) -> EaObservation | None:
+    return EaObservation.loads(q.kv_get(c, integration, f"ea_consent:{van_id}"))
+
+
+def put_observation(integration: str, van_id: str, obs: EaObservation) -> TxFn:
+    return lambda c: q.kv_set(c, integration, f"ea_consent:{van_id}", obs.dumps())
+
+
+def put_link(integration: str, van_id: str, profile_id: str, now: str) -> TxFn:
+    return lambda c: q.put_link(c, integration, van_id, profile_id, now)
+
+
+def put_fingerprint(integration: str, key: str, fp: str, version: str | None, now: str) -> TxFn:
+    return lambda c: q.put_fingerprint(c, integration, key, fp, version, now)
+
+
+def set_cursor(integration: str, flow: str, value: str, now: str) -> TxFn:
+    return lambda c: q.set_cursor(c, integration, flow, value, now)
