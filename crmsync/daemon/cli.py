@@ -178,19 +178,24 @@ def cmd_control(args: argparse.Namespace) -> int:
         call_args["offset"] = args.offset
     path = socket_path(args)
 
-    async def go() -> tuple[int, str]:
+    async def go() -> dict[str, Any]:
         async with ControlClient(path, timeout=24 * 3600 if call_args.get("wait") else 60) as client:
             reply = await client.call(cmd, **call_args)
             if cmd == "full_sync" and args.watch and reply.get("ok"):
                 await _watch(client, args.name)
                 reply = await client.call("status", integration=args.name)
-        return _print_reply(cmd, reply, args.json)
+        return reply
 
     try:
-        code, _ = trio.run(go)
-    except (FileNotFoundError, ConnectionRefusedError, PermissionError, ConnectionError) as exc:
+        reply = trio.run(go)
+    except (OSError, ConnectionError) as exc:
         print(f"crmsync: cannot reach the daemon at {path}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    try:
+        code, _ = _print_reply(cmd, reply, args.json)
+    except BrokenPipeError:  # `crmsync status | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
     return code
 
 
