@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import time
-from functools import partial
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 

@@ -1,0 +1,226 @@
+"""The ``[integrations.NAME]`` section of an ``efficy_apsis`` integration: the seed's UI tabs as TOML.
+
+* ``[efficy]`` / ``[apsis]``: connections (secrets only as ``*_file`` / ``*_env``);
+* ``conditions``: the Sync Conditions tab (field = value, ANDed);
+* ``[attributes]``: the Field Mapping tab (email and K_CONTACT are mapped automatically and may not be
+  remapped);
+* ``[consents.NAME]``: the Consent Mappings tab (one CRM Profile -> one topic on ONE channel);
+* ``[tags]``: the Queries tab (tag -> saved query, tag -> CRM Profile);
+* ``[full_sync]``: paging and the per-profile / bulk-import threshold.
+
+Every setting that rests on an unverified API fact ([U] in the research) is a key here, listed in
+``docs/efficy_apsis.md``. Validation errors carry their key path (``consents.news.channel``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from crmsync.connectors.apsis.records import (
+    ATTR_CRMID,
+    ATTR_EMAIL,
+    ATTR_MOBILE,
+    CHANNEL_EMAIL,
+    CHANNEL_SMS,
+    KEYSPACE_CRM_ID,
+    MAX_BODY_BYTES,
+    SECTION_DEFAULT,
+)
+from crmsync.daemon.config import IntegrationConfig
+from crmsync.daemon.secrets import SecretsModel, StrictModel
+
+KIND = "efficy_apsis"
+CHANNELS: dict[str, str] = {"email": CHANNEL_EMAIL, "sms": CHANNEL_SMS}
+CONTACT_ID_FIELD = "K_CONTACT"
+FieldTypeName = Literal["str", "int", "float", "flag", "datetime"]
+Scalar = str | int | float | bool
+
+
+class EfficySettings(SecretsModel):
+    """How to reach Efficy Enterprise's JSON-RPC endpoint (``{url}/crm/json``)."""
+
+    secrets = {"api_key": True}
+
+    url: str
+    api_key: Any = None
+    customer: str | None = None
+    customer_in_query: bool = False  # ?customer= (Pauwris SDK) instead of X-Efficy-Customer (n8n node)
+    language: str | None = None
+    timezone: str = "UTC"  # [U] zone of Efficy's naive timestamps (D_CHANGE)
+    email_field: str = "EMAIL1"  # [U] conventional column; auto-mapped to the APSIS email attribute
+    # [U] schema names no public source confirms (research §1.5/§1.6); correct them per deployment
+    contact_table: str = "CONTACTS"
+    profile_detail: str = "Prof"
+    profile_key_field: str = "K_PROFILE"
+    profile_table: str = "PROFILE"
+    profile_link_table: str = "CONT_PROF"
+    # column -> type, for custom columns used in conditions or mappings (only OPENED is a known flag)
+    field_types: dict[str, FieldTypeName] = Field(default_factory=dict)
+    max_concurrency: int = Field(default=4, ge=1, le=32)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+    @field_validator("email_field")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.upper()
+
+
+class ApsisSettings(SecretsModel):
+    """How to reach APSIS One (OAuth2 client credentials)."""
+
+    secrets = {"client_secret": True}
+
+    url: str = "https://api.apsis.one"
+    client_id: str
+    client_secret: Any = None
+    section: str = SECTION_DEFAULT
+    keyspace: str = KEYSPACE_CRM_ID
+    rate_limit: float = Field(default=50.0, gt=0)  # requests/s; the account allows 100 across all keys
+    max_concurrency: int = Field(default=4, ge=1, le=32)
+    max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1000)  # [U] "100 kB" read as 100 000 bytes
+    tag_add_value: bool = True  # [U] tag merge-patch value that adds a tag
+    tag_remove_value: bool | None = False  # [U] value that removes one (false or null)
+    expired_token_status: Literal[401, 403] = 401  # informational; the client refreshes on both
+    imports_per_minute: int = Field(default=10, ge=1)
+    concurrent_imports: int = Field(default=3, ge=1)
+    import_poll_interval: float = Field(default=5.0, gt=0)  # [U] how often an import's status is polled
+    import_timeout: float = Field(default=24 * 3600.0, gt=0)  # [U] when a stuck import counts as failed
+    sms_address_attribute: str = ATTR_MOBILE  # the attribute holding the SMS address
+    consent_source: str | None = None  # "source" on consent writes (APSIS default: "One API")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+
+class ConsentMapping(StrictModel):
+    """One CRM Profile to one APSIS subscription (topic) on one channel."""
+
+    profile: int = Field(ge=1)
+    topic: str
+    channel: str
+
+    @field_validator("channel", mode="before")
+    @classmethod
+    def _channel(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            raise ValueError("one channel per mapping (email or sms); add a second mapping for the other")
+        if v in CHANNELS.values():
+            return next(k for k, d in CHANNELS.items() if d == v)
+        if v not in CHANNELS:
+            raise ValueError("must be 'email' or 'sms' (both channels need two mappings)")
+        return v
+
+    @property
+    def channel_discriminator(self) -> str:
+        return CHANNELS[self.channel]
+
+    @property
+    def profile_id(self) -> str:
+        return str(self.profile)
+
+
+class TagsConfig(StrictModel):
+    """Tag discriminator -> Efficy saved query (K_QUERY) / CRM Profile (K_PROFILE)."""
+
+    queries: dict[str, int] = Field(default_factory=dict)
+    profiles: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> TagsConfig:
+        both = sorted(set(self.queries) & set(self.profiles))
+        if both:
+            raise ValueError(f"tag {both[0]!r} is set from both a query and a profile; pick one")
+        return self
+
+    def all_tags(self) -> frozenset[str]:
+        return frozenset(self.queries) | frozenset(self.profiles)
+
+
+class FullSyncConfig(StrictModel):
+    page_size: int = Field(default=500, ge=1, le=10000)
+    # Use APSIS bulk imports for full syncs of at least this many contacts; 0 = never (per-profile upserts).
+    import_threshold: int = Field(default=0, ge=0)
+    # how many contacts of a page are upserted at the same time on the per-profile path
+    concurrency: int = Field(default=8, ge=1, le=64)
+
+
+class BackflowConfig(StrictModel):
+    page_size: int = Field(default=500, ge=1)  # linked profiles read per store transaction
+
+
+class EfficyApsisConfig(IntegrationConfig):
+    efficy: EfficySettings
+    apsis: ApsisSettings
+    conditions: dict[str, Scalar] = Field(default_factory=dict)
+    # Efficy column -> APSIS attribute discriminator (email and K_CONTACT are mapped automatically)
+    attributes: dict[str, str] = Field(default_factory=dict)
+    # named mappings: [consents.NAME] profile = K_PROFILE, topic = "...", channel = "email" | "sms"
+    consents: dict[str, ConsentMapping] = Field(default_factory=dict)
+    tags: TagsConfig = Field(default_factory=TagsConfig)
+    full_sync: FullSyncConfig = Field(default_factory=FullSyncConfig)
+    consent_backflow: BackflowConfig = Field(default_factory=BackflowConfig)
+
+    @field_validator("conditions")
+    @classmethod
+    def _conditions(cls, v: dict[str, Scalar]) -> dict[str, Scalar]:
+        upper: dict[str, Scalar] = {}
+        for name, value in v.items():
+            if name.upper() in upper:
+                raise ValueError(f"condition on {name.upper()} given twice")
+            upper[name.upper()] = value
+        return upper
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, v: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        by_attribute: dict[str, str] = {}
+        for column, attribute in v.items():
+            name = column.strip().upper()
+            if not name:
+                raise ValueError("an attribute mapping needs an Efficy column name")
+            if not isinstance(attribute, str) or "." not in attribute:
+                raise ValueError(f"{column}: must be an APSIS attribute discriminator like "
+                                 "com.apsis1.attributes.firstname")
+            if attribute in (ATTR_EMAIL, ATTR_CRMID) or name == CONTACT_ID_FIELD:
+                raise ValueError(f"{column}: email and ID are mapped automatically and cannot be remapped")
+            if name in out:
+                raise ValueError(f"{column}: column {name} is mapped twice")
+            if attribute in by_attribute:
+                raise ValueError(f"{column}: attribute {attribute} is already mapped from {by_attribute[attribute]}")
+            out[name] = attribute
+            by_attribute[attribute] = column
+        return out
+
+    @field_validator("consents")
+    @classmethod
+    def _consents(cls, v: dict[str, ConsentMapping]) -> dict[str, ConsentMapping]:
+        seen: dict[tuple[str, str], str] = {}
+        for name, m in v.items():
+            slot = (m.topic, m.channel)
+            if slot in seen:
+                raise ValueError(f"{name}: topic {m.topic} on {m.channel} is already mapped by {seen[slot]}")
+            seen[slot] = name
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> EfficyApsisConfig:
+        if self.efficy.email_field in self.attributes:
+            raise ValueError(f"attributes.{self.efficy.email_field}: the email field is mapped automatically")
+        if any(m.channel == "sms" for m in self.consents.values()) and \
+                self.apsis.sms_address_attribute not in self.attributes.values():
+            raise ValueError(f"consents: an sms mapping needs an attribute mapping to "
+                             f"{self.apsis.sms_address_attribute} (the SMS address)")
+        return self

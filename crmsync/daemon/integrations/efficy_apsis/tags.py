@@ -1,0 +1,74 @@
+"""The ``tags`` flow: APSIS tags from Efficy saved queries (daily by default, and after every full sync).
+
+For each ``[tags.queries]`` entry, the query's contacts get the tag and those that left it lose it. The
+members crmsync tagged are kept in the store, so leavers are found without reading APSIS. Tags from CRM
+Profiles (``[tags.profiles]``) are part of each contact's payload: a profile added to or removed from a
+contact card changes the contact, so real-time and full syncs keep them right.
+
+Only linked profiles (synced at least once) are tagged; members that were never synced (e.g. failing the
+sync conditions) are reported as skipped ``not_synced``.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from crmsync.connectors.apsis import ApsisClient, ApsisProfile
+from crmsync.connectors.efficy import EfficyClient
+from crmsync.connectors.errors import AuthError, FatalApiError
+from crmsync.daemon.integrations.efficy_apsis import store
+from crmsync.daemon.integrations.efficy_apsis.rules import retag
+from crmsync.daemon.integrations.efficy_apsis.writer import Written, bounded_map
+from crmsync.daemon.runs import RunContext
+
+log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.tags")
+
+CHUNK = 500
+
+
+async def run_tags(run: RunContext, *, efficy: EfficyClient, apsis: ApsisClient, queries: dict[str, int],
+                   integration: str, concurrency: int) -> None:
+    for tag, query_id in sorted(queries.items()):
+        members = set(await efficy.run_query(query_id))
+        previous = await run.db.tx(store.get_members, integration, tag)
+        candidates = sorted(members | previous, key=lambda k: (len(k), k))
+        run.fetched(len(members))
+        tagged = set(previous)
+        for start in range(0, len(candidates), CHUNK):
+            chunk = candidates[start:start + CHUNK]
+            states = await run.db.tx(store.load_states, integration, chunk, ())
+
+            async def one(cid: str, states: dict[str, store.ContactState] = states, tag: str = tag,
+                          members: set[str] = members) -> Written:
+                return await _retag(cid, states[cid], tag, cid in members, apsis, integration, run.now_iso())
+
+            results = await bounded_map(one, chunk, concurrency)
+            tx: list[store.TxFn] = []
+            for w in results:
+                w.report(run)
+                tx.extend(w.tx)
+                if w.outcome in ("updated", "unchanged"):
+                    (tagged.add if w.contact_id in members else tagged.discard)(w.contact_id)
+                elif w.outcome == "skipped":
+                    tagged.discard(w.contact_id)
+            await run.flush(*tx)
+        await run.flush(store.set_members(integration, tag, tagged))
+        log.info("tag_synced", tag=tag, members=len(members), tagged=len(tagged))
+
+
+async def _retag(cid: str, state: store.ContactState, tag: str, member: bool, apsis: ApsisClient,
+                 integration: str, now: str) -> Written:
+    if not state.linked or state.current is None:
+        return Written("skipped", cid, reason="not_synced")
+    have = state.current.tags
+    want = retag(have, tag, member)
+    if want == have:
+        return Written("unchanged", cid)
+    try:
+        await apsis.patch_tags(cid, want - have, have - want)
+    except AuthError:
+        raise
+    except FatalApiError as exc:
+        return Written("rejected", cid, message=exc.message)
+    updated = ApsisProfile(cid, state.current.attributes, state.current.consents, want)
+    return Written("updated", cid, tx=[store.written(integration, updated, state.written_version, now)])

@@ -1,0 +1,151 @@
+"""Writing planned profiles to APSIS one by one (real-time, and full syncs below the import threshold).
+
+Order per profile, as the seed's middle layer does it: create the profile if unknown, patch attributes,
+then consents, then tags (``ApsisClient.upsert_profile``). Before an opt-in is *written* (never for one
+already sent), the profile's consents are read from APSIS: an opt-out there that is newer than (or as old
+as) the Efficy change stands, is not written over, and is recorded so that it flows back to Efficy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
+
+import structlog
+import trio
+
+from crmsync.connectors.apsis import ApsisClient, ApsisProfile, ConsentKey
+from crmsync.connectors.apsis.problems import ApsisNotFoundError
+from crmsync.connectors.efficy import EfficyContact
+from crmsync.connectors.errors import AuthError, FatalApiError
+from crmsync.daemon.integrations.efficy_apsis import store
+from crmsync.daemon.integrations.efficy_apsis.rules import (
+    OPT_IN,
+    OPT_OUT,
+    OptOutRecord,
+    Plan,
+    SyncSpec,
+    apsis_optout_wins,
+    optin_candidates,
+    version_str,
+)
+from crmsync.daemon.runs import RunContext
+
+log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.writer")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class Written:
+    """The outcome of one planned contact: a report row plus the store writes that go with it."""
+
+    outcome: str
+    contact_id: str
+    reason: str | None = None
+    message: str | None = None
+    tx: list[store.TxFn] = field(default_factory=list)
+
+    def report(self, run: RunContext) -> None:
+        messaging = self.contact_id if self.outcome not in ("skipped",) else None
+        run.record(self.outcome, crm_id=self.contact_id, messaging_id=messaging, reason=self.reason,
+                   message=self.message)
+
+
+async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Sequence[T], limit: int) -> list[R]:
+    """``fn`` over ``items`` with at most ``limit`` running at once; results in input order."""
+    results: dict[int, R] = {}
+    gate = trio.Semaphore(limit)
+
+    async def one(i: int, item: T) -> None:
+        async with gate:
+            results[i] = await fn(item)
+
+    async with trio.open_nursery() as nursery:
+        for i, item in enumerate(items):
+            nursery.start_soon(one, i, item)
+    return [results[i] for i in range(len(items))]
+
+
+def settled(plan: Plan, contact: EfficyContact, integration: str, now: str) -> Written:
+    """Outcome of a plan that needs no APSIS call: a skip, or an unchanged profile (whose fingerprint is
+    refreshed with the newer Efficy version, so the stale guard keeps up)."""
+    if plan.action == "skip":
+        assert plan.reason is not None
+        return Written("skipped", plan.contact_id, reason=plan.reason)
+    assert plan.desired is not None
+    return Written("unchanged", plan.contact_id,
+                   tx=[store.written(integration, plan.desired, version_str(contact.modified_at), now)])
+
+
+async def check_apsis_optouts(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec: SyncSpec
+                              ) -> tuple[ApsisProfile, ApsisProfile | None, list[OptOutRecord]]:
+    """Resolve opt-ins about to be written against APSIS's current consents.
+
+    Returns the profile to write, the ``current`` view to diff against (what APSIS has on the checked slots,
+    so nothing is written there needlessly), and new records of APSIS opt-outs that won.
+    """
+    desired, current = plan.desired, plan.current
+    assert desired is not None
+    candidates = optin_candidates(desired.consents, current)
+    if not candidates:
+        return desired, current, []
+    try:
+        consents = await apsis.get_consents(desired.key)
+    except ApsisNotFoundError:
+        return desired, current, []  # no profile yet: nothing to overwrite
+    have = {c.key: c for c in consents}
+    new_consents = dict(desired.consents)
+    seen: dict[ConsentKey, str] = dict(current.consents) if current is not None else {}
+    records: list[OptOutRecord] = []
+    profile_of = {rule.slot: rule.profile_id for rule in spec.consents}
+    for ck in candidates:
+        existing = have.get(ck)
+        if existing is None:
+            continue
+        if existing.type == OPT_OUT and apsis_optout_wins(_parse(existing.modified_at), contact.modified_at):
+            new_consents[ck] = OPT_OUT
+            seen[ck] = OPT_OUT  # already so in APSIS: no write
+            records.append(OptOutRecord(desired.key, profile_of[ck], ck, _parse(existing.modified_at)))
+            log.info("apsis_optout_stands", contact_id=desired.key, topic=ck.topic, channel=ck.channel)
+        elif existing.type in (OPT_IN, "confirmed-opt-in"):
+            seen[ck] = OPT_IN
+    desired = ApsisProfile(desired.key, desired.attributes, new_consents, desired.tags)
+    if current is not None:
+        current = ApsisProfile(current.key, current.attributes, seen, current.tags)
+    return desired, current, records
+
+
+async def write_one(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec: SyncSpec,
+                    integration: str, now: str) -> Written:
+    """Upsert one planned profile. API refusals become ``rejected`` rows (with APSIS's message)."""
+    if plan.action != "write":
+        return settled(plan, contact, integration, now)
+    try:
+        desired, current, records = await check_apsis_optouts(apsis, plan, contact, spec)
+        result = await apsis.upsert_profile(desired, current, managed_tags=spec.managed_tags)
+    except AuthError:
+        raise  # credentials or permissions: the whole run is wrong, not this record
+    except FatalApiError as exc:
+        log.warning("apsis_rejected", contact_id=plan.contact_id, error=exc.message)
+        return Written("rejected", plan.contact_id, message=exc.message)
+    tx = [store.written(integration, desired, version_str(contact.modified_at), now)]
+    tx += [store.put_optout(integration, r) for r in records]
+    tx += [store.drop_optout(integration, r) for r in plan.obsolete_optouts]
+    if plan.current is None:
+        outcome = "created"
+    else:
+        outcome = "updated" if result.writes else "unchanged"
+    return Written(outcome, plan.contact_id, tx=tx)
+
+
+def _parse(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

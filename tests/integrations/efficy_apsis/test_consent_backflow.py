@@ -1,0 +1,91 @@
+"""Opt-outs made in APSIS flow back to Efficy and are never overwritten by an older Efficy state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from crmsync.clock import WallClock
+from crmsync.connectors.apsis.records import CHANNEL_EMAIL
+from tests.integrations.efficy_apsis.harness import NAME, NEWS, NEWS_SMS, make_config, world
+
+
+async def test_an_apsis_optout_reaches_efficy_and_survives_the_next_full_sync_even_from_a_stale_read(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock) -> None:
+    async with world(tmp_path, clock, contacts=6) as w:
+        cid = 10001  # i = 0: holds the newsletter profile, passes the conditions
+        await w.supervisor.full_sync(NAME)
+        await w.wait_full_sync()
+        assert w.apsis.consents_of(str(cid))[NEWS] == "opt-in"
+        await trio.sleep(60)
+        w.apsis.opt_out(str(cid), NEWS.topic, CHANNEL_EMAIL)  # the unsubscribe link
+        result = await w.supervisor.run_flow(NAME, "consent_backflow", wait=True)
+        assert result["run"]["status"] == "success"
+        assert 1 not in w.efficy.contact(cid)["profile_ids"]  # the CRM Profile left the contact card
+        run = await w.last_run("consent_backflow")
+        rows = await w.rows(run["id"])
+        assert [(r["crm_id"], r["outcome"]) for r in rows] == [(str(cid), "updated")]
+        assert "removed in Efficy" in rows[0]["message"]
+
+        # a stale Efficy read still shows the profile (its D_CHANGE is from before the unlink)
+        w.efficy._links[cid].add(1)
+        w.efficy._contacts[cid]["D_CHANGE"] = w.efficy._contacts[cid]["D_CREATE"]
+        before = w.apsis.writes["consent"]
+        await w.supervisor.full_sync(NAME)
+        await w.wait_full_sync()
+        assert w.apsis.consents_of(str(cid))[NEWS] == "opt-out"
+        assert w.apsis.writes["consent"] == before  # not re-subscribed, nothing written
+        # a fresh read of a contact that is otherwise edited later still does not re-subscribe
+        w.efficy._links[cid].discard(1)
+        await trio.sleep(5)
+        w.efficy.update_contact(cid, first_name="Edited")
+        await w.sender().flush()
+        await w.wait_queue_empty()
+        assert w.apsis.consents_of(str(cid))[NEWS] == "opt-out"
+        # a second backflow has nothing left to do
+        await w.supervisor.run_flow(NAME, "consent_backflow", wait=True)
+        assert await w.rows((await w.last_run("consent_backflow"))["id"]) == []
+
+        # a CRM user deliberately re-adds the profile later: that is the newer change, it wins
+        await trio.sleep(60)
+        w.efficy.add_profile_to_contact(cid, 1)
+        await w.sender().flush()
+        await w.wait_queue_empty()
+        assert w.apsis.consents_of(str(cid))[NEWS] == "opt-in"
+
+
+@pytest.mark.parametrize("threshold", [0, 1], ids=["per-profile", "import"])
+async def test_a_newer_optout_already_in_apsis_is_never_resubscribed(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock, threshold: int) -> None:
+    config = make_config(tmp_path, full_sync={"import_threshold": threshold})
+    async with world(tmp_path, clock, contacts=6, config=config) as w:
+        cid = 10001
+        await trio.sleep(30)
+        # the person unsubscribed in APSIS after the contact was last changed in Efficy
+        w.apsis.add_profile(str(cid), consents={NEWS: "opt-out"})
+        await w.supervisor.full_sync(NAME)
+        await w.wait_full_sync()
+        consents = w.apsis.consents_of(str(cid))
+        assert consents[NEWS] == "opt-out"
+        assert consents[NEWS_SMS] == "opt-in"  # other subscriptions are untouched by that opt-out
+        # and the opt-out flows back to Efficy
+        await w.supervisor.run_flow(NAME, "consent_backflow", wait=True)
+        assert 1 not in w.efficy.contact(cid)["profile_ids"]
+        await w.supervisor.full_sync(NAME)
+        await w.wait_full_sync()
+        assert w.apsis.consents_of(str(cid))[NEWS] == "opt-out"
+
+
+async def test_an_older_apsis_optout_gives_way_to_a_newer_efficy_optin(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock) -> None:
+    async with world(tmp_path, clock, contacts=0) as w:
+        w.apsis.add_profile("10001", consents={NEWS: "opt-out"})
+        await trio.sleep(30)
+        cid = w.efficy.add_contact(name="New", email="new@example.be", profiles=[1], MOBILE="+32470000001",
+                                   ROBINSON=False)
+        assert cid == 10001
+        await w.sender().flush()
+        await w.wait_queue_empty()
+        assert w.apsis.consents_of(str(cid))[NEWS] == "opt-in"
