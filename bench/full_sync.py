@@ -95,9 +95,8 @@ def main() -> None:
         print(f"{r['n']:>9} {r['seconds']:>8.1f} {r['rate']:>10.0f} {r['peak_mb']:>8.1f} "
               f"{r['retained_mb']:>12.1f} {r['transient_mb']:>13.1f}")
     print("retained = simulator state and store caches still held after the sync (grows with N);")
-    print("transient = peak above that: the sync's working set. crmsync holds one page; note that the Efficy")
-    print("simulator renders its whole CONTACTS table for every page query (simulator.py _table), an O(N)")
-    print("transient that is the simulator's, not the daemon's.")
+    print("transient = peak above that: the sync's working set (one page at a time), plus the in-process")
+    print("simulators' handling of one request; it should not grow with N.")
 
 
 if __name__ == "__main__":
