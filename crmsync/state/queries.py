@@ -148,6 +148,16 @@ def put_link(c: sqlite3.Connection, integration: str, crm_id: str, messaging_id:
     )
 
 
+def links_page(c: sqlite3.Connection, integration: str, after: str | None, limit: int) -> list[tuple[str, str]]:
+    """Linked ``(crm_id, messaging_id)`` pairs after ``after``, in crm_id order: for flows that page over
+    every linked record (e.g. polling the messaging side for opt-outs)."""
+    rows = c.execute(
+        "SELECT crm_id, messaging_id FROM links WHERE integration = ? AND crm_id > ? ORDER BY crm_id LIMIT ?",
+        (integration, after or "", limit),
+    ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
 def count_links(c: sqlite3.Connection, integration: str) -> int:
     return int(c.execute("SELECT COUNT(*) FROM links WHERE integration = ?", (integration,)).fetchone()[0])
 
@@ -395,6 +405,10 @@ def prune(c: sqlite3.Connection, integration: str, flow: str, older_than: str, k
 def kv_get(c: sqlite3.Connection, integration: str, key: str) -> str | None:
     row = c.execute("SELECT value FROM kv WHERE integration = ? AND key = ?", (integration, key)).fetchone()
     return row[0] if row else None
+
+
+def kv_delete(c: sqlite3.Connection, integration: str, key: str) -> None:
+    c.execute("DELETE FROM kv WHERE integration = ? AND key = ?", (integration, key))
 
 
 def kv_set(c: sqlite3.Connection, integration: str, key: str, value: str) -> None:

@@ -27,6 +27,7 @@ from crmsync.daemon.integrations.efficy_apsis import store
 from crmsync.daemon.integrations.efficy_apsis.rules import OPT_OUT, ConsentRule, OptOutRecord, SyncSpec
 from crmsync.daemon.integrations.efficy_apsis.writer import Written, bounded_map
 from crmsync.daemon.runs import RunContext
+from crmsync.state import queries as q
 
 log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.consent_backflow")
 
@@ -37,7 +38,7 @@ async def run_backflow(run: RunContext, *, efficy: EfficyClient, apsis: ApsisCli
         return
     after: str | None = None
     while True:
-        page = await run.db.tx(store.linked_page, integration, after, page_size)
+        page = await run.db.tx(q.links_page, integration, after, page_size)
         if not page:
             return
         after = page[-1][0]

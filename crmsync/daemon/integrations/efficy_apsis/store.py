@@ -83,19 +83,9 @@ def put_optout(integration: str, record: OptOutRecord) -> TxFn:
 
 def drop_optout(integration: str, record: OptOutRecord) -> TxFn:
     def tx(c: sqlite3.Connection) -> None:
-        c.execute("DELETE FROM kv WHERE integration = ? AND key = ?",
-                  (integration, optout_key(record.contact_id, record.profile_id, record.slot)))
+        q.kv_delete(c, integration, optout_key(record.contact_id, record.profile_id, record.slot))
 
     return tx
-
-
-def linked_page(c: sqlite3.Connection, integration: str, after: str | None, limit: int
-                ) -> list[tuple[str, str]]:
-    """Linked (crm_id, profile key) pairs after ``after``, in crm_id order (the backflow pages over them)."""
-    rows = c.execute(
-        "SELECT crm_id, messaging_id FROM links WHERE integration = ? AND crm_id > ? "
-        "ORDER BY crm_id LIMIT ?", (integration, after or "", limit)).fetchall()
-    return [(str(r[0]), str(r[1])) for r in rows]
 
 
 def get_members(c: sqlite3.Connection, integration: str, tag: str) -> set[str]:
