@@ -48,7 +48,7 @@ async def one_run(n: int, tmp: Path, *, page_size: int, threshold: int) -> dict[
             "kind": "efficy_apsis",
             "efficy": {"url": "http://efficy.test", "api_key_file": str(tmp / "k")},
             "apsis": {"url": "http://apsis.test", "client_id": "c", "client_secret_file": str(tmp / "s"),
-                      "rate_limit": 1e9, "imports_per_minute": 10**6, "import_poll_interval": 0.001},
+                      "rate_limit": 1e9, "imports_per_minute": 10**6, "import_poll_interval": "0.001s"},
             "conditions": {"OPENED": 1},
             "attributes": {"FIRSTNAME": "com.apsis1.attributes.firstname",
                            "NAME": "com.apsis1.attributes.lastname", "MOBILE": "com.apsis1.attributes.mobile"},

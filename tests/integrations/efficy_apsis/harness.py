@@ -85,7 +85,7 @@ def make_config(tmp_path: Path, *, form: str = "contract", **overrides: Any) -> 
         "efficy": {"url": "http://efficy.test", "api_key_file": str(tmp_path / "efficy-key"),
                    "field_types": {"ROBINSON": "flag"}},
         "apsis": {"url": "http://apsis.test", "client_id": "crmsync",
-                  "client_secret_file": str(tmp_path / "apsis-secret"), "import_poll_interval": 1.0},
+                  "client_secret_file": str(tmp_path / "apsis-secret"), "import_poll_interval": "1s"},
         "conditions": {"OPENED": 1, "ROBINSON": 0},
         "attributes": {"FIRSTNAME": ATTR_FIRSTNAME, "NAME": ATTR_LASTNAME, "MOBILE": ATTR_MOBILE,
                        "COUNTRY": COUNTRY},

@@ -14,6 +14,7 @@ Every setting that rests on an unverified API fact ([U] in the research) is a ke
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -28,7 +29,7 @@ from crmsync.connectors.apsis.records import (
     MAX_BODY_BYTES,
     SECTION_DEFAULT,
 )
-from crmsync.daemon.config import IntegrationConfig
+from crmsync.daemon.config import Duration, IntegrationConfig
 from crmsync.daemon.secrets import SecretsModel, StrictModel
 
 KIND = "efficy_apsis"
@@ -91,8 +92,8 @@ class ApsisSettings(SecretsModel):
     expired_token_status: Literal[401, 403] = 401  # informational; the client refreshes on both
     imports_per_minute: int = Field(default=10, ge=1)
     concurrent_imports: int = Field(default=3, ge=1)
-    import_poll_interval: float = Field(default=5.0, gt=0)  # [U] how often an import's status is polled
-    import_timeout: float = Field(default=24 * 3600.0, gt=0)  # [U] when a stuck import counts as failed
+    import_poll_interval: Duration = timedelta(seconds=5)  # [U] how often an import's status is polled
+    import_timeout: Duration = timedelta(hours=24)  # [U] when a stuck import counts as failed
     sms_address_attribute: str = ATTR_MOBILE  # the attribute holding the SMS address
     consent_source: str | None = None  # "source" on consent writes (APSIS default: "One API")
 

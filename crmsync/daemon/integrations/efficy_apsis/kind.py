@@ -93,8 +93,9 @@ class EfficyApsisKind(IntegrationKind):
             keyspace=a.keyspace, clock=self.ctx.clock, transport=self.ctx.transports.get("apsis"),
             observer=self.ctx.observer, timeout=self.ctx.http_timeout, max_concurrency=a.max_concurrency,
             rate_limit=a.rate_limit, max_body_bytes=a.max_body_bytes, imports_per_minute=a.imports_per_minute,
-            concurrent_imports=a.concurrent_imports, import_poll_interval=a.import_poll_interval,
-            import_timeout=a.import_timeout, tag_encoding=TagEncoding(a.tag_add_value, a.tag_remove_value),
+            concurrent_imports=a.concurrent_imports, import_poll_interval=a.import_poll_interval.total_seconds(),
+            import_timeout=a.import_timeout.total_seconds(),
+            tag_encoding=TagEncoding(a.tag_add_value, a.tag_remove_value),
             consent_source=a.consent_source,
         )
         return efficy, apsis

@@ -71,7 +71,7 @@ async def build_sandbox(*, name: str, clock: WallClock, contacts: int, secrets_d
                    "field_types": {"ROBINSON": "flag"}},
         "apsis": {"url": apsis_url, "client_id": "sandbox",
                   "client_secret_file": _secret_file(secrets_dir, "apsis-client-secret", client_secret),
-                  "import_poll_interval": 0.5},
+                  "import_poll_interval": "0.5s"},
         "conditions": {"OPENED": 1, "ROBINSON": 0},
         "attributes": {"FIRSTNAME": ATTR_FIRSTNAME, "NAME": ATTR_LASTNAME, "MOBILE": ATTR_MOBILE,
                        "COUNTRY": "usercreated.attributes.country-abc123"},
