@@ -80,12 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
             extra=lambda sp: (sp.add_argument("flow", metavar="FLOW", help="flow name, e.g. ea_to_mc"),
                               sp.add_argument("--wait", action="store_true", help="wait for the run to end")))
     control("runs", "list recent runs of an integration", integration="required",
-            extra=lambda sp: (sp.add_argument("--limit", type=int, default=20),
+            extra=lambda sp: (sp.add_argument("--limit", type=int, default=20, help="runs to list (default 20)"),
                               sp.add_argument("--flow", help="only this flow")))
     control("report", "show a run's synchronization report (default: the latest run)", integration="required",
-            extra=lambda sp: (sp.add_argument("run_id", metavar="RUN_ID", nargs="?", type=int),
-                              sp.add_argument("--limit", type=int, default=200, help="rows to show"),
-                              sp.add_argument("--offset", type=int, default=0)))
+            extra=lambda sp: (sp.add_argument("run_id", metavar="RUN_ID", nargs="?", type=int,
+                                              help="a run id from 'crmsync runs NAME' (default: the latest)"),
+                              sp.add_argument("--limit", type=int, default=200, help="rows to show (default 200)"),
+                              sp.add_argument("--offset", type=int, default=0, help="rows to skip first")))
     control("reload", "re-read the config file; only changed integrations restart")
     return p
 
