@@ -56,8 +56,9 @@ def render_status(result: dict[str, Any]) -> str:
         rows = []
         for i in result["integrations"]:
             fs = i.get("full_sync") or {}
+            state = ("error" if i.get("error") else "active") if i["active"] else "inactive"
             rows.append([
-                i["name"], i["kind"], "active" if i["active"] else "inactive",
+                i["name"], i["kind"], state,
                 i.get("queue_depth", 0),
                 (fs.get("state") or "-") + (" (required)" if i.get("full_sync_required") else ""),
                 _last_runs(i),
@@ -84,6 +85,8 @@ def render_integration(i: dict[str, Any]) -> str:
     ]
     if i.get("notes"):
         lines.append(f"  notes: {i['notes']}")
+    if i.get("error"):
+        lines.append(f"  ERROR (restarting with backoff): {i['error']}")
     if i.get("full_sync_required"):
         lines.append(f"  FULL SYNC REQUIRED: {i.get('full_sync_required_reason') or ''}".rstrip())
     fs = i.get("full_sync")

@@ -1,0 +1,35 @@
+"""The periodic ``tags`` flow: query members get the tag, those who left the query lose it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from crmsync.clock import WallClock
+from tests.integrations.efficy_apsis.harness import NAME, VIP, world
+
+
+async def test_query_members_are_tagged_and_leavers_untagged(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock) -> None:
+    async with world(tmp_path, clock, contacts=20) as w:
+        await w.supervisor.full_sync(NAME)
+        assert (await w.wait_full_sync())["state"] == "completed"
+        synced = [c["K_CONTACT"] for c in w.efficy.contacts() if w.apsis.profile(str(c["K_CONTACT"]))]
+        stay, leave, join = synced[0], synced[2], synced[1]
+        w.efficy.add_query("VIP", [stay, leave], query_id=99990001)  # the saved query now returns two
+        writes_before = w.apsis.write_calls
+        result = await w.supervisor.run_flow(NAME, "tags", wait=True)
+        assert result["run"]["status"] == "success"
+        tagged = {cid for cid in synced if VIP in w.apsis.tags_of(str(cid))}
+        assert tagged == {stay, leave}
+        # membership changes: one leaves, one joins; the flow follows, untagging the leaver
+        w.efficy.add_query("VIP", [stay, join], query_id=99990001)
+        await w.supervisor.run_flow(NAME, "tags", wait=True)
+        tagged = {cid for cid in synced if VIP in w.apsis.tags_of(str(cid))}
+        assert tagged == {stay, join}
+        # a third run with no change costs no APSIS write
+        writes = w.apsis.write_calls
+        run = (await w.supervisor.run_flow(NAME, "tags", wait=True))["run"]
+        assert w.apsis.write_calls == writes and run["counts"]["updated"] == 0
+        assert writes > writes_before
