@@ -21,7 +21,7 @@ def progress_bar(done: int, total: int | None, width: int = 30) -> str:
     if not total:
         return f"[{'?' * width}] {done} done"
     frac = min(1.0, done / total) if total else 0.0
-    filled = round(frac * width)
+    filled = int(frac * width)  # floor: never show more than is done
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ({frac * 100:.1f}%)"
 
 

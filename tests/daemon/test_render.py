@@ -6,7 +6,7 @@ from crmsync.daemon import render
 
 
 def test_progress_bar() -> None:
-    assert render.progress_bar(50, 200, width=10) == "[###.......] 50/200 (25.0%)"
+    assert render.progress_bar(50, 200, width=10) == "[##........] 50/200 (25.0%)"
     assert render.progress_bar(7, None, width=4) == "[????] 7 done"
     assert render.progress_bar(300, 200, width=4).startswith("[####]")
 
