@@ -21,7 +21,7 @@ def test_integration_status_shows_progress_and_errors() -> None:
     })
     assert "ERROR (restarting with backoff): RuntimeError: boom" in text
     assert "FULL SYNC REQUIRED: mappings changed" in text
-    assert "[#######......................] 10/40 (25.0%)  2.5/s" in text
+    assert "[#######.......................] 10/40 (25.0%)  2.5/s" in text
     assert "real-time queue: 3 waiting" in text and "daily at 03:00" in text
 
 
