@@ -15,8 +15,6 @@ The flow never writes an opt-in to APSIS.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import structlog
 
 from crmsync.connectors.apsis import ApsisClient, ApsisProfile, Consent
@@ -24,7 +22,13 @@ from crmsync.connectors.apsis.problems import ApsisNotFoundError
 from crmsync.connectors.efficy import EfficyClient
 from crmsync.connectors.errors import AuthError, FatalApiError, NotFoundError
 from crmsync.daemon.integrations.efficy_apsis import store
-from crmsync.daemon.integrations.efficy_apsis.rules import OPT_OUT, ConsentRule, OptOutRecord, SyncSpec
+from crmsync.daemon.integrations.efficy_apsis.rules import (
+    OPT_OUT,
+    ConsentRule,
+    OptOutRecord,
+    SyncSpec,
+    parse_apsis_time,
+)
 from crmsync.daemon.integrations.efficy_apsis.writer import Written, bounded_map
 from crmsync.daemon.runs import RunContext
 from crmsync.state import queries as q
@@ -101,7 +105,7 @@ async def _check(cid: str, state: store.ContactState, run: RunContext, *, efficy
     except FatalApiError as exc:
         # keep the durable record anyway: the opt-out must hold in later syncs while Efficy refuses
         keep = [store.put_optout(integration, OptOutRecord(cid, rule.profile_id, rule.slot,
-                                                           _parse(c.modified_at))) for rule, c in found]
+                                                           parse_apsis_time(c.modified_at))) for rule, c in found]
         return Written("rejected", cid, message=exc.message, tx=keep)
     confirmed = contact is not None and not any(contact.has_profile(p) for p in profiles)
     version = contact.modified_at if (contact is not None and confirmed) else None
@@ -109,7 +113,7 @@ async def _check(cid: str, state: store.ContactState, run: RunContext, *, efficy
     consents_sent = dict(state.current.consents) if state.current is not None else {}
     for rule, consent in found:
         tx.append(store.put_optout(integration, OptOutRecord(cid, rule.profile_id, rule.slot,
-                                                             _parse(consent.modified_at), version)))
+                                                             parse_apsis_time(consent.modified_at), version)))
         consents_sent[rule.slot] = OPT_OUT
     if state.current is not None:  # APSIS holds the opt-out now: remember it as the state of the slot
         updated = ApsisProfile(cid, state.current.attributes, consents_sent, state.current.tags)
@@ -120,11 +124,3 @@ async def _check(cid: str, state: store.ContactState, run: RunContext, *, efficy
                if confirmed else f"opted out in APSIS ({names}); removal in Efficy not confirmed yet")
     return Written("updated", cid, message=message, tx=tx)
 
-
-def _parse(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None

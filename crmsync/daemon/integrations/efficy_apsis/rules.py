@@ -150,6 +150,16 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def parse_apsis_time(value: str | None) -> datetime | None:
+    """APSIS timestamps are ISO 8601, often with a ``Z``; an unreadable one counts as unknown."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def newer(a: datetime | None, b: datetime | None) -> bool:
     """Whether ``a`` is strictly newer than ``b``; an unknown time is never newer (ties are not newer)."""
     return a is not None and (b is None or a > b)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TypeVar
 
 import structlog
@@ -29,6 +28,7 @@ from crmsync.daemon.integrations.efficy_apsis.rules import (
     SyncSpec,
     apsis_optout_wins,
     optin_candidates,
+    parse_apsis_time,
     version_str,
 )
 from crmsync.daemon.runs import RunContext
@@ -106,10 +106,10 @@ async def check_apsis_optouts(apsis: ApsisClient, plan: Plan, contact: EfficyCon
         existing = have.get(ck)
         if existing is None:
             continue
-        if existing.type == OPT_OUT and apsis_optout_wins(_parse(existing.modified_at), contact.modified_at):
+        if existing.type == OPT_OUT and apsis_optout_wins(parse_apsis_time(existing.modified_at), contact.modified_at):
             new_consents[ck] = OPT_OUT
             seen[ck] = OPT_OUT  # already so in APSIS: no write
-            records.append(OptOutRecord(desired.key, profile_of[ck], ck, _parse(existing.modified_at)))
+            records.append(OptOutRecord(desired.key, profile_of[ck], ck, parse_apsis_time(existing.modified_at)))
             log.info("apsis_optout_stands", contact_id=desired.key, topic=ck.topic, channel=ck.channel)
         elif existing.type in (OPT_IN, "confirmed-opt-in"):
             seen[ck] = OPT_IN
@@ -141,11 +141,3 @@ async def write_one(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec
         outcome = "updated" if result.writes else "unchanged"
     return Written(outcome, plan.contact_id, tx=tx)
 
-
-def _parse(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
