@@ -102,6 +102,10 @@ class EfficySchema:
         return (f"select {k}, {p} from {self.profile_link_table} where {k} > :p1 and {k} <= :p2 "
                 f"order by {k}, {p}")
 
+    def members_sql(self) -> str:
+        k, p = self.contact_id_field, self.profile_key_field
+        return f"select {k} from {self.profile_link_table} where {p} = :p1 order by {k}"
+
     def profiles_sql(self) -> str:
         p, n = self.profile_key_field, self.profile_name_field
         return f"select {p}, {n} from {self.profile_table} order by {p}"
@@ -346,6 +350,22 @@ class EfficyClient(ApiClient):
         results = await self._call_one(ctx)
         rows = envelope.dataset(results[0]) if results else []
         return [p for p in (self._profile(r) for r in rows) if p is not None]
+
+    async def profile_members(self, profile_id: str | int) -> list[str]:
+        """The contact ids holding a CRM Profile (``K_PROFILE``), from the link table: for tags from CRM
+        Profiles, reconciled periodically like query tags."""
+        s = self.schema
+        ctx = envelope.context("api", [envelope.func("executesqlquery", sql=s.members_sql(),
+                                                     queryparams=str(_key(profile_id)), recordCount=0,
+                                                     loadBlobs=False)])
+        results = await self._call_one(ctx)
+        seen: dict[str, None] = {}
+        for row in envelope.dataset(results[0]) if results else []:
+            upper = {str(k).upper(): v for k, v in row.items()}
+            cid = normalise_key(upper.get(s.contact_id_field.upper()))
+            if cid is not None:
+                seen.setdefault(cid, None)
+        return list(seen)
 
     async def run_query(self, query_id: str | int, *, params: Iterable[str] = ()) -> list[str]:
         """The contact ids a saved query (``K_QUERY``) returns, in query order, without duplicates (tags)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import trio
 
 from crmsync.clock import WallClock
-from tests.integrations.efficy_apsis.harness import NAME, VIP, world
+from tests.integrations.efficy_apsis.harness import NAME, PROSPECT, VIP, world
 
 
 async def test_query_members_are_tagged_and_leavers_untagged(
@@ -33,3 +33,20 @@ async def test_query_members_are_tagged_and_leavers_untagged(
         run = (await w.supervisor.run_flow(NAME, "tags", wait=True))["run"]
         assert w.apsis.write_calls == writes and run["counts"]["updated"] == 0
         assert writes > writes_before
+
+
+async def test_profile_tags_are_reconciled_even_when_a_webhook_was_missed(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock) -> None:
+    async with world(tmp_path, clock, contacts=12) as w:
+        await w.supervisor.full_sync(NAME)
+        assert (await w.wait_full_sync())["state"] == "completed"
+        holders = [c["K_CONTACT"] for c in w.efficy.contacts()
+                   if 2 in c["profile_ids"] and w.apsis.profile(str(c["K_CONTACT"]))]
+        assert holders and all(PROSPECT in w.apsis.tags_of(str(cid)) for cid in holders)
+        gone = holders[0]
+        w.efficy.remove_profile_from_contact(gone, 2)
+        w.efficy.drain_outbox()  # the webhook for this change is lost
+        run = (await w.supervisor.run_flow(NAME, "tags", wait=True))["run"]
+        assert run["status"] == "success"
+        assert PROSPECT not in w.apsis.tags_of(str(gone))
+        assert all(PROSPECT in w.apsis.tags_of(str(cid)) for cid in holders[1:])

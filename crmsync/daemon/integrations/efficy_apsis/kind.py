@@ -139,7 +139,8 @@ class EfficyApsisKind(IntegrationKind):
 
     async def _tags(self, run: RunContext) -> None:
         await tags.run_tags(run, efficy=self.efficy, apsis=self.apsis, queries=dict(self.cfg.tags.queries),
-                            integration=self.name, concurrency=self.cfg.apsis.max_concurrency)
+                            profiles=dict(self.cfg.tags.profiles), integration=self.name,
+                            concurrency=self.cfg.apsis.max_concurrency)
 
     def full_sync_worker(self) -> FullSync:
         if self._full_sync is None:

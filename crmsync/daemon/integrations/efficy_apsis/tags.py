@@ -1,15 +1,19 @@
-"""The ``tags`` flow: APSIS tags from Efficy saved queries (daily by default, and after every full sync).
+"""The ``tags`` flow: APSIS tags from Efficy saved queries and CRM Profiles (daily by default, and after
+every full sync).
 
-For each ``[tags.queries]`` entry, the query's contacts get the tag and those that left it lose it. The
-members crmsync tagged are kept in the store, so leavers are found without reading APSIS. Tags from CRM
-Profiles (``[tags.profiles]``) are part of each contact's payload: a profile added to or removed from a
-contact card changes the contact, so real-time and full syncs keep them right.
+For each ``[tags.queries]`` entry, the query's contacts get the tag and those that left it lose it; the same
+for each ``[tags.profiles]`` entry with the contacts holding the CRM Profile. The members crmsync tagged are
+kept in the store, so leavers are found without reading APSIS. Profile tags are also part of each contact's
+payload (real-time and full syncs set them); reconciling them here too repairs a missed webhook.
 
 Only linked profiles (synced at least once) are tagged; members that were never synced (e.g. failing the
 sync conditions) are reported as skipped ``not_synced``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import structlog
 
@@ -27,9 +31,13 @@ CHUNK = 500
 
 
 async def run_tags(run: RunContext, *, efficy: EfficyClient, apsis: ApsisClient, queries: dict[str, int],
-                   integration: str, concurrency: int) -> None:
-    for tag, query_id in sorted(queries.items()):
-        members = set(await efficy.run_query(query_id))
+                   integration: str, concurrency: int, profiles: dict[str, int] | None = None) -> None:
+    sources: list[tuple[str, Callable[[], Awaitable[list[str]]]]] = [
+        *((tag, partial(efficy.run_query, qid)) for tag, qid in sorted(queries.items())),
+        *((tag, partial(efficy.profile_members, pid)) for tag, pid in sorted((profiles or {}).items())),
+    ]
+    for tag, list_members in sources:
+        members = set(await list_members())
         previous = await run.db.tx(store.get_members, integration, tag)
         candidates = sorted(members | previous, key=lambda k: (len(k), k))
         run.fetched(len(members))
