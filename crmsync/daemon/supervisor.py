@@ -327,7 +327,14 @@ class Supervisor:
         if not events:
             raise WebhookRejected("the body holds no events")
         now = self.clock.now().isoformat()
-        accepted = await self.db.tx(q.enqueue, name, [(e.dedupe_key, e.payload) for e in events], now)
+        items = [(e.dedupe_key, e.payload) for e in events]
+
+        def enqueue(c: Any) -> tuple[int, int]:
+            return q.enqueue(c, name, items, now), q.queue_depth(c, name)
+
+        accepted, depth = await self.db.tx(enqueue)
+        # monitoring sees a backlog even while the integration is inactive (nothing consumes it then)
+        self.metrics.queue_depth.labels(name).set(depth)
         runtime = self.runtimes.get(name)
         if runtime is not None:
             runtime.wake_queue()

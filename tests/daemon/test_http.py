@@ -46,6 +46,8 @@ async def test_signed_webhook_is_committed_before_202(client: Any, db: Any) -> N
     r = await http.post("/webhooks/hmac", content=body, headers={"X-Sig": sign(SECRET, body)})
     assert r.status_code == 202 and r.json() == {"accepted": 2}
     assert await db.tx(q.queue_depth, "hmac") == 2
+    # the integration is not active: nothing consumes the queue, and monitoring sees the backlog
+    assert 'crmsync_realtime_queue_depth{integration="hmac"} 2.0' in (await http.get("/metrics")).text
 
 
 async def test_token_mode(client: Any, db: Any) -> None:
