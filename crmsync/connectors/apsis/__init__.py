@@ -1,7 +1,8 @@
 """APSIS One connector: OAuth2 client, record builders and a faithful in-memory simulator.
 
-* :mod:`.client` — :class:`ApsisClient`, the typed operations (profiles, v2 attributes, Consent 2.0, tags,
-  bulk imports v2) over the retrying :class:`~crmsync.connectors.http.ApiClient`;
+* :mod:`.client` — :class:`ApsisClient`, the typed operations (profiles, merges, v2 attributes, Consent 2.0,
+  the streamed consent report, tags, bulk imports v2) over the retrying
+  :class:`~crmsync.connectors.http.ApiClient`;
 * :mod:`.auth` — client-credentials token cache shared by concurrent requests;
 * :mod:`.problems` — problem+json error parsing and the typed errors it raises;
 * :mod:`.limits` — the sliding-window limiter used for the import endpoint's 10/minute;

@@ -12,15 +12,22 @@ What it guarantees, and why (research ``efficy_apsis.md`` §4–§9):
   creations a minute and 3 pending at once (:class:`~crmsync.connectors.apsis.limits.ImportLimiter`).
 * **Idempotency**: 409 on profile create ("exists") and consent write ("already in that state") are
   successes (§9.7).
+* **Consent report (E1)**: created once, polled while it answers 404, then its CSV is *streamed* and parsed
+  record by record (§9.8: holding an 8 M-contact export in memory is what ran out of memory). Creations
+  take a 1/s window and polls a 60/min window (exports and export downloads, §8.3); the poll URL gets the
+  bearer token only when it is on the API host. A 410 means the report expired: request a new one.
 * **Errors**: problem+json parsed into typed errors (:mod:`~crmsync.connectors.apsis.problems`); malformed
   2xx JSON is detected in :meth:`check_response`, so the base retry loop retries it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import codecs
+import zlib
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import quote
 
 import httpx
@@ -34,8 +41,13 @@ from crmsync.connectors.apsis.problems import (
     SYSTEM,
     ApsisAuthError,
     ApsisConflictError,
+    ApsisGoneError,
+    ApsisMergeConflictError,
     ApsisNotFoundError,
     ApsisPayloadTooLargeError,
+    ConsentReportExpiredError,
+    ConsentReportTimeoutError,
+    ConsentReportUnreadableError,
     ImportFailedError,
     raise_for_problem,
 )
@@ -46,19 +58,24 @@ from crmsync.connectors.apsis.records import (
     ApsisProfile,
     AttributeDefinition,
     Consent,
+    ConsentReportFormatError,
+    ConsentReportParser,
+    ConsentReportRow,
+    ConsentReportSettings,
     ImportFile,
     ImportSettings,
     TagEncoding,
     attributes_patch,
     build_imports,
     consent_body,
+    consent_report_body,
     dumps,
     parse_tags,
     split_patch,
     tags_patch,
 )
-from crmsync.connectors.errors import MalformedResponseError
-from crmsync.connectors.http import ApiClient, RequestObserver, RetryPolicy, json_body
+from crmsync.connectors.errors import MalformedResponseError, RetriableApiError
+from crmsync.connectors.http import ApiClient, RequestObserver, RetryPolicy, json_body, status_class
 
 log = structlog.get_logger("crmsync.connectors.apsis.client")
 
@@ -66,6 +83,9 @@ MERGE_PATCH = "application/merge-patch+json"
 ACCEPT = "application/json, application/problem+json"
 #: Internal marker: the request must go out without the bearer token (S3 upload). Removed before sending.
 _NO_AUTH = "x-crmsync-no-auth"
+REPORT_PATH = "/audience/profiles/reports/consents"
+MERGE_PATH = "/audience/profiles/merges"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 ConsentOutcome = Literal["created", "changed", "unchanged"]
 ImportStatus = Literal["queued", "in_progress", "waiting_for_file", "completed", "error"]
@@ -145,7 +165,8 @@ class ApsisClient(ApiClient):
     ``max_body_bytes`` (100 kB read as 100 000 bytes), ``tag_encoding`` (tag merge-patch values),
     ``import_poll_interval``/``import_timeout`` (how imports are awaited), ``token_margin``,
     ``min_token_age_for_403_refresh`` (a 403 on a token younger than this is a permission error, not
-    expiry, so it does not burn one of the 10 token requests a minute).
+    expiry, so it does not burn one of the 10 token requests a minute), ``consent_report`` (the consent
+    report's body shape, poll URL, CSV columns: see :class:`ConsentReportSettings`).
     """
 
     system = SYSTEM
@@ -176,6 +197,9 @@ class ApsisClient(ApiClient):
         import_timeout: float = 24 * 3600.0,
         tag_encoding: TagEncoding = TagEncoding(),
         consent_source: str | None = None,
+        consent_report: ConsentReportSettings = ConsentReportSettings(),
+        report_creations_per_second: int = 1,
+        report_polls_per_minute: int = 60,
     ):
         super().__init__(base_url, http=http, transport=transport, observer=observer, retry=retry,
                          timeout=timeout, max_concurrency=max_concurrency, rate_limit=rate_limit)
@@ -188,6 +212,9 @@ class ApsisClient(ApiClient):
         self.import_timeout = import_timeout
         self.min_token_age_for_403_refresh = min_token_age_for_403_refresh
         self.imports = ImportLimiter(imports_per_minute, concurrent_imports)
+        self.consent_report_settings = consent_report
+        self._report_creations = SlidingWindowLimiter(report_creations_per_second, 1.0, name="apsis_reports")
+        self._report_polls = SlidingWindowLimiter(report_polls_per_minute, 60.0, name="apsis_report_polls")
         self._max_concurrency = max_concurrency
         self._token_endpoint = _TokenEndpoint(
             self.base_url, ClientCredentials(client_id, client_secret), http=self.http, observer=observer,
@@ -359,8 +386,8 @@ class ApsisClient(ApiClient):
     async def opted_out_profiles(self, keys: Iterable[str], topic: str, channel: str) -> list[str]:
         """Which of ``keys`` are opted out of ``topic`` on ``channel`` (the consent backflow).
 
-        The public API has no consent webhook and the consent report (E1) body is unverified, so this
-        polls C2 per known profile, ``max_concurrency`` at a time. Unknown profiles are skipped.
+        Polls C2 per known profile, ``max_concurrency`` at a time (one request per profile: for many
+        profiles prefer :meth:`consent_report`). Unknown profiles are skipped.
         """
         found: set[str] = set()
         keys = list(keys)
@@ -381,6 +408,153 @@ class ApsisClient(ApiClient):
                 await gate.acquire()
                 nursery.start_soon(one, key)
         return [k for k in keys if k in found]
+
+    # -- consent report (§5 E1) ------------------------------------------------------------------------
+
+    async def consent_report(self, topics: Sequence[str], channel: str
+                             ) -> AsyncGenerator[ConsentReportRow, None]:
+        """Every consent on ``topics`` x ``channel`` in the section, streamed row by row (§5 E1).
+
+        Creates the report, polls its URL every ``poll_interval`` while it answers 404 (not ready), then
+        reads the 200 CSV as a stream (gzip undone whether it comes as ``Content-Encoding`` or as a gzip
+        file) and yields rows as records complete: the body is never held whole. Rows of other keyspaces
+        are skipped when the report says which keyspace a key belongs to.
+
+        Raises :class:`ConsentReportExpiredError` on 410 (start again with a new report),
+        :class:`ConsentReportTimeoutError` when the report stays pending past ``timeout``,
+        :class:`ConsentReportUnreadableError` when the CSV lacks the configured columns, and
+        :class:`RetriableApiError` when the download breaks off. Use it under ``contextlib.aclosing``.
+        """
+        settings = self.consent_report_settings
+        body = consent_report_body(self.section, topics, channel, self.keyspace, settings)
+        await self._report_creations.acquire()
+        created = await self._send_json("POST", REPORT_PATH, body)
+        poll_url = self._poll_url(created)
+        log.info("apsis_consent_report_requested", topics=len(topics), channel=channel)
+        deadline = trio.current_time() + settings.timeout
+        polls = 0
+        while True:
+            polls += 1
+            try:
+                download = await self._report_get(poll_url)
+                break
+            except ApsisNotFoundError:
+                if trio.current_time() + settings.poll_interval > deadline:
+                    raise ConsentReportTimeoutError(
+                        f"consent report still pending after {polls} polls "
+                        f"({settings.timeout:.0f}s)") from None
+                await trio.sleep(settings.poll_interval)
+            except ApsisGoneError as exc:
+                raise ConsentReportExpiredError() from exc
+        parser = ConsentReportParser(channel, self.keyspace, settings.columns)
+        try:
+            async with aclosing(_report_text(download)) as texts:
+                async for text in texts:
+                    for row in parser.feed(text):
+                        yield row
+            for row in parser.close():
+                yield row
+        except ConsentReportFormatError as exc:
+            raise ConsentReportUnreadableError(SYSTEM, str(exc), status=download.status_code) from exc
+        except (httpx.TransportError, httpx.StreamError, zlib.error) as exc:
+            raise RetriableApiError(SYSTEM, f"consent report download broke off: {type(exc).__name__}",
+                                    status=download.status_code) from exc
+        finally:
+            with trio.CancelScope(shield=True):
+                await download.aclose()
+        log.info("apsis_consent_report_read", channel=channel, rows=parser.rows_read, polls=polls)
+
+    def _poll_url(self, response: httpx.Response) -> str:
+        body: Any = None
+        if response.content and _is_json(response):
+            body = response.json()
+        if isinstance(body, dict):
+            for name in self.consent_report_settings.poll_url_fields:
+                value = body.get(name)
+                if isinstance(value, str) and value:
+                    return value
+        location = response.headers.get("location")
+        if location:
+            return location
+        raise MalformedResponseError(SYSTEM, "consent report answer without a poll URL",
+                                     status=response.status_code)
+
+    def _poll_auth(self, url: str) -> bool:
+        mode = self.consent_report_settings.poll_auth
+        if mode != "same-host":
+            return mode == "always"
+        if not url.startswith(("http://", "https://")):
+            return True
+        target, base = httpx.URL(url), httpx.URL(self.base_url)
+        return (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port)
+
+    async def _report_get(self, url: str) -> httpx.Response:
+        """GET a report's poll URL with retries and one token refresh; returns a 2xx response whose body
+        is still unread (the caller streams it and closes it), raises the typed error otherwise."""
+        auth = self._poll_auth(url)
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._report_polls.acquire()
+            try:
+                return await self._open_stream(url, auth=auth)
+            except ApsisAuthError as exc:
+                if refreshed or not auth or not self._should_refresh(exc):
+                    raise
+                refreshed = True
+                log.info("apsis_auth_refused", status=exc.status, method="GET", path="<report poll url>")
+                await self.tokens.refresh(exc.stale_generation)
+            except RetriableApiError as exc:
+                if attempt >= self.retry.attempts:
+                    raise
+                delay = self.retry.delay(attempt, exc.retry_after)
+                log.info("api_retry", system=SYSTEM, method="GET", path="<report poll url>", attempt=attempt,
+                         delay_s=round(delay, 3), error=exc.message, status=exc.status)
+                await trio.sleep(delay)
+
+    async def _open_stream(self, url: str, *, auth: bool) -> httpx.Response:
+        # The rate limit and a concurrency slot cover sending the request and receiving the headers; the
+        # body is then read at the consumer's pace without holding a slot (the consumer may call APSIS).
+        if self._rate is not None:
+            waited = await self._rate.acquire()
+            if waited:
+                self.observer.rate_limit_wait(SYSTEM, waited)
+        headers = {"accept": "text/csv, application/problem+json", "accept-encoding": "gzip"}
+        if not auth:
+            headers[_NO_AUTH] = "1"
+        async with self._limiter:
+            request = self.http.build_request("GET", self.url(url), headers=headers)
+            await self.prepare_request(request)
+            try:
+                response = await self.http.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                self.observer.api_request(SYSTEM, "error")
+                raise RetriableApiError(SYSTEM, f"timeout: {type(exc).__name__}") from exc
+            except httpx.TransportError as exc:
+                self.observer.api_request(SYSTEM, "error")
+                raise RetriableApiError(SYSTEM, f"connection failed: {type(exc).__name__}") from exc
+        self.observer.api_request(SYSTEM, status_class(response.status_code))
+        if response.status_code >= 300:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            raise_for_problem(response, stale_generation=self._generation_used(response))
+        return response
+
+    # -- profile merge (§5 P9) ------------------------------------------------------------------------
+
+    async def merge_profiles(self, a: tuple[str, str], b: tuple[str, str]) -> None:
+        """Merge two profiles given as ``(keyspace, key)`` into one (§5 P9); missing ones are created.
+
+        Raises :class:`ApsisMergeConflictError` on 409 (the profiles cannot be merged).
+        """
+        body = {"profiles": [{"keyspace_discriminator": ks, "profile_key": str(key)} for ks, key in (a, b)]}
+        try:
+            await self._send_json("PUT", MERGE_PATH, body)
+        except ApsisConflictError as exc:
+            raise ApsisMergeConflictError(exc.message, title=exc.title, detail=exc.detail) from exc
 
     # -- tags (§5 P5, P6) -------------------------------------------------------------------------------
 
@@ -485,6 +659,37 @@ class ApsisClient(ApiClient):
         for file in build_imports(profiles, versions, settings):
             results.append(await self.run_import(file))
         return results
+
+
+async def _report_text(response: httpx.Response) -> AsyncGenerator[str, None]:
+    """The body as text, chunk by chunk. httpx undoes ``Content-Encoding``; a body that is itself a gzip
+    file (``application/gzip`` download) is inflated here, incrementally too."""
+    try:
+        decoder = codecs.getincrementaldecoder(response.charset_encoding or "utf-8")(errors="replace")
+    except LookupError:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    gunzip: Any = None
+    head = b""
+    sniffed = False
+    async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as chunks:
+        async for chunk in chunks:
+            if not sniffed:
+                head += chunk
+                if len(head) < len(_GZIP_MAGIC):
+                    continue
+                sniffed = True
+                chunk, head = head, b""
+                if chunk.startswith(_GZIP_MAGIC):
+                    gunzip = zlib.decompressobj(wbits=31)
+            if gunzip is not None:
+                chunk = gunzip.decompress(chunk)
+            text = decoder.decode(chunk)
+            if text:
+                yield text
+    rest = head + (gunzip.flush() if gunzip is not None else b"")
+    text = decoder.decode(rest, final=True)
+    if text:
+        yield text
 
 
 __all__ = ["ApsisClient", "ConsentOutcome", "ImportResult", "UpsertResult"]

@@ -47,6 +47,34 @@ class ApsisConflictError(FatalApiError):
         self.detail = detail
 
 
+class ApsisMergeConflictError(ApsisConflictError):
+    """409 on a profile merge (§5 P9): the two profiles cannot become one (e.g. both carry a different key
+    in the same keyspace). Not a success: nothing was merged."""
+
+
+class ApsisGoneError(FatalApiError):
+    """410: the resource is gone for good (a locked profile, an expired report URL)."""
+
+
+class ConsentReportExpiredError(RetriableApiError):
+    """A consent report's poll URL answered 410: the report expired. Retriable by requesting a new one."""
+
+    def __init__(self, message: str = "consent report expired (HTTP 410); request a new report", *,
+                 status: int | None = 410):
+        super().__init__(SYSTEM, message, status=status)
+
+
+class ConsentReportTimeoutError(RetriableApiError):
+    """A consent report stayed pending (404 on its poll URL) longer than the configured timeout."""
+
+    def __init__(self, message: str):
+        super().__init__(SYSTEM, message)
+
+
+class ConsentReportUnreadableError(FatalApiError):
+    """A consent report's CSV lacks the configured columns (or is cut inside a quoted field)."""
+
+
 class ApsisPayloadTooLargeError(FatalApiError):
     """413 (or refused locally before sending): the body was above the 100 kB limit."""
 
@@ -107,6 +135,8 @@ def raise_for_problem(response: httpx.Response, *, stale_generation: int | None 
         raise ApsisNotFoundError(SYSTEM, message, status=status)
     if status == 409:
         raise ApsisConflictError(message, title=title, detail=detail)
+    if status == 410:
+        raise ApsisGoneError(SYSTEM, message, status=status)
     if status == 413:
         raise ApsisPayloadTooLargeError(SYSTEM, message, status=status)
     raise ApsisValidationError(SYSTEM, message, status=status)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -385,3 +386,216 @@ def import_request(attr_cols: Sequence[str], attribute_versions: Mapping[str, st
         "consent_mappings": [{"address_field_selector": addr, "consents": consents}
                              for addr, consents in by_address.items()],
     }
+
+
+# -- consent report (§5 E1) --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsentReportRow:
+    """One consent of one profile, as a consent report (§5 E1) lists it.
+
+    ``profile_key`` is the profile's key in the client's keyspace; ``modified_at`` is APSIS's raw timestamp
+    (ISO 8601, or None when the report has no such column).
+    """
+
+    profile_key: str
+    topic: str
+    channel: str
+    type: str
+    modified_at: str | None = None
+
+    @property
+    def key(self) -> ConsentKey:
+        return ConsentKey(self.topic, self.channel)
+
+
+@dataclass(frozen=True)
+class ConsentReportColumns:
+    """CSV header names of a consent report. **[U]**: no public source shows the report's columns.
+
+    The defaults reuse the names of the Consent 2.0 JSON (``topic_discriminator``, ``channel_discriminator``,
+    ``type``, ``modified_at``, research §5 C2) plus ``profile_key`` (§5 P1). ``profile_key``, ``topic`` and
+    ``type`` must be in the header. ``channel`` and ``modified_at`` are optional: without a channel column
+    every row gets the channel the report was requested for; without a time column ``modified_at`` is None.
+    ``keyspace`` is optional too: when the header has it, rows of other keyspaces are skipped. Header names
+    are matched case-insensitively, ignoring surrounding blanks and a UTF-8 byte-order mark.
+    """
+
+    profile_key: str = "profile_key"
+    topic: str = "topic_discriminator"
+    channel: str = "channel_discriminator"
+    type: str = "type"
+    modified_at: str = "modified_at"
+    keyspace: str = "keyspace_discriminator"
+
+
+@dataclass(frozen=True)
+class ConsentReportSettings:
+    """How a consent report is requested, awaited and read. **[U]** parts are marked.
+
+    * ``channel_form`` **[U]**: the research shows two body shapes for the channel, ``"discriminator"``
+      (``"channel_discriminator": "<channel>"``) and ``"list"``
+      (``"channels": [{"field_name": <channel_field_name>, "channel_discriminator": "<channel>"}]``).
+    * ``keyspace_field`` **[U]**: body member naming the keyspace whose keys the report should carry
+      (``None`` leaves it out); the research's body lists no keyspace, but a profile key means nothing
+      without one.
+    * ``extra_body`` **[U]**: further members merged into the body (``segments``, ``consent_list_discriminator``
+      ...) for accounts that need them.
+    * ``poll_url_fields`` **[U]**: JSON members of the creation answer that may hold the poll URL, tried in
+      order; the ``Location`` header is the fallback.
+    * ``poll_auth`` **[U]**: whether the poll URL gets the bearer token: ``"same-host"`` (only when it is
+      on the API host, so the token never goes to a storage host), ``"always"`` or ``"never"``.
+    * ``poll_interval`` / ``timeout``: how often a pending report is polled and how long it may stay
+      pending (its URL is valid one day, §5 E1) before :class:`ConsentReportTimeoutError`.
+    * ``columns``: :class:`ConsentReportColumns`.
+    """
+
+    channel_form: Literal["discriminator", "list"] = "discriminator"
+    channel_field_name: str = "consent"
+    keyspace_field: str | None = "keyspace_discriminator"
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+    poll_url_fields: tuple[str, ...] = ("poll_url", "url", "href", "location")
+    poll_auth: Literal["same-host", "always", "never"] = "same-host"
+    poll_interval: float = 5.0
+    timeout: float = 6 * 3600.0
+    columns: ConsentReportColumns = ConsentReportColumns()
+
+
+def consent_report_body(section: str, topics: Sequence[str], channel: str, keyspace: str,
+                        settings: ConsentReportSettings = ConsentReportSettings()) -> dict[str, Any]:
+    """The body of ``POST /audience/profiles/reports/consents`` (§5 E1; exact shape **[U]**, see
+    :class:`ConsentReportSettings`)."""
+    if not topics:
+        raise ValueError("a consent report needs at least one topic")
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}")
+    body: dict[str, Any] = {"section_discriminator": section, "topic_discriminators": list(topics)}
+    if settings.channel_form == "list":
+        body["channels"] = [{"field_name": settings.channel_field_name, "channel_discriminator": channel}]
+    else:
+        body["channel_discriminator"] = channel
+    if settings.keyspace_field:
+        body[settings.keyspace_field] = keyspace
+    body.update(settings.extra_body)
+    return body
+
+
+class ConsentReportFormatError(ValueError):
+    """The report's CSV does not have the columns :class:`ConsentReportColumns` names."""
+
+
+class ConsentReportParser:
+    """Incremental CSV → :class:`ConsentReportRow`: feed text chunks, take rows as records complete.
+
+    Only complete records reach the ``csv`` module (a record ends at a newline outside quotes), so quoted
+    fields may span lines and chunks may split anywhere. Memory is one partial record plus the rows of the
+    last chunk fed.
+    """
+
+    def __init__(self, channel: str, keyspace: str,
+                 columns: ConsentReportColumns = ConsentReportColumns()):
+        self.channel = channel
+        self.keyspace = keyspace
+        self.columns = columns
+        self._pending: deque[str] = deque()
+        self._reader = csv.reader(_Feed(self._pending))
+        self._buffer = ""
+        self._record: list[str] = []
+        self._quotes = 0
+        self._index: dict[str, int] | None = None
+        self.rows_read = 0
+
+    def feed(self, text: str) -> list[ConsentReportRow]:
+        """Rows completed by ``text``."""
+        self._buffer += text
+        cut = self._buffer.rfind("\n")
+        if cut < 0:
+            return []
+        complete, self._buffer = self._buffer[:cut + 1], self._buffer[cut + 1:]
+        out: list[ConsentReportRow] = []
+        for line in complete.split("\n")[:-1]:
+            line += "\n"
+            self._record.append(line)
+            self._quotes += line.count('"')
+            if self._quotes % 2 == 0:
+                self._emit("".join(self._record), out)
+                self._record, self._quotes = [], 0
+        return out
+
+    def close(self) -> list[ConsentReportRow]:
+        """The last rows (a final record without a newline); raises if a quoted field never closed."""
+        out: list[ConsentReportRow] = []
+        tail = "".join(self._record) + self._buffer
+        self._record, self._buffer = [], ""
+        if tail.count('"') % 2:
+            raise ConsentReportFormatError("consent report ends inside a quoted field")
+        if tail.strip():
+            self._emit(tail, out)
+        if self._index is None:
+            raise ConsentReportFormatError("consent report has no header line")
+        return out
+
+    def _emit(self, record: str, out: list[ConsentReportRow]) -> None:
+        self._pending.append(record)
+        cells = next(self._reader, None)
+        if not cells or not any(c.strip() for c in cells):
+            return  # blank line
+        if self._index is None:
+            self._index = self._header(cells)
+            return
+        row = self._row(cells)
+        if row is not None:
+            out.append(row)
+
+    def _header(self, cells: list[str]) -> dict[str, int]:
+        names = {c.strip().lstrip("\ufeff").strip().lower(): i for i, c in enumerate(cells)}
+        cols = self.columns
+        index: dict[str, int] = {}
+        for attr in ("profile_key", "topic", "channel", "type", "modified_at", "keyspace"):
+            name = getattr(cols, attr).strip().lower()
+            if name in names:
+                index[attr] = names[name]
+        missing = [getattr(cols, a) for a in ("profile_key", "topic", "type") if a not in index]
+        if missing:
+            raise ConsentReportFormatError(
+                f"consent report lacks column(s) {', '.join(missing)}; header has "
+                f"{', '.join(sorted(names))[:300]} (set the report's column names)")
+        return index
+
+    def _row(self, cells: list[str]) -> ConsentReportRow | None:
+        assert self._index is not None
+        idx = self._index
+
+        def cell(attr: str) -> str | None:
+            i = idx.get(attr)
+            if i is None or i >= len(cells):
+                return None
+            value = cells[i].strip()
+            return value or None
+
+        self.rows_read += 1
+        keyspace = cell("keyspace")
+        if keyspace is not None and keyspace != self.keyspace:
+            return None
+        key, topic, kind = cell("profile_key"), cell("topic"), cell("type")
+        if key is None or topic is None or kind is None:
+            return None
+        return ConsentReportRow(profile_key=key, topic=topic, channel=cell("channel") or self.channel,
+                                type=kind.lower(), modified_at=cell("modified_at"))
+
+
+class _Feed:
+    """An iterator the ``csv`` reader pulls complete records from; empty between feeds (not a generator,
+    so it can be refilled after reporting exhaustion)."""
+
+    def __init__(self, pending: deque[str]):
+        self._pending = pending
+
+    def __iter__(self) -> _Feed:
+        return self
+
+    def __next__(self) -> str:
+        if not self._pending:
+            raise StopIteration
+        return self._pending.popleft()

@@ -13,6 +13,12 @@ passes against a lenient simulator is a bug waiting in production:
   ``manage_subscriptions``; tags merge-patch; imports with their own limits (10 creations a minute, 3
   pending at once), a fake S3 pre-signed multipart upload, and a status that moves
   ``waiting_for_file → queued → in_progress → completed`` over polls;
+* consent reports (E1): ``POST /audience/profiles/reports/consents`` snapshots the matching consents at
+  creation and answers 202 with an absolute ``poll_url``; the URL answers 404 (problem+json) for the first
+  ``report_polls_until_ready`` polls, then 200 with the CSV *streamed* in chunks (gzip-encoded when the
+  request accepts gzip), and 410 once ``report_lifetime`` (1 day) of clock time has passed;
+* profile merge (P9): ``PUT /audience/profiles/merges`` joins two profiles into one (both keys then reach
+  the same data), creating missing ones; 409 when the result would hold two keys in one keyspace;
 * errors are problem+json ``{"title", "status", "detail"}``.
 
 Plain methods (``profile``, ``consents_of``, ``opt_out``, ``writes`` ...) let tests and the sandbox inspect
@@ -30,8 +36,9 @@ import io
 import itertools
 import json
 import re
+import zlib
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.message import Message
@@ -41,6 +48,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import structlog
+import trio
 
 from crmsync.clock import WallClock
 from crmsync.connectors.apsis.records import (
@@ -61,12 +69,25 @@ from crmsync.connectors.apsis.records import (
     WRITABLE_CONSENT_TYPES,
     ApsisProfile,
     ConsentKey,
+    ConsentReportColumns,
 )
-from crmsync.connectors.simkit import Fault, Request, Response, SimulatorApp
+from crmsync.connectors.simkit import (
+    Fault,
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    SimulatedDisconnect,
+    SimulatorApp,
+    read_request,
+    send_response,
+)
 
 log = structlog.get_logger("crmsync.connectors.apsis.simulator")
 
 S3_PATH = "/_s3/apsis-imports"
+REPORT_PATH = "/audience/profiles/reports/consents"
 TOKEN_LIFETIME = 86400
 PROBLEM = "application/problem+json"
 
@@ -128,6 +149,21 @@ class _Import:
     error: str | None = None
 
 
+@dataclass
+class _Report:
+    report_id: str
+    created: float  # clock timestamp
+    rows: list[tuple[str, str, str, str, str, str]]  # keyspace, key, topic, channel, type, modified_at
+    polls: int = 0
+
+
+@dataclass
+class StreamedResponse(Response):
+    """A response whose body is sent as the chunks come (ASGI ``more_body``), without Content-Length."""
+
+    chunks: Iterable[bytes] = ()
+
+
 class _Problem(Exception):
     """Raised inside handlers; rendered as problem+json."""
 
@@ -167,7 +203,13 @@ class ApsisSimulator(SimulatorApp):
     seen by some clients), ``retry_after_on_429`` (Retry-After is undocumented: none by default),
     ``upload_url_lifetime`` (pre-signed URL validity), ``import_polls_per_step`` (how fast imports move),
     and the tag value encoding (``true`` adds, ``false``/``null`` remove). ``clear_existing_attributes`` in
-    imports is read as "empty cells clear the attribute", also [U].
+    imports is read as "empty cells clear the attribute", also [U]. Consent reports: the creation answer
+    (202 ``{"report_id", "poll_url", "expires_at"}`` + ``Location``), ``report_polls_until_ready``,
+    ``report_lifetime`` and the CSV columns (``report_columns``, the client's defaults) are all [U]; the
+    body is read as the research lists it (``section_discriminator``, ``topic_discriminators``,
+    ``channel_discriminator`` or ``channels[{field_name, channel_discriminator}]``) plus an optional
+    ``keyspace_discriminator`` limiting rows to one keyspace. Merge semantics beyond "2xx, 409 on conflict,
+    creates missing profiles" are [U]: see :meth:`_merge_profiles`.
     """
 
     def __init__(
@@ -193,6 +235,10 @@ class ApsisSimulator(SimulatorApp):
         upload_url_lifetime: float = 3600.0,
         max_import_file_bytes: int = MAX_IMPORT_FILE_BYTES,
         retry_after_on_429: float | None = None,
+        report_polls_until_ready: int = 2,
+        report_lifetime: float = 86400.0,
+        report_columns: ConsentReportColumns = ConsentReportColumns(),
+        report_chunk_rows: int = 200,
     ):
         super().__init__()
         self.clock = clock or WallClock()
@@ -218,6 +264,10 @@ class ApsisSimulator(SimulatorApp):
         self.max_import_file_bytes = max_import_file_bytes
         #: Retry-After is not documented for APSIS ([U]); None sends none, a number sends that many seconds.
         self.retry_after_on_429 = retry_after_on_429
+        self.report_polls_until_ready = report_polls_until_ready
+        self.report_lifetime = report_lifetime
+        self.report_columns = report_columns
+        self.report_chunk_rows = report_chunk_rows
 
         self._profiles: dict[tuple[str, str], dict[str, _SectionData]] = {}
         self._tokens: dict[str, float] = {}  # token -> expiry timestamp (clock)
@@ -234,6 +284,11 @@ class ApsisSimulator(SimulatorApp):
         self.tokens_issued = 0
         self.rate_limited = 0  # 429s answered by the simulator's own limits (not injected faults)
         self.max_concurrent_imports_seen = 0
+        self._reports: dict[str, _Report] = {}
+        self._report_seq = itertools.count(1)
+        self.report_requests = 0  # consent report creations (not profile writes, so not in ``writes``)
+        self.report_chunks_sent = 0  # body chunks of report downloads sent so far
+        self.report_downloads_completed = 0  # report bodies sent to the end
 
         p = r"/audience/keyspaces/" + _SEG + r"/profiles/" + _SEG + r"/sections/" + _SEG
         self._routes: list[tuple[str, re.Pattern[str], Route]] = [
@@ -253,6 +308,9 @@ class ApsisSimulator(SimulatorApp):
              self._delete_profile),
             ("POST", re.compile(r"/v2/audience/sections/" + _SEG + r"/imports"), self._create_import),
             ("GET", re.compile(r"/audience/sections/" + _SEG + r"/imports/" + _SEG), self._get_import),
+            ("POST", re.compile(REPORT_PATH), self._create_report),
+            ("GET", re.compile(REPORT_PATH + "/" + _SEG), self._get_report),
+            ("PUT", re.compile(r"/audience/profiles/merges"), self._merge_profiles),
         ]
 
     # -- test and sandbox helpers (no HTTP) ---------------------------------------------------------------
@@ -320,7 +378,42 @@ class ApsisSimulator(SimulatorApp):
     def import_status(self, import_id: str) -> str:
         return self._imports[import_id].status
 
+    def same_profile(self, a: tuple[str, str], b: tuple[str, str]) -> bool:
+        """Whether two ``(keyspace, key)`` pairs name one profile (after a merge)."""
+        pa, pb = self._profiles.get(a), self._profiles.get(b)
+        return pa is not None and pa is pb
+
     # -- SimulatorApp ------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """:meth:`SimulatorApp.__call__`, plus streamed bodies (report downloads) sent chunk by chunk."""
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = await read_request(scope, receive)
+        self.requests.append((request.method, request.path))
+        fault = self.faults.take(request.method, request.path)
+        if fault is not None:  # as the base class applies faults
+            if fault.kind == "slow":
+                await trio.sleep(fault.delay)
+            elif fault.kind == "drop":
+                raise SimulatedDisconnect()
+            else:
+                await send_response(send, self.render_malformed(request) if fault.kind == "malformed"
+                                    else self.render_fault(fault, request))
+                return
+        response = await self.handle(request)
+        if not isinstance(response, StreamedResponse):
+            await send_response(send, response)
+            return
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        for chunk in response.chunks:
+            if chunk:
+                self.report_chunks_sent += 1
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.report_downloads_completed += 1
 
     def render_fault(self, fault: Fault, request: Request) -> Response:
         headers = [("retry-after", str(int(fault.retry_after)))] if fault.retry_after is not None else []
@@ -528,8 +621,76 @@ class ApsisSimulator(SimulatorApp):
     async def _delete_profile(self, request: Request, keyspace: str, key: str) -> Response:
         self.writes["delete_profile"] += 1
         self._keyspace(keyspace, write=True)
-        if self._profiles.pop((keyspace, key), None) is None:
+        data = self._profiles.get((keyspace, key))
+        if data is None:
             raise _Problem(404, "Not found", "Profile does not exist")
+        for ref in self._keys_of(data):  # a merged profile goes with all its keys
+            del self._profiles[ref]
+        return Response.empty(204)
+
+    def _keys_of(self, data: dict[str, _SectionData]) -> set[tuple[str, str]]:
+        return {ref for ref, d in self._profiles.items() if d is data}
+
+    async def _merge_profiles(self, request: Request) -> Response:
+        """P9. Reading of the research (details [U]): the two profiles become one that answers to both keys;
+        missing profiles are created; 409 when the merged profile would carry two different keys in one
+        keyspace (so two keys of the *same* keyspace never merge); merging a profile with itself is a
+        no-op. Data: attributes of the first win, the second fills gaps; per consent slot the later
+        ``modified_at`` wins (a tie goes to opt-out); tags are united. Locks (P11) are not simulated."""
+        self.writes["merge_profiles"] += 1
+        body = self._json_object(request)
+        items = body.get("profiles")
+        refs: list[tuple[str, str]] = []
+        if isinstance(items, list):
+            for item in items:
+                if not isinstance(item, dict):
+                    break
+                ks, key = item.get("keyspace_discriminator"), item.get("profile_key")
+                if not isinstance(ks, str) or not isinstance(key, str | int) or isinstance(key, bool) \
+                        or str(key) == "":
+                    break
+                refs.append((ks, str(key)))
+        if len(refs) != 2 or len(items or []) != 2:
+            raise _Problem(400, "Validation failed",
+                           "profiles must list two {keyspace_discriminator, profile_key} objects")
+        for ks, _ in refs:
+            self._keyspace(ks, write=True)
+        if refs[0] == refs[1]:
+            raise _Problem(400, "Validation failed", "Two different profiles are needed to merge")
+        first, second = self._profiles.get(refs[0]), self._profiles.get(refs[1])
+        if first is not None and first is second:
+            return Response.empty(204)  # already one profile
+        keys = (self._keys_of(first) if first is not None else {refs[0]}) | \
+            (self._keys_of(second) if second is not None else {refs[1]})
+        by_keyspace: dict[str, set[str]] = {}
+        for ks, key in keys:
+            by_keyspace.setdefault(ks, set()).add(key)
+        clash = sorted(ks for ks, ks_keys in by_keyspace.items() if len(ks_keys) > 1)
+        if clash:
+            raise _Problem(409, "Conflict",
+                           f"Profiles have different keys in keyspace {clash[0]} and cannot be merged")
+        merged: dict[str, _SectionData]
+        if first is not None:
+            merged, other = first, second
+        else:
+            merged, other = (second if second is not None else {}), None
+        for section, theirs in (other or {}).items():
+            mine = merged.setdefault(section, _SectionData())
+            for name, value in theirs.attributes.items():
+                mine.attributes.setdefault(name, value)
+            for slot, consent in theirs.consents.items():
+                have = mine.consents.get(slot)
+                if have is None or _later(consent, have):
+                    mine.consents[slot] = dict(consent)
+            mine.tags |= theirs.tags
+        if not merged:
+            merged[SECTION_DEFAULT] = _SectionData()
+        for ks, key in keys:
+            self._profiles[(ks, key)] = merged
+            key_attr = self.keyspaces.get(ks, {}).get("key_attribute")
+            if key_attr:
+                for data in merged.values():
+                    data.attributes.setdefault(key_attr, key)
         return Response.empty(204)
 
     # -- consents ----------------------------------------------------------------------------------------
@@ -588,6 +749,92 @@ class ApsisSimulator(SimulatorApp):
         self._section(section)
         data = self._existing(keyspace, key, section)
         return Response.json({tag: True for tag in sorted(data.tags)})
+
+    # -- consent reports (E1) ----------------------------------------------------------------------------
+
+    async def _create_report(self, request: Request) -> Response:
+        self.report_requests += 1
+        body = self._json_object(request)
+        section = body.get("section_discriminator")
+        if not isinstance(section, str):
+            raise _Problem(400, "Validation failed", "section_discriminator is required")
+        self._section(section)
+        topics = body.get("topic_discriminators")
+        if not isinstance(topics, list) or not topics or not all(isinstance(t, str) for t in topics):
+            raise _Problem(400, "Validation failed", "topic_discriminators must be a non-empty list")
+        unknown = sorted(t for t in topics if t not in self.topics)
+        if unknown:
+            raise _Problem(400, "Validation failed", f"Unknown topic(s): {', '.join(unknown)}")
+        channels: list[Any] = []
+        if "channel_discriminator" in body:
+            channels.append(body["channel_discriminator"])
+        for entry in body.get("channels") or []:
+            if not isinstance(entry, dict) or not entry.get("field_name"):
+                raise _Problem(400, "Validation failed", "channels items need field_name and channel_discriminator")
+            channels.append(entry.get("channel_discriminator"))
+        if not channels or any(c not in CHANNELS for c in channels):
+            raise _Problem(400, "Validation failed", "A known channel_discriminator is required")
+        keyspace = body.get("keyspace_discriminator")
+        if keyspace is not None:
+            self._keyspace(str(keyspace))
+        wanted_topics, wanted_channels = set(topics), set(channels)
+        rows = []
+        for (ks, key), sections in sorted(self._profiles.items()):
+            data = sections.get(section)
+            if data is None or (keyspace is not None and ks != keyspace):
+                continue
+            for (topic, channel), consent in sorted(data.consents.items()):
+                if topic in wanted_topics and channel in wanted_channels:
+                    rows.append((ks, key, topic, channel, str(consent["type"]), str(consent["modified_at"])))
+        report_id = f"rep-{next(self._report_seq):06d}"
+        now = self.clock.timestamp()
+        self._reports[report_id] = _Report(report_id, now, rows)
+        url = f"{self.public_url}{REPORT_PATH}/{report_id}"
+        expires_at = (self.clock.now() + timedelta(seconds=self.report_lifetime)).isoformat()
+        return Response.json({"report_id": report_id, "poll_url": url,
+                              "expires_at": expires_at.replace("+00:00", "Z")},
+                             status=202, headers=[("location", url)])
+
+    async def _get_report(self, request: Request, report_id: str) -> Response:
+        report = self._reports.get(report_id)
+        if report is None:
+            raise _Problem(404, "Not found", "Report does not exist")
+        if self.clock.timestamp() - report.created >= self.report_lifetime:
+            raise _Problem(410, "Gone", "The report has expired")
+        report.polls += 1
+        if report.polls <= self.report_polls_until_ready:
+            raise _Problem(404, "Not found", "Report is not ready yet")
+        gzip = "gzip" in (request.header("accept-encoding") or "").lower()
+        headers = [("content-type", "text/csv; charset=utf-8")]
+        if gzip:
+            headers.append(("content-encoding", "gzip"))
+        return StreamedResponse(200, b"", headers, chunks=self._report_chunks(report, gzip=gzip))
+
+    def _report_chunks(self, report: _Report, *, gzip: bool) -> Iterator[bytes]:
+        """The CSV, ``report_chunk_rows`` rows at a time; each gzip chunk is sync-flushed so it can be
+        decoded on arrival."""
+        compressor = zlib.compressobj(wbits=31) if gzip else None
+
+        def encode(text: str) -> bytes:
+            data = text.encode("utf-8")
+            if compressor is None:
+                return data
+            return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+        cols = self.report_columns
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\r\n")
+        writer.writerow([cols.profile_key, cols.keyspace, cols.topic, cols.channel, cols.type, cols.modified_at])
+        yield encode(buf.getvalue())
+        step = max(1, self.report_chunk_rows)
+        for start in range(0, len(report.rows), step):
+            buf.seek(0)
+            buf.truncate()
+            writer.writerows((key, ks, topic, channel, kind, modified)
+                             for ks, key, topic, channel, kind, modified in report.rows[start:start + step])
+            yield encode(buf.getvalue())
+        if compressor is not None:
+            yield compressor.flush()
 
     # -- imports -----------------------------------------------------------------------------------------
 
@@ -726,6 +973,12 @@ class ApsisSimulator(SimulatorApp):
         imp.status = "completed"
 
 
+def _later(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether consent ``a`` should replace ``b`` in a merge: later ``modified_at``, a tie to opt-out."""
+    ta, tb = str(a.get("modified_at") or ""), str(b.get("modified_at") or "")
+    return ta > tb or (ta == tb and a.get("type") == "opt-out")
+
+
 def _disposition_param(header: str, name: str) -> str | None:
     match = re.search(r'(?:^|;)\s*' + name + r'="([^"]*)"', header)
     return match.group(1) if match else None
@@ -755,4 +1008,4 @@ def _multipart(request: Request) -> list[tuple[str, bytes | str, str | None]] | 
     return parts
 
 
-__all__ = ["DEFAULT_ATTRIBUTES", "DEFAULT_TAGS", "DEFAULT_TOPICS", "ApsisSimulator"]
+__all__ = ["DEFAULT_ATTRIBUTES", "DEFAULT_TAGS", "DEFAULT_TOPICS", "ApsisSimulator", "StreamedResponse"]

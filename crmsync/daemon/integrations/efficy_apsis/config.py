@@ -28,6 +28,8 @@ from crmsync.connectors.apsis.records import (
     KEYSPACE_CRM_ID,
     MAX_BODY_BYTES,
     SECTION_DEFAULT,
+    ConsentReportColumns,
+    ConsentReportSettings,
 )
 from crmsync.daemon.config import Duration, IntegrationConfig
 from crmsync.daemon.secrets import SecretsModel, StrictModel
@@ -157,8 +159,58 @@ class FullSyncConfig(StrictModel):
     concurrency: int = Field(default=8, ge=1, le=64)
 
 
+_COLUMNS = ConsentReportColumns()
+_REPORT = ConsentReportSettings()
+
+
+class ReportColumnsConfig(StrictModel):
+    """[U] CSV header names of APSIS's consent report (no public source shows them)."""
+
+    profile_key: str = _COLUMNS.profile_key
+    topic: str = _COLUMNS.topic
+    channel: str = _COLUMNS.channel  # optional in the file: missing -> the requested channel
+    type: str = _COLUMNS.type
+    modified_at: str = _COLUMNS.modified_at  # optional in the file
+    keyspace: str = _COLUMNS.keyspace  # optional in the file: present -> other keyspaces' rows skipped
+
+
+class ConsentReportConfig(StrictModel):
+    """How the backflow's consent report (APSIS E1) is requested and read; the body shape, the answer's
+    poll URL member and the CSV columns are [U] (see ``ConsentReportSettings``)."""
+
+    channel_form: Literal["discriminator", "list"] = _REPORT.channel_form  # [U]
+    channel_field_name: str = _REPORT.channel_field_name  # [U] field_name when channel_form = "list"
+    keyspace_field: str | None = _REPORT.keyspace_field  # [U] "" leaves the keyspace out of the body
+    extra_body: dict[str, Any] = Field(default_factory=dict)  # [U] further body members
+    poll_url_fields: list[str] = Field(default_factory=lambda: list(_REPORT.poll_url_fields))  # [U]
+    poll_auth: Literal["same-host", "always", "never"] = _REPORT.poll_auth  # [U]
+    poll_interval: Duration = timedelta(seconds=_REPORT.poll_interval)
+    timeout: Duration = timedelta(seconds=_REPORT.timeout)
+    columns: ReportColumnsConfig = Field(default_factory=ReportColumnsConfig)
+
+    def settings(self) -> ConsentReportSettings:
+        c = self.columns
+        return ConsentReportSettings(
+            channel_form=self.channel_form, channel_field_name=self.channel_field_name,
+            keyspace_field=self.keyspace_field or None, extra_body=dict(self.extra_body),
+            poll_url_fields=tuple(self.poll_url_fields), poll_auth=self.poll_auth,
+            poll_interval=self.poll_interval.total_seconds(), timeout=self.timeout.total_seconds(),
+            columns=ConsentReportColumns(profile_key=c.profile_key, topic=c.topic, channel=c.channel,
+                                         type=c.type, modified_at=c.modified_at, keyspace=c.keyspace))
+
+
 class BackflowConfig(StrictModel):
-    page_size: int = Field(default=500, ge=1)  # linked profiles read per store transaction
+    """``[consent_backflow]``: ``method = "report"`` reads one APSIS consent report per channel (O(1)
+    requests per run); ``"poll"`` reads every linked profile's consents (one request per profile), for
+    accounts where the report endpoint is unavailable."""
+
+    method: Literal["report", "poll"] = "report"
+    page_size: int = Field(default=500, ge=1)  # poll: linked profiles read per store transaction
+    chunk_size: int = Field(default=500, ge=1, le=10000)  # report: opt-out rows handled per transaction
+    report: ConsentReportConfig = Field(default_factory=ConsentReportConfig)
+
+
+ConsentBackflowConfig = BackflowConfig
 
 
 class EfficyApsisConfig(IntegrationConfig):

@@ -1,8 +1,16 @@
 """The ``consent_backflow`` flow: opt-outs made in APSIS (the unsubscribe link) back to Efficy.
 
-APSIS has no consent webhook in its public API and the consent report's body is unverified (research
-§6.2), so the flow polls the consents of every linked profile, a store page at a time. An opt-out on a
-mapped topic/channel where crmsync last sent an opt-in is an opt-out made in APSIS: crmsync
+APSIS has no consent webhook in its public API (research §6.2), so the flow reads consents in one of two
+ways (``consent_backflow.method``):
+
+* ``report`` (default): one consent report (E1) per channel for the mapped topics, streamed and handled in
+  chunks of ``chunk_size`` rows (memory stays flat however large the account, §9.8). The opt-out rows of
+  profiles linked in the store are looked up a chunk at a time; O(1) APSIS requests per run.
+* ``poll``: the consents of every linked profile (C2), a store page at a time; one APSIS request per
+  profile, for accounts where the report endpoint is not available.
+
+Either way, an opt-out on a mapped topic/channel where crmsync last sent an opt-in is an opt-out made in
+APSIS, and crmsync
 
 1. records it durably (``OptOutRecord``) so that no later sync re-subscribes the person, even from a stale
    Efficy read that still shows the CRM Profile;
@@ -15,10 +23,15 @@ The flow never writes an opt-in to APSIS.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Sequence
+from contextlib import aclosing
+
 import structlog
 
 from crmsync.connectors.apsis import ApsisClient, ApsisProfile, Consent
-from crmsync.connectors.apsis.problems import ApsisNotFoundError
+from crmsync.connectors.apsis.problems import ApsisNotFoundError, ConsentReportExpiredError
+from crmsync.connectors.apsis.records import ConsentKey
 from crmsync.connectors.efficy import EfficyClient
 from crmsync.connectors.errors import AuthError, FatalApiError, NotFoundError
 from crmsync.daemon.integrations.efficy_apsis import store
@@ -35,11 +48,29 @@ from crmsync.state import queries as q
 
 log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.consent_backflow")
 
+#: A report that expires (410) before it is read is requested again this many times in one run.
+REPORT_ATTEMPTS = 2
+
 
 async def run_backflow(run: RunContext, *, efficy: EfficyClient, apsis: ApsisClient, spec: SyncSpec,
-                       integration: str, page_size: int, concurrency: int) -> None:
+                       integration: str, page_size: int, concurrency: int, method: str = "report",
+                       chunk_size: int = 500) -> None:
     if not spec.consents:
         return
+    if method == "poll":
+        await _run_poll(run, efficy=efficy, apsis=apsis, spec=spec, integration=integration,
+                        page_size=page_size, concurrency=concurrency)
+    elif method == "report":
+        await _run_report(run, efficy=efficy, apsis=apsis, spec=spec, integration=integration,
+                          chunk_size=chunk_size, concurrency=concurrency)
+    else:
+        raise ValueError(f"unknown consent backflow method {method!r}")
+
+
+# -- poll: C2 per linked profile ------------------------------------------------------------------------------
+
+async def _run_poll(run: RunContext, *, efficy: EfficyClient, apsis: ApsisClient, spec: SyncSpec,
+                    integration: str, page_size: int, concurrency: int) -> None:
     after: str | None = None
     while True:
         page = await run.db.tx(q.links_page, integration, after, page_size)
@@ -51,22 +82,116 @@ async def run_backflow(run: RunContext, *, efficy: EfficyClient, apsis: ApsisCli
         run.fetched(len(ids))
 
         async def one(cid: str, states: dict[str, store.ContactState] = states) -> Written | None:
-            return await _check(cid, states[cid], run, efficy=efficy, apsis=apsis, spec=spec,
-                                integration=integration)
+            try:
+                consents = await apsis.get_consents(cid, types=(OPT_OUT,))
+            except ApsisNotFoundError:
+                return None
+            return await _act(cid, consents, states[cid], efficy=efficy, spec=spec, integration=integration,
+                              now=run.now_iso())
 
         results = await bounded_map(one, ids, concurrency)
-        tx: list[store.TxFn] = []
-        for w in results:
-            if w is not None:  # only profiles acted on get a row: polling every profile is not news
-                w.report(run)
-                tx.extend(w.tx)
-        await run.flush(*tx)
+        await _flush(run, results)
         if run.should_stop():
             run.interrupted = True
             return
 
 
-def _to_unlink(consents: list[Consent], state: store.ContactState, rules: tuple[ConsentRule, ...]
+# -- report: E1 per channel, streamed -------------------------------------------------------------------------
+
+def report_requests(rules: Sequence[ConsentRule]) -> list[tuple[str, tuple[str, ...]]]:
+    """One report per channel: ``(channel, topics mapped on it)``, in a stable order."""
+    by_channel: dict[str, set[str]] = {}
+    for rule in rules:
+        by_channel.setdefault(rule.slot.channel, set()).add(rule.slot.topic)
+    return [(channel, tuple(sorted(topics))) for channel, topics in sorted(by_channel.items())]
+
+
+async def _run_report(run: RunContext, *, efficy: EfficyClient, apsis: ApsisClient, spec: SyncSpec,
+                      integration: str, chunk_size: int, concurrency: int) -> None:
+    mapped = frozenset(rule.slot for rule in spec.consents)
+    for channel, topics in report_requests(spec.consents):
+        for attempt in range(1, REPORT_ATTEMPTS + 1):
+            try:
+                await _read_report(run, channel, topics, mapped, efficy=efficy, apsis=apsis, spec=spec,
+                                   integration=integration, chunk_size=chunk_size, concurrency=concurrency)
+                break
+            except ConsentReportExpiredError:
+                if attempt == REPORT_ATTEMPTS:
+                    raise
+                log.warning("apsis_consent_report_expired", channel=channel, attempt=attempt)
+        if run.interrupted:
+            return
+
+
+async def _read_report(run: RunContext, channel: str, topics: Sequence[str], mapped: frozenset[ConsentKey], *,
+                       efficy: EfficyClient, apsis: ApsisClient, spec: SyncSpec, integration: str,
+                       chunk_size: int, concurrency: int) -> None:
+    """Stream one report; every ``chunk_size`` rows (cut between profiles), act on the buffered opt-outs.
+
+    Only opt-out rows on mapped slots are buffered, and at most one chunk's worth of them.
+    """
+    pending: dict[str, list[Consent]] = {}
+    rows = 0
+    last_key: str | None = None
+    async with aclosing(apsis.consent_report(topics, channel)) as report:
+        async for row in report:
+            if rows >= chunk_size and row.profile_key != last_key:
+                await _handle_chunk(run, pending, efficy=efficy, spec=spec, integration=integration,
+                                    concurrency=concurrency, rows=rows)
+                pending, rows = {}, 0
+                if run.should_stop():
+                    run.interrupted = True
+                    return
+            rows += 1
+            last_key = row.profile_key
+            if row.type == OPT_OUT and row.key in mapped:
+                pending.setdefault(row.profile_key, []).append(
+                    Consent(row.topic, row.channel, row.type, modified_at=row.modified_at))
+    await _handle_chunk(run, pending, efficy=efficy, spec=spec, integration=integration,
+                        concurrency=concurrency, rows=rows)
+
+
+def _linked(c: sqlite3.Connection, integration: str, keys: Sequence[str]) -> dict[str, str]:
+    """APSIS profile key -> Efficy contact id, for the keys linked in the store (one transaction)."""
+    out: dict[str, str] = {}
+    for key in keys:
+        crm_id = q.link_for_messaging(c, integration, key)
+        if crm_id is not None:
+            out[key] = crm_id
+    return out
+
+
+async def _handle_chunk(run: RunContext, pending: dict[str, list[Consent]], *, efficy: EfficyClient,
+                        spec: SyncSpec, integration: str, concurrency: int, rows: int) -> None:
+    run.fetched(rows)
+    if not pending:
+        if rows:
+            await run.flush()
+        return
+    linked = await run.db.tx(_linked, integration, list(pending))
+    ids = [linked[key] for key in pending if key in linked]
+    consents = {linked[key]: found for key, found in pending.items() if key in linked}
+    states = await run.db.tx(store.load_states, integration, ids, spec.consents)
+
+    async def one(cid: str) -> Written | None:
+        return await _act(cid, consents[cid], states[cid], efficy=efficy, spec=spec, integration=integration,
+                          now=run.now_iso())
+
+    await _flush(run, await bounded_map(one, ids, concurrency))
+
+
+# -- shared ---------------------------------------------------------------------------------------------------
+
+async def _flush(run: RunContext, results: Sequence[Written | None]) -> None:
+    tx: list[store.TxFn] = []
+    for w in results:
+        if w is not None:  # only profiles acted on get a row: reading every profile is not news
+            w.report(run)
+            tx.extend(w.tx)
+    await run.flush(*tx)
+
+
+def _to_unlink(consents: Sequence[Consent], state: store.ContactState, rules: tuple[ConsentRule, ...]
                ) -> list[tuple[ConsentRule, Consent]]:
     """Mapped slots opted out in APSIS that crmsync did not send as opt-out (so APSIS made them)."""
     by_slot = {c.key: c for c in consents if c.type == OPT_OUT}
@@ -83,16 +208,12 @@ def _to_unlink(consents: list[Consent], state: store.ContactState, rules: tuple[
     return out
 
 
-async def _check(cid: str, state: store.ContactState, run: RunContext, *, efficy: EfficyClient,
-                 apsis: ApsisClient, spec: SyncSpec, integration: str) -> Written | None:
-    try:
-        consents = await apsis.get_consents(cid, types=(OPT_OUT,))
-    except ApsisNotFoundError:
-        return None
+async def _act(cid: str, consents: Sequence[Consent], state: store.ContactState, *, efficy: EfficyClient,
+               spec: SyncSpec, integration: str, now: str) -> Written | None:
+    """Given a linked contact's APSIS opt-outs, flow the ones APSIS made back to Efficy."""
     found = _to_unlink(consents, state, spec.consents)
     if not found:
         return None
-    now = run.now_iso()
     profiles = sorted({rule.profile_id for rule, _ in found}, key=int)
     try:
         for pid in profiles:
@@ -123,4 +244,3 @@ async def _check(cid: str, state: store.ContactState, run: RunContext, *, efficy
     message = (f"opted out in APSIS ({names}); CRM Profile {', '.join(profiles)} removed in Efficy"
                if confirmed else f"opted out in APSIS ({names}); removal in Efficy not confirmed yet")
     return Written("updated", cid, message=message, tx=tx)
-

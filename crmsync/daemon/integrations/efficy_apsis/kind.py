@@ -96,7 +96,7 @@ class EfficyApsisKind(IntegrationKind):
             concurrent_imports=a.concurrent_imports, import_poll_interval=a.import_poll_interval.total_seconds(),
             import_timeout=a.import_timeout.total_seconds(),
             tag_encoding=TagEncoding(a.tag_add_value, a.tag_remove_value),
-            consent_source=a.consent_source,
+            consent_source=a.consent_source, consent_report=self.cfg.consent_backflow.report.settings(),
         )
         return efficy, apsis
 
@@ -129,9 +129,11 @@ class EfficyApsisKind(IntegrationKind):
 
     async def run_flow(self, flow: str, run: RunContext) -> None:
         if flow == "consent_backflow":
+            bf = self.cfg.consent_backflow
             await consent_backflow.run_backflow(
                 run, efficy=self.efficy, apsis=self.apsis, spec=self.spec, integration=self.name,
-                page_size=self.cfg.consent_backflow.page_size, concurrency=self.cfg.apsis.max_concurrency)
+                page_size=bf.page_size, concurrency=self.cfg.apsis.max_concurrency, method=bf.method,
+                chunk_size=bf.chunk_size)
         elif flow == "tags":
             await self._tags(run)
         else:
