@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from crmsync.connectors.errors import RetriableApiError
 from crmsync.daemon.config import IntegrationConfig
 from crmsync.daemon.integrations.base import (
     FullSyncStep,
@@ -65,6 +66,7 @@ class World:
     dest: FakeDestination = field(default_factory=FakeDestination)
     flow_runs: list[tuple[str, str]] = field(default_factory=list)  # (flow, wall time iso)
     open_attempts: int = 0
+    flaky_failures: int = 0
 
 
 WORLDS: dict[str, World] = {}
@@ -144,6 +146,12 @@ class FakeKind(IntegrationKind):
 
     async def process_events(self, events: list[QueuedEvent], run: RunContext) -> None:
         for event in events:
+            rid = event.payload["id"]
+            if rid.startswith("poison"):  # a bug met by one odd record: fails every time
+                raise RuntimeError(f"cannot handle {rid}")
+            if rid.startswith("flaky") and self.w.flaky_failures > 0:  # an outage: fails for a while
+                self.w.flaky_failures -= 1
+                raise RetriableApiError("fake", "service unavailable", status=503)
             run.fetched()
             outcome = self.w.dest.write("realtime", event.payload)
             run.record(outcome, crm_id=event.payload["id"])

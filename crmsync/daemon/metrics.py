@@ -43,6 +43,10 @@ class Metrics:
             "crmsync_realtime_queue_depth", "Events waiting in the durable real-time queue",
             ["integration"], registry=r,
         )
+        self.dead_letters = Counter(
+            "crmsync_realtime_dead_letters_total", "Queued events set aside after repeated non-transient failures",
+            ["integration"], registry=r,
+        )
         self.webhooks = Counter(
             "crmsync_webhook_requests_total", "Webhook requests by integration and HTTP status",
             ["integration", "status"], registry=r,

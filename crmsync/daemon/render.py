@@ -98,7 +98,9 @@ def render_integration(i: dict[str, Any]) -> str:
                          + (f"  {rate}/s" if rate is not None else ""))
         else:
             lines.append(f"    {fs['done']} records; finished {_short_time(fs.get('finished_at'))}")
-    lines.append(f"  real-time queue: {i.get('queue_depth', 0)} waiting")
+    lines.append(f"  real-time queue: {i.get('queue_depth', 0)} waiting"
+                 + (f", {i['dead_letters']} dead letters (see the log; a full sync reconciles them)"
+                    if i.get("dead_letters") else ""))
     rows = []
     for flow, info in i.get("flows", {}).items():
         last = info.get("last_run") or {}

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 import trio
 
-from crmsync.connectors.errors import ApiError
+from crmsync.connectors.errors import ApiError, AuthError, RetriableApiError
 from crmsync.daemon.integrations.base import FlowError, IntegrationKind
 from crmsync.daemon.metrics import Metrics
 from crmsync.daemon.runs import RunContext
@@ -37,6 +37,7 @@ log = structlog.get_logger("crmsync.daemon.runtime")
 FULL_SYNC_FLOW = "full_sync"
 REALTIME_FLOW = "realtime"
 REALTIME_MAX_BACKOFF = 300.0
+REALTIME_MAX_EVENT_ATTEMPTS = 5  # non-transient failures of one event before it is set aside
 
 
 class FlowBusy(Exception):
@@ -350,13 +351,23 @@ class IntegrationRuntime:
         self._queue_wakeup.set()
 
     async def _realtime_consumer(self) -> None:
+        """Drain the durable queue in arrival order, one run per batch.
+
+        A failed batch is retried one event at a time (``isolate``), so that one event that keeps failing
+        for a non-transient reason (a bug met by one odd record) cannot stall the queue: after
+        ``REALTIME_MAX_EVENT_ATTEMPTS`` such failures it becomes a dead letter (kept, counted in status).
+        Transient failures (retriable API errors after the client's own retries, refused credentials) never
+        count: the event waits, with backoff, however long the outage lasts.
+        """
         backoff = 1.0
+        isolate = False
         with structlog.contextvars.bound_contextvars(integration=self.name, flow=REALTIME_FLOW):
             while not self.stopping:
                 if not await self._interruptible_wait(self.full_sync_idle.wait):
                     return
                 wakeup = self._queue_wakeup = trio.Event()
-                events = await self.db.tx(q.peek_pending, self.name, self.kind.realtime_batch_size)
+                limit = 1 if isolate else self.kind.realtime_batch_size
+                events = await self.db.tx(q.peek_pending, self.name, limit)
                 depth = await self.db.tx(q.queue_depth, self.name)
                 self.metrics.queue_depth.labels(self.name).set(depth)
                 if not events:
@@ -369,20 +380,41 @@ class IntegrationRuntime:
                 if self.full_sync_running():
                     continue
                 seqs = [e.seq for e in events]
+                failure: dict[str, Any] = {}
 
-                async def body(run: RunContext, events: list[Any] = events, seqs: list[int] = seqs) -> None:
-                    await self.kind.process_events(events, run)
+                async def body(run: RunContext, events: list[Any] = events, seqs: list[int] = seqs,
+                               failure: dict[str, Any] = failure) -> None:
+                    try:
+                        await self.kind.process_events(events, run)
+                    except (RetriableApiError, AuthError) as exc:
+                        failure.update(transient=True, error=str(exc))
+                        raise
+                    except Exception as exc:
+                        failure.update(transient=False, error=f"{type(exc).__name__}: {exc}")
+                        raise
                     await run.flush(lambda c: q.ack_queue(c, self.name, seqs))
 
                 status = await self._execute(REALTIME_FLOW, "webhook", body)
                 if status == "failed":
-                    await self.db.tx(q.fail_queue, self.name, seqs[0], "batch failed; will retry")
-                    log.warning("realtime_batch_retry", delay_s=backoff, events=len(seqs))
+                    error = str(failure.get("error") or "batch failed")
+                    if len(events) > 1:
+                        isolate = True  # find the event at fault: retry one at a time, at once
+                        continue
+                    event = events[0]
+                    if not failure.get("transient", True) and event.attempts + 1 >= REALTIME_MAX_EVENT_ATTEMPTS:
+                        await self.db.tx(q.dead_letter, self.name, event.seq, error)
+                        self.metrics.dead_letters.labels(self.name).inc()
+                        log.error("realtime_event_dead_lettered", seq=event.seq, error=error,
+                                  attempts=event.attempts + 1, payload=event.payload)
+                        continue
+                    await self.db.tx(q.fail_queue, self.name, event.seq, error)
+                    log.warning("realtime_event_retry", delay_s=backoff, seq=event.seq, error=error)
                     if not await self._interruptible_wait(partial(trio.sleep, backoff)):
                         return
                     backoff = min(backoff * 2, REALTIME_MAX_BACKOFF)
                 else:
                     backoff = 1.0
+                    isolate = False
                 depth = await self.db.tx(q.queue_depth, self.name)
                 self.metrics.queue_depth.labels(self.name).set(depth)
 

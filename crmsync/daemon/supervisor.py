@@ -378,6 +378,7 @@ class Supervisor:
                 "flows": flows,
                 "full_sync": q.get_full_sync(c, name),
                 "queue_depth": q.queue_depth(c, name) if kind.supports_webhooks else 0,
+                "dead_letters": q.count_dead_letters(c, name) if kind.supports_webhooks else 0,
                 "cursors": q.list_cursors(c, name) if full else None,
                 "links": q.count_links(c, name) if full else None,
             }
@@ -410,6 +411,7 @@ class Supervisor:
             "full_sync_required_reason": st.get("full_sync_required_reason"),
             "full_sync": full_sync,
             "queue_depth": data["queue_depth"],
+            "dead_letters": data["dead_letters"],
             "flows": data["flows"],
         }
         if full:

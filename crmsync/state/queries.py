@@ -201,6 +201,7 @@ def peek_queue(c: sqlite3.Connection, integration: str, limit: int) -> list[Queu
 def ack_queue(c: sqlite3.Connection, integration: str, seqs: Sequence[int]) -> None:
     # The dedupe key must outlive the row, or a replay after processing would be queued again: keep
     # processed keys as tombstones (payload emptied) and prune them with the report retention.
+    # attempts: >= 0 pending, -1 processed (tombstone), -2 dead letter (see dead_letter).
     c.executemany(
         "UPDATE realtime_queue SET payload = 'null', attempts = -1 WHERE integration = ? AND seq = ? "
         "AND dedupe_key IS NOT NULL",
@@ -217,6 +218,21 @@ def fail_queue(c: sqlite3.Connection, integration: str, seq: int, error: str) ->
         "UPDATE realtime_queue SET attempts = attempts + 1, last_error = ? WHERE integration = ? AND seq = ?",
         (error[:1000], integration, seq),
     )
+
+
+def dead_letter(c: sqlite3.Connection, integration: str, seq: int, error: str) -> None:
+    """Set an event aside that failed for a non-transient reason too often: kept (never deleted), counted
+    in status, skipped by the consumer so the queue moves on. A full sync reconciles what it was about."""
+    c.execute(
+        "UPDATE realtime_queue SET attempts = -2, last_error = ? WHERE integration = ? AND seq = ?",
+        (error[:1000], integration, seq),
+    )
+
+
+def count_dead_letters(c: sqlite3.Connection, integration: str) -> int:
+    return int(c.execute(
+        "SELECT COUNT(*) FROM realtime_queue WHERE integration = ? AND attempts = -2", (integration,)
+    ).fetchone()[0])
 
 
 def queue_depth(c: sqlite3.Connection, integration: str) -> int:

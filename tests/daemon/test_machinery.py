@@ -230,3 +230,25 @@ async def test_a_crashing_integration_is_isolated_and_restarted(
         assert world("broken").open_attempts == 3
         assert world("fine").flow_runs  # the other integration ran all along
         nursery.cancel_scope.cancel()
+
+
+async def test_a_poison_event_is_set_aside_and_an_outage_never_is(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, db: Database, sim_clock: WallClock
+) -> None:
+    config = fake_config(tmp_path, {"a": {}})
+    w = world("a")
+    w.flaky_failures = 40  # far more than the dead-letter limit: an outage of many minutes
+    async with trio.open_nursery() as nursery:
+        supervisor = await start_supervisor(nursery, config, db, sim_clock)
+        await supervisor.activate("a")
+        body = json.dumps([{"id": "r1", "version": 1}, {"id": "poison1", "version": 1},
+                           {"id": "r2", "version": 1}, {"id": "flaky1", "version": 1},
+                           {"id": "r3", "version": 1}]).encode()
+        assert await supervisor.accept_webhook("a", {}, body) == 5
+        await trio.sleep(6 * 3600)
+        status = await supervisor.status("a")
+        nursery.cancel_scope.cancel()
+    # the queue moved on past the poison event, in arrival order; the outage's event was never dropped
+    assert [rid for via, rid, _ in w.dest.log if via == "realtime"] == ["r1", "r2", "flaky1", "r3"]
+    assert status["dead_letters"] == 1 and status["queue_depth"] == 0
+    assert w.flaky_failures == 0
