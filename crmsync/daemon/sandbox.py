@@ -9,6 +9,7 @@ logs go to ``STATE_DIR/daemon.log`` to keep the terminal readable.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -110,8 +111,17 @@ class _Buffer:
         return "".join(self.parts)
 
 
+def _command() -> str:
+    """How the user ran us, so the suggested commands work as printed (a venv need not be activated)."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if Path(argv0).name == "crmsync":
+        return "crmsync" if shutil.which("crmsync") == str(Path(argv0).resolve()) else argv0
+    return f"{sys.executable} -m crmsync"
+
+
 def _banner(out: Any, directory: Path, daemon: Any, parts: dict[str, SandboxPart]) -> None:
     sock = directory / "control.sock"
+    cmd = _command()
     lines = [
         "crmsync sandbox is running (Ctrl-C to stop)",
         f"  state dir:       {directory}",
@@ -122,11 +132,11 @@ def _banner(out: Any, directory: Path, daemon: Any, parts: dict[str, SandboxPart
         f"  daemon log:      {directory / 'daemon.log'}",
         "",
         "Try:",
-        f"  crmsync status --socket {sock}",
+        f"  {cmd} status --socket {sock}",
     ]
     for name, part in parts.items():
-        lines.append(f"  crmsync status {name} --socket {sock}")
-        lines.append(f"  crmsync report {name} --socket {sock}")
+        lines.append(f"  {cmd} status {name} --socket {sock}")
+        lines.append(f"  {cmd} report {name} --socket {sock}")
         for line in part.description:
             lines.append(f"    {line}")
     if not parts:
