@@ -67,5 +67,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Hypercorn's access log is noise at info; keep errors.
-    logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
+    # Per-request lines from Hypercorn's access log and from httpx/httpcore are noise at info (and would put
+    # query strings in the logs); crmsync_api_requests_total and crmsync_webhook_requests_total count them.
+    for noisy in ("hypercorn.access", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
