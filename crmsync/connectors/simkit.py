@@ -24,9 +24,8 @@ from urllib.parse import parse_qsl
 import httpx
 import trio
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+from crmsync.asgi import BodyTooLarge, Receive, Scope, Send, lifespan, read_body
+
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 FaultKind = Literal["status", "slow", "drop", "malformed"]
@@ -135,16 +134,7 @@ class Response:
 
 
 async def read_request(scope: Scope, receive: Receive, max_body: int = 64 * 1024 * 1024) -> Request:
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        body.extend(message.get("body", b""))
-        if len(body) > max_body:
-            break
-        if not message.get("more_body", False):
-            break
+    body = await read_body(receive, max_body)
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
     qs = scope.get("query_string", b"").decode("latin-1")
     query_list = parse_qsl(qs, keep_blank_values=True)
@@ -183,11 +173,15 @@ class SimulatorApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
-        request = await read_request(scope, receive)
+        try:
+            request = await read_request(scope, receive)
+        except BodyTooLarge:
+            await send_response(send, Response.text("request body too large", status=413))
+            return
         self.requests.append((request.method, request.path))
         fault = self.faults.take(request.method, request.path)
         if fault is not None:
@@ -212,16 +206,6 @@ class SimulatorApp:
 
     def render_malformed(self, request: Request) -> Response:
         return Response(200, b'{"truncated": [1, 2', [("content-type", "application/json")])
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def asgi_client(app: ASGIApp, base_url: str = "http://sim.test") -> httpx.AsyncClient:

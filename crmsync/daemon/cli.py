@@ -17,7 +17,7 @@ import trio
 
 from crmsync import __version__
 from crmsync.daemon import render
-from crmsync.daemon.config import ConfigError, DaemonConfig, default_config_path, load_config
+from crmsync.daemon.config import Config, ConfigError, DaemonConfig, default_config_path, load_config
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -111,14 +111,21 @@ def _config_path(args: argparse.Namespace) -> str:
     return getattr(args, "config", None) or default_config_path()
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
-    path = _config_path(args)
+def _load_or_report(path: str, headline: str) -> Config | None:
+    """The config, or None after printing every problem (key path and reason) to stderr."""
     try:
-        config = load_config(path)
+        return load_config(path)
     except ConfigError as exc:
-        print(f"{path}: invalid", file=sys.stderr)
+        print(f"{path}: {headline}", file=sys.stderr)
         for line in exc.lines():
             print(f"  {line}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    config = _load_or_report(path, "invalid")
+    if config is None:
         return EXIT_REFUSED
     print(f"{path}: ok ({len(config.integrations)} integrations: "
           f"{', '.join(f'{n} [{c.kind}]' for n, c in config.integrations.items()) or 'none'})")
@@ -130,12 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from crmsync.daemon.logging import configure_logging
 
     path = _config_path(args)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"{path}: invalid config, not starting", file=sys.stderr)
-        for line in exc.lines():
-            print(f"  {line}", file=sys.stderr)
+    config = _load_or_report(path, "invalid config, not starting")
+    if config is None:
         return EXIT_REFUSED
     configure_logging(config.daemon.log_level)
     daemon = Daemon(config, config_path=path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -19,6 +18,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from crmsync.asgi import BodyTooLarge, Receive, Scope, Send, lifespan, read_body
 from crmsync.daemon.integrations.base import WebhookRejected
 from crmsync.daemon.metrics import CONTENT_TYPE, Metrics
 from crmsync.daemon.supervisor import CommandError, Supervisor
@@ -26,13 +26,6 @@ from crmsync.daemon.webhook_auth import verify
 
 log = structlog.get_logger("crmsync.daemon.http")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class HttpApp:
@@ -49,13 +42,7 @@ class HttpApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await lifespan(receive, send)
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
@@ -90,7 +77,7 @@ class HttpApp:
             await _respond(send, 413, {"error": f"body larger than {self.max_body} bytes"})
             return 413
         try:
-            body = await _read_body(receive, self.max_body)
+            body = await read_body(receive, self.max_body)
         except BodyTooLarge:
             await _respond(send, 413, {"error": f"body larger than {self.max_body} bytes"})
             return 413
@@ -109,20 +96,6 @@ class HttpApp:
             return 404
         await _respond(send, 202, {"accepted": accepted})
         return 202
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        body.extend(message.get("body", b""))
-        if len(body) > limit:
-            raise BodyTooLarge()
-        if not message.get("more_body", False):
-            break
-    return bytes(body)
 
 
 async def _respond(send: Send, status: int, payload: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
