@@ -42,8 +42,16 @@ def _clock_time(v: Any) -> time:
     return parse_clock_time(v)
 
 
+def _api_url(v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith(("http://", "https://")) or len(v) < 10 or " " in v:
+        raise ValueError(f"{v!r} is not an http(s) URL")
+    return v.rstrip("/")
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 ClockTime = Annotated[time, BeforeValidator(_clock_time)]
+# an API's base URL: http(s), no trailing slash
+ApiUrl = Annotated[str, BeforeValidator(_api_url)]
 
 
 def _check_timezone(v: str | None) -> str | None:

@@ -74,3 +74,21 @@ def test_equal_configs_compare_equal_for_reload(tmp_path: Path) -> None:
     assert before == parse_config(text).integrations
     (tmp_path / "s").write_text("y")  # the secret changed: the integration must restart on reload
     assert before != parse_config(text).integrations
+
+
+def test_api_urls_are_validated_with_their_key_path(tmp_path: Path) -> None:
+    p = problems(f"""
+[integrations.x]
+kind = "everyaction_mobilecommons"
+default_opt_in_path_id = "1"
+[integrations.x.everyaction]
+application_name = "a"
+api_key_env = "HOME"
+host = "api.securevan.com/v4"
+[integrations.x.mobilecommons]
+login = "l"
+password_env = "HOME"
+base_url = "ftp://x"
+""")
+    assert "not an http(s) URL" in p["integrations.x.everyaction.host"]
+    assert "not an http(s) URL" in p["integrations.x.mobilecommons.base_url"]

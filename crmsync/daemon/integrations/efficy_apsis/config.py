@@ -31,7 +31,7 @@ from crmsync.connectors.apsis.records import (
     ConsentReportColumns,
     ConsentReportSettings,
 )
-from crmsync.daemon.config import Duration, IntegrationConfig
+from crmsync.daemon.config import ApiUrl, Duration, IntegrationConfig
 from crmsync.daemon.secrets import SecretsModel, StrictModel
 
 KIND = "efficy_apsis"
@@ -46,7 +46,7 @@ class EfficySettings(SecretsModel):
 
     secrets = {"api_key": True}
 
-    url: str
+    url: ApiUrl
     api_key: Any = None
     customer: str | None = None
     customer_in_query: bool = False  # ?customer= (Pauwris SDK) instead of X-Efficy-Customer (n8n node)
@@ -63,13 +63,6 @@ class EfficySettings(SecretsModel):
     field_types: dict[str, FieldTypeName] = Field(default_factory=dict)
     max_concurrency: int = Field(default=4, ge=1, le=32)
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL")
-        return v.rstrip("/")
-
     @field_validator("email_field")
     @classmethod
     def _upper(cls, v: str) -> str:
@@ -81,7 +74,7 @@ class ApsisSettings(SecretsModel):
 
     secrets = {"client_secret": True}
 
-    url: str = "https://api.apsis.one"
+    url: ApiUrl = "https://api.apsis.one"
     client_id: str
     client_secret: Any = None
     section: str = SECTION_DEFAULT
@@ -98,13 +91,6 @@ class ApsisSettings(SecretsModel):
     import_timeout: Duration = timedelta(hours=24)  # [U] when a stuck import counts as failed
     sms_address_attribute: str = ATTR_MOBILE  # the attribute holding the SMS address
     consent_source: str | None = None  # "source" on consent writes (APSIS default: "One API")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL")
-        return v.rstrip("/")
 
 
 class ConsentMapping(StrictModel):

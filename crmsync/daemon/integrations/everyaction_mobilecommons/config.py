@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from crmsync.daemon.config import ClockTime, Duration, IntegrationConfig
+from crmsync.daemon.config import ApiUrl, ClockTime, Duration, IntegrationConfig
 from crmsync.daemon.integrations.everyaction_mobilecommons import rules
 from crmsync.daemon.secrets import Secret, SecretsModel, StrictModel
 
@@ -135,7 +135,7 @@ class EveryActionSettings(SecretsModel):
 
     application_name: str = Field(min_length=1)
     api_key: Any = None
-    host: str = "https://api.securevan.com/v4"
+    host: ApiUrl = "https://api.securevan.com/v4"
     db_mode: Literal[0, 1] = 1
     # Unverified API facts (research A4, A5), kept as settings:
     identifier_type: str = "MobileCommonsID"  # VAN external-id type that receives the Mobile Commons id
@@ -168,7 +168,7 @@ class MobileCommonsSettings(SecretsModel):
     password: Any = None
     token: Any = None
     company_key: str | None = None
-    base_url: str = "https://secure.mcommons.com/api"
+    base_url: ApiUrl = "https://secure.mcommons.com/api"
     # Unverified API facts (research B3, B4), kept as settings:
     constituent_id_field: str = "Constituent ID"
     range_format: str = "%Y-%m-%d %H:%M:%S UTC"
@@ -185,8 +185,6 @@ class MobileCommonsSettings(SecretsModel):
                 raise ValueError("auth = \"bearer\" needs token_file (or token_env)")
             if self.login or self.password is not None:
                 raise ValueError("auth = \"bearer\" takes no login/password")
-        if not self.base_url.startswith(("https://", "http://")):
-            raise ValueError("base_url must be a URL such as https://secure.mcommons.com/api")
         return self
 
     def secret_value(self, name: str) -> str | None:
