@@ -77,7 +77,7 @@ def test_equal_configs_compare_equal_for_reload(tmp_path: Path) -> None:
 
 
 def test_api_urls_are_validated_with_their_key_path(tmp_path: Path) -> None:
-    p = problems(f"""
+    p = problems("""
 [integrations.x]
 kind = "everyaction_mobilecommons"
 default_opt_in_path_id = "1"
