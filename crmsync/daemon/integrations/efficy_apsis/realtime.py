@@ -72,6 +72,11 @@ async def process(events: list[QueuedEvent], run: RunContext, *, efficy: EfficyC
         if cid in order and op != "deleted":
             order.pop(cid)  # keep the latest position and operation
         order[cid] = op
+    # Each contact appears once in a batch, so no contact's state depends on another's write: one store read
+    # for the batch, one flush at the end (with the queue acknowledgement, by the daemon). A batch that
+    # fails half-way is processed again; every write is idempotent.
+    states = await run.db.tx(store.load_states, integration, [c for c, op in order.items() if op != "deleted"],
+                             spec.consents)
     tx: list[store.TxFn] = []
     for cid, op in order.items():
         run.fetched()
@@ -84,13 +89,10 @@ async def process(events: list[QueuedEvent], run: RunContext, *, efficy: EfficyC
         except NotFoundError:
             run.skip("not_found_in_efficy", crm_id=cid)
             continue
-        states = await run.db.tx(store.load_states, integration, [cid], spec.consents)
         state = states[cid]
         plan = plan_contact(contact, spec, current=state.current, written_version=state.written_version,
                             linked=state.linked, optouts=state.optouts)
         result = await write_one(apsis, plan, contact, spec, integration, run.now_iso())
         result.report(run)
-        # commit per contact: the next contact's state read must see this one's fingerprint
         tx.extend(result.tx)
-        await run.flush(*tx)
-        tx = []
+    await run.flush(*tx)
