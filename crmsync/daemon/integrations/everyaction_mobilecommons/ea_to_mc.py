@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import cast
 
@@ -19,7 +20,7 @@ import structlog
 
 from crmsync.connectors.errors import FatalApiError, NotFoundError
 from crmsync.connectors.everyaction import ContactChange, EveryActionClient
-from crmsync.connectors.mobilecommons import MobileCommonsClient, ProfileUpdate
+from crmsync.connectors.mobilecommons import MobileCommonsClient, Profile, ProfileUpdate
 from crmsync.daemon.integrations.everyaction_mobilecommons import rules, store
 from crmsync.daemon.integrations.everyaction_mobilecommons.config import (
     EA_MAX_LOOKBACK,
@@ -43,6 +44,24 @@ def window_start(now: datetime, cursor: datetime | None, window: timedelta) -> d
     if cursor is not None and cursor < start:
         start = cursor
     return max(start, now - EA_MAX_LOOKBACK + LOOKBACK_MARGIN)
+
+
+SHARED_PHONE = "mobile_number_linked_to_another_record"
+
+
+async def profile_owner(ea: EveryActionClient, run: RunContext, profile: Profile, van_id: str,
+                        phone: str) -> str | None:
+    """The other VAN ID that owns this phone's profile (its stored link, or the Constituent ID already on the
+    profile), if that person still lists this mobile number; None when the profile is free or ours. A number
+    that changed hands (the owner no longer has it) goes to the new holder."""
+    owner = await run.db.tx(q.link_for_messaging, run.integration, profile.id) or profile.constituent_id
+    if not owner or owner == van_id:
+        return None
+    try:
+        other = await ea.get_person(owner)
+    except NotFoundError:
+        return None
+    return owner if rules.contact_from_van(other).phone == phone else None
 
 
 def profile_update(contact: rules.Contact, plan: rules.Plan, van_id: str, path: str | None) -> ProfileUpdate:
@@ -111,6 +130,7 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
         return writes
     profile = await mc.find_profile(contact.phone)
     messaging_id = profile.id if profile else None
+    owner = await profile_owner(ea, run, profile, van_id, contact.phone) if profile else None
     payload_fp = rules.fingerprint(rules.ea_payload(contact, ea_status, van_id))
     plan = rules.plan_ea_to_mc(
         contact=contact, ea=obs.fact(), profile=rules.contact_from_profile(profile) if profile else None,
@@ -120,6 +140,10 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
         payload_unchanged=known.fingerprint == payload_fp and profile is not None,
         missing_country_is_us=config.missing_country == "assume_us",
     )
+    if owner is not None and plan.skip is None:
+        # Mobile Commons keeps one profile per phone: it stays with the record linked to it. An opt-out still
+        # travels (VAN keeps opt-in status per phone, so both records agree on it anyway).
+        plan = replace(plan, skip=SHARED_PHONE, data={}, link_id=None, subscribe=False)
     wrote = created = False
     if plan.skip is None and (plan.data or plan.link_id or plan.subscribe):
         saved = await mc.profile_update(profile_update(contact, plan, van_id, config.default_opt_in_path_id))
@@ -132,7 +156,8 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
             run.record("updated", crm_id=van_id, messaging_id=messaging_id,
                        message=f"opted out in Mobile Commons; profile data not synced ({plan.skip})")
         else:
-            run.skip(plan.skip, crm_id=van_id, messaging_id=messaging_id)
+            run.skip(plan.skip, crm_id=van_id, messaging_id=messaging_id,
+                     message=f"this mobile number's profile belongs to VAN ID {owner}" if owner else None)
         return writes
     stamp = run.now_iso()
     assert messaging_id is not None  # a profile existed or was just written
