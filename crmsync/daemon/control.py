@@ -160,7 +160,8 @@ class ControlServer:
 
     async def _call(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         s = self.supervisor
-        name = args.get("integration")
+        # "integration" is the documented key; "name" is accepted too, as scripts naturally write it
+        name = args.get("integration", args.get("name"))
         if cmd not in ("hello", "status", "reload") and not isinstance(name, str):
             raise CommandError("bad_request", "args.integration (the integration name) is required")
         name = name if isinstance(name, str) else ""
@@ -181,7 +182,8 @@ class ControlServer:
         if cmd == "runs":
             return await s.runs(name, int(args.get("limit", 20)), args.get("flow"))
         if cmd == "report":
-            return await s.report(name, args.get("run_id"), int(args.get("limit", 1000)), int(args.get("offset", 0)))
+            return await s.report(name, args.get("run_id", args.get("run")), int(args.get("limit", 1000)),
+                                  int(args.get("offset", 0)))
         if cmd == "reload":
             return await self.reload_config()
         raise CommandError("unknown_command", cmd)

@@ -48,6 +48,8 @@ async def test_protocol_replies_and_errors(tmp_path: Path, db: Any, sim_clock: A
             assert set(report["counts"]) == {"fetched", "created", "updated", "unchanged", "rejected", "skipped"}
             assert (await c.call("report", integration="a", run_id="x"))["error"]["code"] == "bad_request"
             assert (await c.call("cancel", integration="a"))["error"]["code"] == "not_running"
+            assert (await c.call("status", name="a"))["result"]["name"] == "a"  # alias of "integration"
+            assert (await c.call("report", name="a", run=report["run"]["id"]))["ok"]
             status = (await c.call("status", integration="a"))["result"]
             assert status["name"] == "a" and status["kind"] == "fake" and status["active"] is True
         nursery.cancel_scope.cancel()
