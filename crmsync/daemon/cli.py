@@ -144,10 +144,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon = Daemon(config, config_path=path)
     try:
         trio.run(daemon.run)
-    except OSError as exc:
-        print(f"crmsync: cannot start: {exc}", file=sys.stderr)
+    except (OSError, BaseExceptionGroup) as exc:
+        # a port in use, a socket path we may not create...: say so plainly, no traceback
+        problems = _os_errors(exc)
+        if not problems:
+            raise
+        for problem in problems:
+            print(f"crmsync: cannot start: {problem}", file=sys.stderr)
+        print("  (check http.webhook_listen, http.metrics_listen and daemon.control_socket)", file=sys.stderr)
         return EXIT_REFUSED
     return EXIT_OK
+
+
+def _os_errors(exc: BaseException) -> list[OSError]:
+    """The OSErrors in ``exc``, looking inside exception groups (trio nurseries raise them)."""
+    if isinstance(exc, OSError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        found = [e for sub in exc.exceptions for e in _os_errors(sub)]
+        # only when every leaf is an OSError: anything else is a bug and keeps its traceback
+        leaves = sum(1 for _ in _leaves(exc))
+        return found if len(found) == leaves else []
+    return []
+
+
+def _leaves(exc: BaseException) -> Any:
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            yield from _leaves(sub)
+    else:
+        yield exc
 
 
 def socket_path(args: argparse.Namespace) -> str:

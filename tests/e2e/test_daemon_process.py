@@ -268,3 +268,17 @@ webhook_listen = "127.0.0.1:0"
             proc.kill()
             proc.wait()
         notify.close()
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.toml"
+        config.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\ncontrol_socket = "{tmp_path}/c.sock"\n'
+                          f'[http]\nwebhook_listen = "127.0.0.1:{port}"\n')
+        result = _cli("run", "--config", str(config))
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
