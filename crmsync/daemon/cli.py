@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sandbox":
             from crmsync.daemon.sandbox import run_sandbox
 
-            return run_sandbox(contacts=args.contacts, state_dir=args.state_dir, port=args.port)
+            return _start(lambda: run_sandbox(contacts=args.contacts, state_dir=args.state_dir, port=args.port))
         if args.command == "check-config":
             return cmd_check_config(args)
         return cmd_control(args)
@@ -142,8 +143,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     configure_logging(config.daemon.log_level)
     daemon = Daemon(config, config_path=path)
+    return _start(lambda: trio.run(daemon.run))
+
+
+def _start(main: Callable[[], object]) -> int:
+    """Run the daemon (or the sandbox); a port in use or a socket path we may not create is one clear line."""
     try:
-        trio.run(daemon.run)
+        main()
     except (OSError, BaseExceptionGroup) as exc:
         # a port in use, a socket path we may not create...: say so plainly, no traceback
         problems = _os_errors(exc)
