@@ -12,17 +12,21 @@ from crmsync.connectors.apsis.records import CHANNEL_EMAIL
 from tests.integrations.efficy_apsis.harness import NAME, NEWS, NEWS_SMS, make_config, world
 
 
+@pytest.mark.parametrize("method", ["report", "poll"])
 async def test_an_apsis_optout_reaches_efficy_and_survives_the_next_full_sync_even_from_a_stale_read(
-        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock) -> None:
-    async with world(tmp_path, clock, contacts=6) as w:
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock, method: str) -> None:
+    config = make_config(tmp_path, consent_backflow={"method": method})
+    async with world(tmp_path, clock, contacts=6, config=config) as w:
         cid = 10001  # i = 0: holds the newsletter profile, passes the conditions
         await w.supervisor.full_sync(NAME)
         await w.wait_full_sync()
         assert w.apsis.consents_of(str(cid))[NEWS] == "opt-in"
         await trio.sleep(60)
         w.apsis.opt_out(str(cid), NEWS.topic, CHANNEL_EMAIL)  # the unsubscribe link
+        reports_before = w.apsis.report_requests
         result = await w.supervisor.run_flow(NAME, "consent_backflow", wait=True)
         assert result["run"]["status"] == "success"
+        assert w.apsis.report_requests - reports_before == (2 if method == "report" else 0)  # email + sms
         assert 1 not in w.efficy.contact(cid)["profile_ids"]  # the CRM Profile left the contact card
         run = await w.last_run("consent_backflow")
         rows = await w.rows(run["id"])
@@ -44,9 +48,11 @@ async def test_an_apsis_optout_reaches_efficy_and_survives_the_next_full_sync_ev
         await w.sender().flush()
         await w.wait_queue_empty()
         assert w.apsis.consents_of(str(cid))[NEWS] == "opt-out"
-        # a second backflow has nothing left to do
+        # a second backflow has nothing left to do, and never writes to APSIS
+        writes = w.apsis.write_calls
         await w.supervisor.run_flow(NAME, "consent_backflow", wait=True)
         assert await w.rows((await w.last_run("consent_backflow"))["id"]) == []
+        assert w.apsis.write_calls == writes
 
         # a CRM user deliberately re-adds the profile later: that is the newer change, it wins
         await trio.sleep(60)

@@ -23,41 +23,6 @@ def consent_reads(requests: list[tuple[str, str]]) -> int:
 
 
 @pytest.mark.parametrize("method", ["report", "poll"])
-async def test_an_apsis_unsubscribe_reaches_efficy_and_survives_the_next_full_sync(
-        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock, method: str) -> None:
-    config = make_config(tmp_path, consent_backflow={"method": method})
-    async with world(tmp_path, clock, contacts=6, config=config) as w:
-        cid = 10001  # holds the newsletter profile, passes the conditions
-        await w.supervisor.full_sync(NAME)
-        await w.wait_full_sync()
-        assert w.apsis.consents_of(str(cid))[NEWS] == "opt-in"
-        await trio.sleep(60)
-        w.apsis.opt_out(str(cid), NEWS.topic, CHANNEL_EMAIL)  # the unsubscribe link
-        reports_before = w.apsis.report_requests
-        result = await w.supervisor.run_flow(NAME, "consent_backflow", wait=True)
-        assert result["run"]["status"] == "success"
-        assert w.apsis.report_requests - reports_before == (2 if method == "report" else 0)  # email + sms
-        assert 1 not in w.efficy.contact(cid)["profile_ids"]
-        rows = await w.rows((await w.last_run("consent_backflow"))["id"])
-        assert [(r["crm_id"], r["outcome"]) for r in rows] == [(str(cid), "updated")]
-        assert "removed in Efficy" in rows[0]["message"]
-
-        # a stale Efficy read still shows the profile: the full sync does not re-subscribe
-        w.efficy._links[cid].add(1)
-        w.efficy._contacts[cid]["D_CHANGE"] = w.efficy._contacts[cid]["D_CREATE"]
-        before = w.apsis.writes["consent"]
-        await w.supervisor.full_sync(NAME)
-        await w.wait_full_sync()
-        assert w.apsis.consents_of(str(cid))[NEWS] == "opt-out"
-        assert w.apsis.writes["consent"] == before
-        # the next backflow finds nothing new to do, and never writes to APSIS
-        writes = w.apsis.write_calls
-        await w.supervisor.run_flow(NAME, "consent_backflow", wait=True)
-        assert await w.rows((await w.last_run("consent_backflow"))["id"]) == []
-        assert w.apsis.write_calls == writes
-
-
-@pytest.mark.parametrize("method", ["report", "poll"])
 async def test_report_mode_makes_a_constant_number_of_apsis_requests_poll_mode_one_per_profile(
         autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock, method: str) -> None:
     polls_until_ready = 2
