@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import settings
 
 import tests.fake_kind as fake_kind
 from crmsync.clock import WallClock
@@ -16,6 +18,13 @@ from crmsync.daemon.config import Config, config_from_mapping
 from crmsync.daemon.metrics import Metrics
 from crmsync.daemon.supervisor import Supervisor
 from crmsync.state import Database
+
+# Property tests: CI runs the default profile (a few hundred examples per stateful test in well under a minute);
+# HYPOTHESIS_PROFILE=nightly runs the long search (see docs/testing.md).
+settings.register_profile("ci", max_examples=200, deadline=None, print_blob=True)
+settings.register_profile("dev", max_examples=50, deadline=None)
+settings.register_profile("nightly", max_examples=100_000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)
