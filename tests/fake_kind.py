@@ -67,6 +67,7 @@ class World:
     flow_runs: list[tuple[str, str]] = field(default_factory=list)  # (flow, wall time iso)
     open_attempts: int = 0
     flaky_failures: int = 0
+    flow_delay: float = 0.0  # scheduled/on-demand flows take this long (so a test can cancel one)
 
 
 WORLDS: dict[str, World] = {}
@@ -117,6 +118,8 @@ class FakeKind(IntegrationKind):
 
     async def run_flow(self, flow: str, run: RunContext) -> None:
         self.w.flow_runs.append((flow, run.clock.now().isoformat()))
+        if self.w.flow_delay:
+            await trio.sleep(self.w.flow_delay)
         run.fetched(1)
         run.record("unchanged", crm_id="x")
 

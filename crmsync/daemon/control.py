@@ -2,7 +2,9 @@
 
 Request ``{"id": 1, "cmd": "status", "args": {}}``; reply ``{"id": 1, "ok": true, "result": {...}}`` or
 ``{"id": 1, "ok": false, "error": {"code": "...", "message": "..."}}``. Requests are answered in order and may
-be pipelined. A line over 64 KiB, bad JSON or an unknown command gets an error reply, never a crash; an
+be pipelined. The commands and their arguments are the table in :mod:`crmsync.daemon.commands`, which
+validates every request (unknown or mistyped arguments: ``bad_request``) and answers ``help``.
+A line over 64 KiB, bad JSON or an unknown command gets an error reply, never a crash; an
 oversized line also closes the connection (the rest of it cannot be framed). Connections idle for longer than
 the configured timeout are closed. Each state-changing command is logged with the caller's uid and pid.
 
@@ -26,6 +28,7 @@ import structlog
 import trio
 
 from crmsync import __version__
+from crmsync.daemon.commands import COMMANDS, ArgumentError, Command, help_result, lookup, validate
 from crmsync.daemon.config import ConfigError
 from crmsync.daemon.supervisor import CommandError, Supervisor
 
@@ -33,9 +36,6 @@ log = structlog.get_logger("crmsync.daemon.control")
 
 MAX_LINE = 64 * 1024
 PROTOCOL = 1
-MUTATING = {"activate", "deactivate", "full_sync", "cancel", "run_flow", "reload"}
-COMMANDS = ("hello", "status", "activate", "deactivate", "full_sync", "cancel", "run_flow", "runs", "report",
-            "reload")
 
 
 async def open_unix_listener(path: Path, mode: int = 0o660) -> trio.SocketListener:
@@ -133,14 +133,21 @@ class ControlServer:
             args = {}
         if not isinstance(args, dict):
             return _error(rid, "bad_request", "args must be an object")
-        if cmd not in COMMANDS:
+        command = COMMANDS.get(cmd)
+        if command is None:
             self.supervisor.metrics.control_commands.labels("_unknown", "error").inc()
-            return _error(rid, "unknown_command", f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)}")
-        if cmd in MUTATING:
+            return _error(rid, "unknown_command", f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)} "
+                                                  "(help lists each with its arguments)")
+        try:
+            kwargs = validate(command, args)
+        except ArgumentError as exc:
+            self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
+            return _error(rid, "bad_request", str(exc))
+        if command.mutating:
             pid, uid, gid = creds if creds else (None, None, None)
             log.info("control_command", cmd=cmd, args=args, peer_pid=pid, peer_uid=uid, peer_gid=gid)
         try:
-            result = await self._call(cmd, args)
+            result = await self._call(command, kwargs)
         except CommandError as exc:
             self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
             return _error(rid, exc.code, exc.message)
@@ -148,9 +155,6 @@ class ControlServer:
             self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
             return {"id": rid, "ok": False, "error": {"code": "invalid_config", "message": str(exc),
                                                       "problems": exc.lines()}}
-        except (TypeError, ValueError) as exc:
-            self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
-            return _error(rid, "bad_request", str(exc))
         except Exception as exc:  # never let one command take the socket down
             log.exception("control_command_failed", cmd=cmd)
             self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
@@ -158,35 +162,28 @@ class ControlServer:
         self.supervisor.metrics.control_commands.labels(cmd, "ok").inc()
         return {"id": rid, "ok": True, "result": result}
 
-    async def _call(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
-        s = self.supervisor
-        # "integration" is the documented key; "name" is accepted too, as scripts naturally write it
-        name = args.get("integration", args.get("name"))
-        if cmd not in ("hello", "status", "reload") and not isinstance(name, str):
-            raise CommandError("bad_request", "args.integration (the integration name) is required")
-        name = name if isinstance(name, str) else ""
-        if cmd == "hello":
-            return {"protocol": PROTOCOL, "version": __version__, "commands": list(COMMANDS)}
-        if cmd == "status":
-            return await s.status(name or None)
-        if cmd == "activate":
-            return await s.activate(name)
-        if cmd == "deactivate":
-            return await s.deactivate(name)
-        if cmd == "full_sync":
-            return await s.full_sync(name)
-        if cmd == "cancel":
-            return await s.cancel(name)
-        if cmd == "run_flow":
-            return await s.run_flow(name, args.get("flow"), wait=bool(args.get("wait", False)))
-        if cmd == "runs":
-            return await s.runs(name, int(args.get("limit", 20)), args.get("flow"))
-        if cmd == "report":
-            return await s.report(name, args.get("run_id", args.get("run")), int(args.get("limit", 1000)),
-                                  int(args.get("offset", 0)))
-        if cmd == "reload":
-            return await self.reload_config()
-        raise CommandError("unknown_command", cmd)
+    async def _call(self, command: Command, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A command's own method here (``cmd_NAME``), else the supervisor's method of the same name."""
+        own = getattr(self, f"cmd_{command.name}", None)
+        if own is not None:
+            result: dict[str, Any] = await own(**kwargs)
+            return result
+        result = await getattr(self.supervisor, command.name)(**kwargs)
+        return result
+
+    async def cmd_hello(self) -> dict[str, Any]:
+        return {"protocol": PROTOCOL, "version": __version__, "commands": list(COMMANDS)}
+
+    async def cmd_help(self, command: str | None = None) -> dict[str, Any]:
+        only = None
+        if command is not None:
+            only = lookup(command)
+            if only is None:
+                raise CommandError("unknown_command", f"no command {command!r}; commands: {', '.join(COMMANDS)}")
+        return help_result(only)
+
+    async def cmd_reload(self) -> dict[str, Any]:
+        return await self.reload_config()
 
 
 def _error(rid: Any, code: str, message: str) -> dict[str, Any]:

@@ -11,11 +11,15 @@ Durability rules kept here (the kinds rely on them):
 * queued real-time events are removed only after ``process_events`` returned, and are held back while a full
   sync runs (then drained in arrival order);
 * on a graceful stop, the full sync and scheduled flows stop at their next safe point (between pages), a full
-  sync stays marked running so that it resumes on the next start.
+  sync stays marked running so that it resumes on the next start;
+* a cancelled (or failed) full sync resumes from its checkpoint on the next ``full-sync`` when the mappings
+  it started with are unchanged (:func:`full_sync_plan`), unless asked to start over.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -37,6 +41,7 @@ log = structlog.get_logger("crmsync.daemon.runtime")
 FULL_SYNC_FLOW = "full_sync"
 REALTIME_FLOW = "realtime"
 REALTIME_MAX_BACKOFF = 300.0
+FULL_SYNC_MAPPINGS_KEY = "full_sync.mappings"  # kv: digest of the mappings the current full sync started with
 REALTIME_MAX_EVENT_ATTEMPTS = 5  # non-transient failures of one event before it is set aside
 
 
@@ -229,14 +234,17 @@ class IntegrationRuntime:
             self.metrics.last_success.labels(self.name, run.flow).set(now_dt.timestamp())
         log.info("run_finished", status=status, counts=counts, error=run.error)
 
-    def cancel_runs(self) -> list[dict[str, Any]]:
-        """Cancel the full sync (marked cancelled) and any running flow; returns what was cancelled."""
+    def cancel_runs(self, only: str | None = None) -> list[dict[str, Any]]:
+        """Cancel the full sync (marked cancelled: the next start can resume it) and any running flow, or
+        only the flow ``only``; returns what was cancelled."""
         cancelled = []
         for run_id, (flow, scope) in list(self._running.items()):
-            if flow == FULL_SYNC_FLOW:
-                self._full_sync_cancel_requested = True
+            if only is not None and flow != only:
+                continue
             if flow == REALTIME_FLOW:
                 continue  # a real-time batch is short; cancelling it only delays the queue
+            if flow == FULL_SYNC_FLOW:
+                self._full_sync_cancel_requested = True
             scope.cancel()
             cancelled.append({"run_id": run_id, "flow": flow})
         return cancelled
@@ -289,7 +297,12 @@ class IntegrationRuntime:
             if resume:
                 await self.db.tx(q.resume_full_sync, self.name, run.run_id, now)
             else:
-                await self.db.tx(q.start_full_sync, self.name, run.run_id, now)
+                digest = mappings_digest(self.kind)
+
+                def start(c: Any) -> None:
+                    q.start_full_sync(c, self.name, run.run_id, now)
+                    q.kv_set(c, self.name, FULL_SYNC_MAPPINGS_KEY, digest)
+                await self.db.tx(start)
             fs = await self.db.tx(q.get_full_sync, self.name)
             assert fs is not None
             position: str | None = fs["position"]
@@ -421,3 +434,32 @@ class IntegrationRuntime:
 
 def _checkpoint(c: Any, *, name: str, position: str | None, done: int, total: int | None, at: str) -> None:
     q.checkpoint_full_sync(c, name, position, done, total, at)
+
+
+def mappings_digest(kind: IntegrationKind) -> str:
+    """A digest of what decides what a full sync writes (see ``IntegrationKind.full_sync_mappings``)."""
+    text = json.dumps(kind.full_sync_mappings(), sort_keys=True, default=repr)  # a Secret's repr hides it
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def full_sync_plan(fs: dict[str, Any] | None, started_with: str | None, now_digest: str) -> dict[str, Any]:
+    """What the next ``full-sync`` will do: ``{"action": "resume" | "start", "reason": ...}``.
+
+    Resume only from a checkpoint of a cancelled or failed full sync whose mappings are known to be the ones
+    configured now; anything else starts over (pages done under other mappings would stay wrong)."""
+    if fs is None:
+        return {"action": "start", "reason": "no full sync has run yet"}
+    if fs["state"] == "completed":
+        return {"action": "start", "reason": "the last full sync completed"}
+    if fs["state"] == "running":
+        return {"action": "resume", "reason": "a full sync is running (after a restart it resumes by itself)"}
+    if fs["position"] is None:
+        return {"action": "start", "reason": f"the last full sync was {fs['state']} before its first checkpoint"}
+    if started_with is None:
+        return {"action": "start", "reason": f"the last full sync was {fs['state']}, and the mappings it used "
+                                             "are not known"}
+    if started_with != now_digest:
+        return {"action": "start", "reason": f"the last full sync was {fs['state']}, and the mappings changed "
+                                             "since"}
+    return {"action": "resume", "reason": f"the last full sync was {fs['state']} after {fs['done']} records; "
+                                          "the mappings are unchanged (--from-start starts over)"}

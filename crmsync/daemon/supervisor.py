@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -23,7 +24,15 @@ from crmsync.daemon.config import Config
 from crmsync.daemon.integrations import registry
 from crmsync.daemon.integrations.base import FlowError, IntegrationContext, IntegrationKind, WebhookRejected
 from crmsync.daemon.metrics import Metrics
-from crmsync.daemon.runtime import FULL_SYNC_FLOW, REALTIME_FLOW, FlowBusy, IntegrationRuntime
+from crmsync.daemon.runtime import (
+    FULL_SYNC_FLOW,
+    FULL_SYNC_MAPPINGS_KEY,
+    REALTIME_FLOW,
+    FlowBusy,
+    IntegrationRuntime,
+    full_sync_plan,
+    mappings_digest,
+)
 from crmsync.state import Database
 from crmsync.state import queries as q
 
@@ -31,6 +40,7 @@ log = structlog.get_logger("crmsync.daemon.supervisor")
 
 CRASH_BACKOFF_START = 5.0
 CRASH_BACKOFF_MAX = 300.0
+MAX_TRACE_PARTS = 6  # traceback parts kept for status: the exception line and the innermost frames
 
 
 class CommandError(Exception):
@@ -55,6 +65,7 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()  # serialises activate/deactivate/reload
         self.errors: dict[str, str] = {}  # the last crash of each integration's runtime, for status
+        self.error_traces: dict[str, str] = {}
         self.started_at = time.time()
         self.listen: dict[str, str | None] = {"webhooks": None, "metrics": None, "control": None}
         for name in config.integrations:
@@ -84,6 +95,7 @@ class Supervisor:
 
     def _clear_error(self, name: str) -> None:
         self.errors.pop(name, None)
+        self.error_traces.pop(name, None)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -128,6 +140,8 @@ class Supervisor:
                     started = True
                     task_status.started()
                 self.errors[name] = f"{type(exc).__name__}: {exc}"
+                # what Kafka Connect shows as a task's trace: where it broke (the last frames), for status
+                self.error_traces[name] = "".join(traceback.format_exception(exc)[-MAX_TRACE_PARTS:])
                 log.exception("integration_crashed", integration=name, restart_in_s=delay)
             if self.runtimes.get(name) is not runtime or runtime.stopping:
                 return  # stopped or replaced while crashing: do not come back
@@ -138,7 +152,7 @@ class Supervisor:
 
     async def _stop(self, name: str, grace: float = 10.0) -> None:
         runtime = self.runtimes.pop(name, None)
-        self.errors.pop(name, None)
+        self._clear_error(name)
         if runtime is None:
             return
         runtime.request_stop()
@@ -197,42 +211,75 @@ class Supervisor:
             self.metrics.active.labels(name).set(0)
         return {"integration": name, "active": False, "changed": changed}
 
-    async def full_sync(self, name: str) -> dict[str, Any]:
+    async def full_sync(self, name: str, from_start: bool = False) -> dict[str, Any]:
+        """Start a full sync: resume a cancelled or failed one from its checkpoint when its mappings are
+        unchanged (see ``full_sync_plan``), or start over (always with ``from_start``)."""
         kind = self._kind(name)
         if not kind.supports_full_sync:
             raise CommandError("unsupported", f"{kind.kind} has no full sync")
         runtime = self._active_runtime(name)
+        if runtime.full_sync_running():
+            raise CommandError("already_running", f"a full sync is already running for {name}")
+        plan = await self._full_sync_plan(name)
+        resume = plan["action"] == "resume" and not from_start
         try:
-            run_id = await runtime.start_full_sync()
+            run_id = await runtime.start_full_sync(resume=resume)
         except FlowBusy as exc:
             raise CommandError("already_running", str(exc)) from None
         except FlowError as exc:
             raise CommandError("not_active", str(exc)) from None
-        return {"integration": name, "run_id": run_id, "flow": FULL_SYNC_FLOW}
+        reason = "--from-start: starting over" if from_start and plan["action"] == "resume" else plan["reason"]
+        return {"integration": name, "run_id": run_id, "flow": FULL_SYNC_FLOW,
+                "resumed": resume, "reason": reason}
 
-    async def cancel(self, name: str) -> dict[str, Any]:
+    async def _full_sync_plan(self, name: str) -> dict[str, Any]:
+        def read(c: Any) -> tuple[dict[str, Any] | None, str | None]:
+            return q.get_full_sync(c, name), q.kv_get(c, name, FULL_SYNC_MAPPINGS_KEY)
+
+        fs, started_with = await self.db.tx(read)
+        return full_sync_plan(fs, started_with, mappings_digest(self.kinds[name]))
+
+    def _flow_names(self, kind: IntegrationKind) -> tuple[str, ...]:
+        """Every flow name of a kind that runs, reports and status know (full_sync and realtime included)."""
+        return kind.flows() + ((FULL_SYNC_FLOW,) if kind.supports_full_sync else ()) + (
+            (REALTIME_FLOW,) if kind.supports_webhooks else ())
+
+    def _check_flow(self, kind: IntegrationKind, flow: str) -> None:
+        names = self._flow_names(kind)
+        if flow not in names:
+            raise CommandError("unknown_flow", f"{kind.kind} has no flow {flow!r}; it has {', '.join(names)}")
+
+    async def cancel(self, name: str, flow: str | None = None) -> dict[str, Any]:
+        kind = self._kind(name)
+        if flow is not None:
+            self._check_flow(kind, flow)
+            if flow == REALTIME_FLOW:
+                raise CommandError("unsupported", "the real-time queue is not cancelled (a batch is short); "
+                                   f"'deactivate {name}' stops it")
         runtime = self._active_runtime(name)
-        cancelled = runtime.cancel_runs()
+        cancelled = runtime.cancel_runs(flow)
         if not cancelled:
-            raise CommandError("not_running", f"nothing to cancel: no full sync or flow is running for {name!r}")
+            what = f"{flow} is not running" if flow else "no full sync or flow is running"
+            raise CommandError("not_running", f"nothing to cancel: {what} for {name!r}")
         for item in cancelled:
             event = runtime.done_event(item["run_id"])
             if event is not None:
                 with trio.move_on_after(30):
                     await event.wait()
-        return {"integration": name, "cancelled": cancelled}
+        result: dict[str, Any] = {"integration": name, "cancelled": cancelled}
+        if any(item["flow"] == FULL_SYNC_FLOW for item in cancelled):
+            result["full_sync_next"] = await self._full_sync_plan(name)
+        return result
 
-    async def run_flow(self, name: str, flow: Any, wait: bool = False) -> dict[str, Any]:
+    async def run_flow(self, name: str, flow: str, wait: bool = False) -> dict[str, Any]:
         kind = self._kind(name)
-        if not isinstance(flow, str) or not flow:
-            raise CommandError("bad_request", "a flow name is required")
         if flow == FULL_SYNC_FLOW and kind.supports_full_sync:
             result = await self.full_sync(name)
             run_id = result["run_id"]
         else:
             if flow not in kind.flows():
-                raise CommandError("unknown_flow", f"{kind.kind} has no flow {flow!r}; "
-                                   f"it has {', '.join(kind.flows()) or 'none'}")
+                raise CommandError("unknown_flow", f"{kind.kind} has no flow {flow!r} to run; "
+                                   f"it has {', '.join(self._runnable(kind)) or 'none'}")
             runtime = self._active_runtime(name)
             try:
                 run_id = await runtime.start_flow(flow, "command")
@@ -249,32 +296,49 @@ class Supervisor:
             return {"integration": name, "flow": flow, "run_id": run_id, "run": run}
         return {"integration": name, "flow": flow, "run_id": run_id}
 
-    async def runs(self, name: str, limit: int = 20, flow: str | None = None) -> dict[str, Any]:
-        self._kind(name)
-        limit = max(1, min(int(limit), 1000))
-        return {"integration": name, "runs": await self.db.tx(q.list_runs, name, limit, flow)}
+    def _runnable(self, kind: IntegrationKind) -> tuple[str, ...]:
+        return kind.flows() + ((FULL_SYNC_FLOW,) if kind.supports_full_sync else ())
 
-    async def report(self, name: str, run_id: Any = None, limit: int = 1000, offset: int = 0) -> dict[str, Any]:
-        self._kind(name)
+    async def runs(self, name: str, limit: int = 20, flow: str | None = None) -> dict[str, Any]:
+        kind = self._kind(name)
+        if flow is not None:
+            self._check_flow(kind, flow)
+        return {"integration": name, "timezone": str(self.config.timezone_of(name)),
+                "runs": await self.db.tx(q.list_runs, name, limit, flow)}
+
+    async def report(self, name: str, run_id: int | None = None, flow: str | None = None,
+                     outcome: str | None = None, record: str | None = None, limit: int = 1000,
+                     offset: int = 0) -> dict[str, Any]:
+        """A run's report: ``run_id``, else the latest run (of ``flow``); rows filtered by ``outcome`` and
+        ``record`` (its id in either system), paged by ``limit`` and ``offset``."""
+        kind = self._kind(name)
+        if flow is not None:
+            self._check_flow(kind, flow)
         run: dict[str, Any] | None
         if run_id is None:
-            runs = await self.db.tx(q.list_runs, name, 1)
+            runs = await self.db.tx(q.list_runs, name, 1, flow)
             if not runs:
-                raise CommandError("no_runs", f"{name!r} has no runs yet")
+                raise CommandError("no_runs", f"{name!r} has no {flow + ' ' if flow else ''}runs yet")
             run = runs[0]
         else:
-            try:
-                run = await self.db.tx(q.get_run, int(run_id))
-            except (TypeError, ValueError):
-                raise CommandError("bad_request", f"run id must be a number, not {run_id!r}") from None
+            run = await self.db.tx(q.get_run, run_id)
             if run is None or run["integration"] != name:
                 raise CommandError("unknown_run", f"{name!r} has no run {run_id}")
+            if flow is not None and run["flow"] != flow:
+                raise CommandError("unknown_run", f"run {run_id} of {name!r} is a {run['flow']} run, not {flow}")
         assert run is not None
-        rows = await self.db.tx(q.report_rows, run["id"], max(1, min(int(limit), 100_000)), max(0, int(offset)))
-        total_rows = await self.db.tx(q.count_report_rows, run["id"])
+        rid = run["id"]
+
+        def read(c: Any) -> tuple[list[dict[str, Any]], int]:
+            return (q.report_rows(c, rid, limit, offset, outcome=outcome, record=record),
+                    q.count_report_rows(c, rid, outcome=outcome, record=record))
+
+        rows, total_rows = await self.db.tx(read)
         return {
-            "integration": name, "run": run, "counts": run["counts"] or _empty_counts(),
-            "rows": rows, "rows_total": total_rows,
+            "integration": name, "timezone": str(self.config.timezone_of(name)), "run": run,
+            "counts": run["counts"] or _empty_counts(), "rows": rows, "rows_total": total_rows,
+            "filters": {k: v for k, v in (("outcome", outcome), ("record", record)) if v is not None},
+            "offset": offset,
         }
 
     async def reload(self, new: Config) -> dict[str, Any]:
@@ -368,15 +432,14 @@ class Supervisor:
         def read(c: Any) -> dict[str, Any]:
             st = q.get_status(c, name) or {}
             flows = {}
-            listed = kind.flows() + ((FULL_SYNC_FLOW,) if kind.supports_full_sync else ()) + (
-                (REALTIME_FLOW,) if kind.supports_webhooks else ())
-            for flow in listed:
+            for flow in self._flow_names(kind):
                 last = q.last_run(c, name, flow)
                 flows[flow] = {"last_run": _run_brief(last)}
             return {
                 "status": st,
                 "flows": flows,
                 "full_sync": q.get_full_sync(c, name),
+                "full_sync_mappings": q.kv_get(c, name, FULL_SYNC_MAPPINGS_KEY) if kind.supports_full_sync else None,
                 "queue_depth": q.queue_depth(c, name) if kind.supports_webhooks else 0,
                 "dead_letters": q.count_dead_letters(c, name) if kind.supports_webhooks else 0,
                 "cursors": q.list_cursors(c, name) if full else None,
@@ -404,9 +467,13 @@ class Supervisor:
             "kind": kind.kind,
             "active": bool(st.get("active")),
             "since": st.get("since"),
+            "timezone": str(self.config.timezone_of(name)),
             "notes": kind.config.notes,
             "running": runtime is not None and name not in self.errors,
             "error": self.errors.get(name),
+            "error_trace": self.error_traces.get(name) if full else None,
+            "full_sync_next": (full_sync_plan(fs, data["full_sync_mappings"], mappings_digest(kind))
+                               if kind.supports_full_sync else None),
             "full_sync_required": bool(st.get("full_sync_required")),
             "full_sync_required_reason": st.get("full_sync_required_reason"),
             "full_sync": full_sync,

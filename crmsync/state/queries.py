@@ -372,19 +372,38 @@ def add_report_rows(c: sqlite3.Connection, run_id: int, rows: Sequence[ReportRow
     )
 
 
-def report_rows(c: sqlite3.Connection, run_id: int, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+def _report_filter(outcome: str | None, record: str | None) -> tuple[str, list[Any]]:
+    where, params = "", []
+    if outcome is not None:
+        where += " AND outcome = ?"
+        params.append(outcome)
+    if record is not None:
+        where += " AND (crm_id = ? OR messaging_id = ?)"
+        params += [record, record]
+    return where, params
+
+
+def report_rows(
+    c: sqlite3.Connection, run_id: int, limit: int, offset: int = 0, *, outcome: str | None = None,
+    record: str | None = None,
+) -> list[dict[str, Any]]:
+    """A run's report rows in order; only those of ``outcome`` and of ``record`` (either id) when given."""
+    where, params = _report_filter(outcome, record)
     return [
         dict(r)
         for r in c.execute(
             "SELECT seq, crm_id, messaging_id, outcome, reason, message, at FROM report_rows "
-            "WHERE run_id = ? ORDER BY seq LIMIT ? OFFSET ?",
-            (run_id, limit, offset),
+            f"WHERE run_id = ?{where} ORDER BY seq LIMIT ? OFFSET ?",
+            (run_id, *params, limit, offset),
         )
     ]
 
 
-def count_report_rows(c: sqlite3.Connection, run_id: int) -> int:
-    return int(c.execute("SELECT COUNT(*) FROM report_rows WHERE run_id = ?", (run_id,)).fetchone()[0])
+def count_report_rows(
+    c: sqlite3.Connection, run_id: int, *, outcome: str | None = None, record: str | None = None
+) -> int:
+    where, params = _report_filter(outcome, record)
+    return int(c.execute(f"SELECT COUNT(*) FROM report_rows WHERE run_id = ?{where}", (run_id, *params)).fetchone()[0])
 
 
 def prune(c: sqlite3.Connection, integration: str, flow: str, older_than: str, keep_runs: int) -> int:

@@ -67,8 +67,8 @@ async def test_full_sync_checkpoints_cancels_and_resumes(
         assert fs is not None and fs["state"] == "cancelled" and fs["done"] == 20
         run = (await db.tx(q.list_runs, "a", 1, "full_sync"))[0]
         assert run["status"] == "cancelled"
-        # a new full sync starts from the beginning and completes
-        await supervisor.full_sync("a")
+        # started over on request (--from-start), it completes
+        await supervisor.full_sync("a", from_start=True)
         await trio.sleep(100)
         fs = await db.tx(q.get_full_sync, "a")
         assert fs is not None and fs["state"] == "completed" and fs["done"] == 50

@@ -154,6 +154,12 @@ class IntegrationKind:
     async def full_sync_finished(self, run: RunContext) -> None:
         """Called once after the last page was acknowledged (e.g. to sync tags)."""
 
+    def full_sync_mappings(self) -> dict[str, Any]:
+        """What decides what a full sync writes. A cancelled full sync resumes from its checkpoint only while
+        this is unchanged (else the pages already done were written under other mappings). Default: the whole
+        section but its notes, time zone, webhook and schedules (a changed connection starts over too)."""
+        return self.config.model_dump(exclude={"notes", "timezone", "webhook", "schedules"})
+
     # -- real time ---------------------------------------------------------------------------------------
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
