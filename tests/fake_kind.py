@@ -22,6 +22,7 @@ import trio
 from crmsync.connectors.errors import RetriableApiError
 from crmsync.daemon.config import IntegrationConfig
 from crmsync.daemon.integrations.base import (
+    FlowError,
     FullSyncStep,
     IntegrationKind,
     WebhookEvent,
@@ -68,6 +69,7 @@ class World:
     open_attempts: int = 0
     flaky_failures: int = 0
     flow_delay: float = 0.0  # scheduled/on-demand flows take this long (so a test can cancel one)
+    flow_result: str = "success"  # how on-demand/scheduled runs end: success, partial (a rejected record), failed
 
 
 WORLDS: dict[str, World] = {}
@@ -121,6 +123,10 @@ class FakeKind(IntegrationKind):
         if self.w.flow_delay:
             await trio.sleep(self.w.flow_delay)
         run.fetched(1)
+        if self.w.flow_result == "failed":
+            raise FlowError("the fake API refused the export: HTTP 400 unknown column Email")
+        if self.w.flow_result == "partial":
+            run.record("rejected", crm_id="y", message="error 19: Invalid opt-in path")
         run.record("unchanged", crm_id="x")
 
     async def full_sync_step(self, position: str | None, run: RunContext) -> FullSyncStep:

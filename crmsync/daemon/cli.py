@@ -1,8 +1,13 @@
 """The ``crmsync`` command line: run the daemon, the sandbox, check a config, and control a running daemon.
 
-Control commands find the socket through ``--socket``, else ``$CRMSYNC_SOCKET``, else the configured
-``daemon.control_socket``. They print human-readable text, or the raw result with ``--json`` (a stable API).
-Exit status: 0 success, 1 refused or invalid, 2 usage, 3 cannot reach the daemon.
+Control commands are built from the command table (:mod:`crmsync.daemon.commands`): their arguments, types
+and bounds are the socket's. They find the socket through ``--socket``, else ``$CRMSYNC_SOCKET``, else the
+configured ``daemon.control_socket``, and print a designed human rendering (:mod:`crmsync.daemon.render`), or
+the raw result with ``--json`` (a stable API).
+
+Exit status: 0 success, 1 refused or invalid, 2 usage, 3 cannot reach the daemon; after waiting for a run
+(``run-flow --wait``, ``full-sync --watch``, ``status NAME --watch``): 0 success, 4 partial, 5 failed,
+6 cancelled.
 """
 
 from __future__ import annotations
@@ -12,15 +17,29 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
 
 from crmsync import __version__
 from crmsync.daemon import render
-from crmsync.daemon.config import Config, ConfigError, DaemonConfig, default_config_path, load_config
+from crmsync.daemon.commands import COMMANDS, Arg, ArgumentError, Command
+from crmsync.daemon.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    DaemonConfig,
+    default_config_path,
+    load_config,
+)
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+# the outcome of a run that `run-flow --wait`, `full-sync --watch` or `status NAME --watch` waited for
+EXIT_PARTIAL, EXIT_FAILED, EXIT_CANCELLED = 4, 5, 6
+RUN_EXIT = {"success": EXIT_OK, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
+WATCH_POLL_S = 1.0
+ARG_DEST = "arg_"  # parsed control arguments: args.arg_limit, ...
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def config_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", metavar="FILE",
-                        help=f"config file (default: $CRMSYNC_CONFIG or {default_config_path()})")
+                        help=f"config file (default: $CRMSYNC_CONFIG or {DEFAULT_CONFIG_PATH})")
 
     sp = sub.add_parser("run", help="run the daemon in the foreground (systemd's ExecStart)",
                         description="Run the daemon in the foreground until SIGTERM/SIGINT. SIGHUP reloads.")
@@ -56,40 +75,75 @@ def build_parser() -> argparse.ArgumentParser:
                                     "when valid, 1 otherwise.")
     config_arg(sp)
 
-    def control(name: str, help_: str, *, integration: str = "none", extra: Any = None) -> None:
-        sp = sub.add_parser(name, help=help_, description=help_ + ". Talks to the daemon's control socket.")
-        if integration == "required":
-            sp.add_argument("name", metavar="NAME", help="integration name, as in [integrations.NAME]")
-        elif integration == "optional":
-            sp.add_argument("name", metavar="NAME", nargs="?", help="integration name (omit for the daemon)")
-        if extra:
-            extra(sp)
-        sp.add_argument("--json", action="store_true", help="print the raw JSON result (stable keys)")
-        sp.add_argument("--socket", metavar="PATH", help="control socket (default: $CRMSYNC_SOCKET, then the "
-                        "configured daemon.control_socket)")
-        config_arg(sp)
+    for command in COMMANDS.values():
+        if command.cli:
+            _control_parser(sub, command, config_arg)
 
-    control("status", "show the daemon, or one integration in full", integration="optional")
-    control("activate", "activate an integration (its first scheduled sync follows its schedule)",
-            integration="required")
-    control("deactivate", "deactivate an integration: stop all its flows, keep its state",
-            integration="required")
-    control("full-sync", "start a full sync (resumable; cancel with 'crmsync cancel')", integration="required",
-            extra=lambda sp: sp.add_argument("--watch", action="store_true", help="show progress until done"))
-    control("cancel", "cancel a running full sync or flow", integration="required")
-    control("run-flow", "run one flow now", integration="required",
-            extra=lambda sp: (sp.add_argument("flow", metavar="FLOW", help="flow name, e.g. ea_to_mc"),
-                              sp.add_argument("--wait", action="store_true", help="wait for the run to end")))
-    control("runs", "list recent runs of an integration", integration="required",
-            extra=lambda sp: (sp.add_argument("--limit", type=int, default=20, help="runs to list (default 20)"),
-                              sp.add_argument("--flow", help="only this flow")))
-    control("report", "show a run's synchronization report (default: the latest run)", integration="required",
-            extra=lambda sp: (sp.add_argument("run_id", metavar="RUN_ID", nargs="?", type=int,
-                                              help="a run id from 'crmsync runs NAME' (default: the latest)"),
-                              sp.add_argument("--limit", type=int, default=200, help="rows to show (default 200)"),
-                              sp.add_argument("--offset", type=int, default=0, help="rows to skip first")))
-    control("reload", "re-read the config file; only changed integrations restart")
+    sp = sub.add_parser("version", help="print crmsync's version",
+                        description="Print crmsync's version (and Python's); --json for scripts.")
+    sp.add_argument("--json", action="store_true", help="print {\"version\": ..., \"python\": ...}")
+    sp = sub.add_parser("completion", help="print a shell completion script (bash or zsh)",
+                        description="Print a completion script. bash: 'source <(crmsync completion bash)', or "
+                                    "save it as /usr/share/bash-completion/completions/crmsync. zsh: save it as "
+                                    "_crmsync in a folder of $fpath.")
+    sp.add_argument("shell", choices=("bash", "zsh"), help="the shell")
+    sp = sub.add_parser("man", help="print the crmsync(1) manual page (roff), generated from this CLI",
+                        description="Print the manual page, generated from the commands and their options. "
+                                    "The shipped man/crmsync.1 is this output; 'man ./man/crmsync.1' reads it.")
     return p
+
+
+def _control_parser(sub: Any, command: Command, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+    """A control sub-command built from its entry in the command table: its arguments, types and bounds."""
+    sp = sub.add_parser(command.cli_name, help=command.help,
+                        description=command.help[0].upper() + command.help[1:] + ". Talks to the daemon's "
+                        "control socket.", epilog=_EPILOGS.get(command.name))
+    for arg in command.args:
+        if not arg.cli:
+            continue
+        kw: dict[str, Any] = {"help": arg.help + (f" (default {arg.default})" if arg.default not in (None, False)
+                                                  else "")}
+        dest = ARG_DEST + arg.name  # apart from the parser's own names ("command" is help's argument too)
+        if arg.type == "boolean":
+            sp.add_argument("--" + arg.name.replace("_", "-"), dest=dest, action="store_true", **kw)
+            continue
+        kw["type"] = partial(_cli_value, arg)
+        kw["metavar"] = arg.metavar or arg.name.upper()
+        if arg.choices:
+            kw["choices"] = arg.choices
+            kw["help"] += f": {', '.join(arg.choices)}"
+        if arg.positional:
+            sp.add_argument(dest, nargs=None if arg.required else "?", **kw)
+        else:
+            sp.add_argument("--" + arg.name.replace("_", "-"), dest=dest, **kw)
+    if command.name in ("status", "full_sync"):
+        sp.add_argument("--watch", action="store_true",
+                        help="show the full sync's progress (rate, ETA) until it ends; exit with its outcome"
+                        if command.name == "full_sync" else
+                        "with NAME: attach to a running full sync, show its progress until it ends, and exit "
+                        "with its outcome")
+    sp.add_argument("--json", action="store_true", help="print the raw JSON result (stable keys)")
+    sp.add_argument("--socket", metavar="PATH", help="control socket (default: $CRMSYNC_SOCKET, then the "
+                    "configured daemon.control_socket)")
+    config_arg(sp)
+
+
+_OUTCOME_EPILOG = ("exit status: 0 success, 4 partial (some records rejected), 5 failed, 6 cancelled; "
+                   "1 refused, 2 usage, 3 daemon unreachable")
+_EPILOGS = {
+    "run_flow": "With --wait, " + _OUTCOME_EPILOG + ". Without --wait: 0 once started.",
+    "full_sync": "With --watch, " + _OUTCOME_EPILOG + ". Without --watch: 0 once started.",
+    "status": "With --watch NAME and a running full sync, " + _OUTCOME_EPILOG + ".",
+}
+
+
+def _cli_value(arg: Arg, text: str) -> Any:
+    """argparse's type check for a control argument: the daemon's own check, so both refuse alike."""
+    try:
+        return arg.check(arg.name, text)
+    except ArgumentError:
+        expected = ("an " if arg.type == "integer" else "") + arg.describe_type()
+        raise argparse.ArgumentTypeError(f"must be {expected}, not {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +157,15 @@ def main(argv: list[str] | None = None) -> int:
             return _start(lambda: run_sandbox(contacts=args.contacts, state_dir=args.state_dir, port=args.port))
         if args.command == "check-config":
             return cmd_check_config(args)
+        if args.command == "version":
+            return cmd_version(args)
+        if args.command in ("completion", "man"):
+            from crmsync.daemon import cli_docs
+
+            text = cli_docs.completion(build_parser(), args.shell) if args.command == "completion" else (
+                cli_docs.manpage(build_parser()))
+            sys.stdout.write(text)
+            return EXIT_OK
         return cmd_control(args)
     except KeyboardInterrupt:
         return 130
@@ -193,61 +256,111 @@ def socket_path(args: argparse.Namespace) -> str:
         return str(DaemonConfig().control_socket)
 
 
+def cmd_version(args: argparse.Namespace) -> int:
+    python = ".".join(map(str, sys.version_info[:3]))
+    if args.json:
+        print(json.dumps({"version": __version__, "python": python}))
+    else:
+        print(f"crmsync {__version__} (Python {python})")
+    return EXIT_OK
+
+
+def _call_args(command: Command, args: argparse.Namespace) -> dict[str, Any]:
+    """The socket request's args from the parsed command line (the command table names both)."""
+    out: dict[str, Any] = {}
+    for arg in command.args:
+        value = getattr(args, ARG_DEST + arg.name, None)
+        if value is None or (arg.type == "boolean" and value is False):
+            continue  # omitted: the daemon applies the default
+        out[arg.name] = value
+    return out
+
+
 def cmd_control(args: argparse.Namespace) -> int:
     from crmsync.daemon.control import ControlClient
 
-    cmd = args.command.replace("-", "_")
-    call_args: dict[str, Any] = {}
-    if getattr(args, "name", None):
-        call_args["integration"] = args.name
-    if cmd == "run_flow":
-        call_args["flow"] = args.flow
-        call_args["wait"] = args.wait
-    elif cmd == "runs":
-        call_args["limit"] = args.limit
-        if args.flow:
-            call_args["flow"] = args.flow
-    elif cmd == "report":
-        if args.run_id is not None:
-            call_args["run_id"] = args.run_id
-        call_args["limit"] = args.limit
-        call_args["offset"] = args.offset
+    command = COMMANDS[args.command.replace("-", "_")]
+    call_args = _call_args(command, args)
+    watch = bool(getattr(args, "watch", False))
     path = socket_path(args)
+    outcome: dict[str, Any] = {}
 
     async def go() -> dict[str, Any]:
         async with ControlClient(path, timeout=24 * 3600 if call_args.get("wait") else 60) as client:
-            reply = await client.call(cmd, **call_args)
-            if cmd == "full_sync" and args.watch and reply.get("ok"):
-                await _watch(client, args.name)
-                reply = await client.call("status", integration=args.name)
-        return reply
+            reply = await client.call(command.name, **call_args)
+            name = call_args.get("integration")
+            if watch and name and reply.get("ok"):
+                if not args.json:  # what was started (or the status attached to) first, then the progress
+                    print(render.render(command.name, reply["result"]), flush=True)
+                started = reply["result"].get("run_id") if command.name == "full_sync" else None
+                run = await _watch(client, name, args.json, started)
+                if run is not None:
+                    outcome["run"] = run
+                elif not args.json:
+                    print(f"(no full sync is running for {name}: nothing to watch)", file=sys.stderr)
+                    outcome["shown"] = True
+            return reply
 
     try:
         reply = trio.run(go)
     except (OSError, ConnectionError) as exc:
+        if command.name == "help":
+            return _local_help(call_args.get("command"), args.json, f"{path}: {exc}")
         print(f"crmsync: cannot reach the daemon at {path}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
     try:
-        code, _ = _print_reply(cmd, reply, args.json)
+        if outcome.get("shown"):
+            return EXIT_OK
+        return _print_reply(command.name, reply, args.json, outcome.get("run"))
     except BrokenPipeError:  # `crmsync status | head`: the reader left; not an error of ours
         sys.stderr.close()
         return EXIT_OK
-    return code
 
 
-async def _watch(client: Any, name: str) -> None:
-    while True:
-        reply = await client.call("status", integration=name)
-        fs = (reply.get("result") or {}).get("full_sync") or {}
-        sys.stderr.write("\r" + render.progress_bar(fs.get("done", 0), fs.get("total")))
-        sys.stderr.flush()
+def _local_help(only: str | None, as_json: bool, why: str) -> int:
+    """``crmsync help`` without a daemon: this crmsync's own command table (the same the daemon serves)."""
+    from crmsync.daemon.commands import help_result, lookup
+
+    command = lookup(only) if only else None
+    if only and command is None:
+        print(f"crmsync: unknown_command: no command {only!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"(daemon not reachable ({why}): showing this crmsync's own commands)", file=sys.stderr)
+    result = help_result(command)
+    print(json.dumps(result, indent=2) if as_json else render.render_help(result))
+    return EXIT_OK
+
+
+async def _watch(client: Any, name: str, as_json: bool, run_id: int | None = None) -> dict[str, Any] | None:
+    """Follow the full sync ``run_id`` (default: the integration's running one) until it ends; returns its run
+    (None if none was running).
+
+    On a terminal: a live progress bar (rich) with rate and ETA. Otherwise (a log, a script): a progress line
+    each time it moved, at most every few seconds, so a cron mail stays short."""
+    reply = await client.call("status", integration=name)
+    fs = (reply.get("result") or {}).get("full_sync") or {}
+    if run_id is None:
         if fs.get("state") != "running":
-            sys.stderr.write("\n")
-            return
-        await trio.sleep(1)
+            return None
+        run_id = fs["run_id"]
+    live = sys.stderr.isatty() and not as_json
+    with render.ProgressDisplay(name, live=live, out=sys.stderr) as display:
+        while fs.get("state") == "running" and fs.get("run_id") == run_id:
+            display.update(fs.get("done", 0), fs.get("total"), fs.get("rate_per_s"))
+            await trio.sleep(WATCH_POLL_S)
+            reply = await client.call("status", integration=name)
+            fs = (reply.get("result") or {}).get("full_sync") or {}
+        display.update(fs.get("done", 0), fs.get("total"), None, final=True)
+    done = await client.call("report", integration=name, run_id=run_id, limit=1)
+    run: dict[str, Any] = (done.get("result") or {}).get("run") or {"id": run_id, "status": "failed",
+                                                                      "flow": "full_sync"}
+    run["timezone"] = (reply.get("result") or {}).get("timezone")
+    return run
 
 
-def _print_reply(cmd: str, reply: dict[str, Any], as_json: bool) -> tuple[int, str]:
+def _print_reply(cmd: str, reply: dict[str, Any], as_json: bool, watched: dict[str, Any] | None = None) -> int:
     if not reply.get("ok"):
         err = reply.get("error") or {}
         if as_json:
@@ -256,27 +369,21 @@ def _print_reply(cmd: str, reply: dict[str, Any], as_json: bool) -> tuple[int, s
             print(f"crmsync: {err.get('code', 'error')}: {err.get('message', '')}", file=sys.stderr)
             for problem in err.get("problems", []):
                 print(f"  {problem}", file=sys.stderr)
-        return EXIT_REFUSED, ""
+        return EXIT_REFUSED
     result = reply.get("result")
-    if as_json:
-        print(json.dumps(result, indent=2, default=str))
-        return EXIT_OK, ""
     assert isinstance(result, dict)
-    if cmd == "status":
-        print(render.render_status(result))
-    elif cmd == "runs":
-        print(render.render_runs(result))
-    elif cmd == "report":
-        print(render.render_report(result))
-    elif cmd == "run_flow" and "run" in result:
-        run = result["run"] or {}
-        print(f"run {result['run_id']} ({result['flow']}): {run.get('status')}; "
-              f"{render.counts_line(run.get('counts'))}")
-    elif cmd == "reload":
-        print("reloaded: " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "reloaded"))
-    else:
-        print(", ".join(f"{k}: {v}" for k, v in result.items()))
-    return EXIT_OK, ""
+    if watched is not None:  # --watch: the outcome of the watched full sync is the answer
+        if as_json:
+            print(json.dumps({"integration": result.get("integration") or result.get("name"), "run": watched},
+                             indent=2, default=str))
+        else:
+            print(render.render_run_end(result.get("integration") or result["name"], watched,
+                                        render.zone(watched.get("timezone"))))
+        return RUN_EXIT.get(str(watched.get("status")), EXIT_FAILED)
+    print(json.dumps(result, indent=2, default=str) if as_json else render.render(cmd, result))
+    if cmd == "run_flow" and result.get("run"):
+        return RUN_EXIT.get(str(result["run"].get("status")), EXIT_FAILED)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

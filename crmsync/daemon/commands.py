@@ -196,6 +196,7 @@ ERROR_CODES: dict[str, str] = {
     "already_running": "that flow or full sync is already running",
     "flow_error": "the flow cannot start now (the integration is stopping)",
     "unsupported": "the integration's kind does not do that (e.g. no full sync)",
+    "unknown_kind": "the integration's kind is not installed (a plugin missing from daemon.plugins)",
     "invalid_config": "reload: the new config is invalid; the running one is kept (problems lists each key)",
     "line_too_long": "the request line is over 64 KiB; the connection closes",
     "idle_timeout": "no request within the idle timeout; the connection closes",

@@ -136,7 +136,9 @@ def _banner(out: Any, directory: Path, daemon: Any, parts: dict[str, SandboxPart
     ]
     for name, part in parts.items():
         lines.append(f"  {cmd} status {name} --socket {sock}")
-        lines.append(f"  {cmd} report {name} --socket {sock}")
+        # the report of the first kicked-off flow (a bare `report NAME` is the latest run of any flow)
+        first = next((f for f in part.kickoff if f != FULL_SYNC_FLOW), None)
+        lines.append(f"  {cmd} report {name}{f' --flow {first}' if first else ''} --socket {sock}")
         for line in part.description:
             lines.append(f"    {line}")
     if not parts:

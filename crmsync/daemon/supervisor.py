@@ -293,7 +293,8 @@ class Supervisor:
             if event is not None:
                 await event.wait()
             run = await self.db.tx(q.get_run, run_id)
-            return {"integration": name, "flow": flow, "run_id": run_id, "run": run}
+            return {"integration": name, "flow": flow, "run_id": run_id, "run": run,
+                    "timezone": str(self.config.timezone_of(name))}
         return {"integration": name, "flow": flow, "run_id": run_id}
 
     def _runnable(self, kind: IntegrationKind) -> tuple[str, ...]:
