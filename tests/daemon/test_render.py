@@ -3,6 +3,7 @@ integration's time zone and labelled, the reasons of failures, and no Python dum
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Any
 
@@ -124,3 +125,25 @@ def test_every_command_has_a_rendering_without_python_dumps() -> None:
                                         "events": [{"seq": 1, "error": "x"}]})
     _no_python(generic)
     assert re.search(r"^requeued +3$", generic, re.M) and re.search(r"^seqs +1, 2, 3$", generic, re.M)
+
+
+def test_live_progress_display_shows_done_rate_and_eta() -> None:
+    out = io.StringIO()
+    with render.ProgressDisplay("a", live=True, out=out) as display:
+        display.update(10, 100, 2.0)
+        display.update(50, 100, 2.5)
+    text = out.getvalue()
+    assert "a: full sync" in text and "50/100" in text and "50%" in text
+    assert "2.5 records/s" in text and "ETA 20s" in text
+
+
+def test_plain_progress_display_prints_a_line_when_it_moved() -> None:
+    out = io.StringIO()
+    with render.ProgressDisplay("a", live=False, out=out, plain_every_s=0.0) as display:
+        display.update(10, 100, 2.0)
+        display.update(10, 100, 2.0)  # no progress: no new line
+        display.update(100, 100, None, final=True)
+    assert out.getvalue().splitlines() == [
+        "a: full sync [###...........................] 10/100 (10.0%)  2.0 records/s  ETA 45s",
+        "a: full sync [##############################] 100/100 (100.0%)",
+    ]

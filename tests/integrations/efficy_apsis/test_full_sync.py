@@ -95,8 +95,8 @@ async def test_a_cancelled_full_sync_stops_and_a_crashed_one_resumes_from_its_ch
         assert (await w.last_run("full_sync"))["status"] == "cancelled"
         apsis = w.apsis
 
-        # a new one runs, and the process dies in the middle of it
-        await w.supervisor.full_sync(NAME)
+        # a new one starts over (by default it would resume: test_full_sync_resume.py), and the process dies
+        await w.supervisor.full_sync(NAME, from_start=True)
         await trio.sleep(65)  # three pages acknowledged
         fs = await w.db.tx(q.get_full_sync, NAME)
         assert fs is not None and fs["state"] == "running" and fs["done"] == 30
@@ -220,3 +220,24 @@ async def test_consent_mapping_change_on_reload_requires_a_full_sync_until_one_c
         await w.wait_full_sync()
         assert not (await w.supervisor.status(NAME))["full_sync_required"]
 
+
+
+async def test_a_full_sync_after_cancel_resumes_from_its_checkpoint_and_ends_exact(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock) -> None:
+    """Issue 7 item 12: a full sync after `cancel` resumes from the checkpoint by default (mappings unchanged),
+    and `status` says so before it starts."""
+    async with world(tmp_path, clock, contacts=60) as w:
+        w.efficy.faults.slow(10.0, times=1000)
+        await w.supervisor.full_sync(NAME)
+        await trio.sleep(45)  # two pages acknowledged
+        await w.supervisor.cancel(NAME)
+        nxt = (await w.supervisor.status(NAME))["full_sync_next"]
+        assert nxt["action"] == "resume" and "unchanged" in nxt["reason"]
+        w.efficy.faults.clear()
+        w.efficy.rpc_log.clear()
+        assert (await w.supervisor.full_sync(NAME))["resumed"] is True
+        fs = await w.wait_full_sync()
+        assert fs["state"] == "completed" and fs["done"] == 60
+        last = int(w.efficy.contacts()[19]["K_CONTACT"])
+        assert page_starts(w.efficy)[0] == last and 0 not in page_starts(w.efficy)  # not from zero
+        await assert_exact(w)
