@@ -126,7 +126,9 @@ def hypercorn_config(bind: str, graceful_timeout: float) -> HypercornConfig:
     cfg = HypercornConfig()
     cfg.bind = [bind]
     cfg.graceful_timeout = graceful_timeout
-    cfg.accesslog = logging.getLogger("hypercorn.access")
+    # No access log: crmsync's logging keeps "hypercorn.access" at WARNING (its lines are INFO, never shown), and
+    # Hypercorn builds each line's atoms (a copy of os.environ among them) before the level check, per request.
+    cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
     cfg.read_timeout = 30
     cfg.keep_alive_timeout = 5
