@@ -7,6 +7,12 @@ Usage: .venv/bin/python bench/webhooks.py [REQUESTS] [CONCURRENCY] [MAX_PER_COMM
 
 ``MAX_PER_COMMIT = 1`` turns group commit off (one transaction and one fsync per request), for comparison.
 
+Real-time latency (webhook to APSIS write), target p95 <= 1 s:
+.venv/bin/python bench/webhooks.py realtime [EVENTS] [PER_SECOND]   (defaults 100, 5)
+The Efficy and APSIS simulators run in their own process and note when each APSIS profile is first written;
+the daemon runs as ``crmsync run`` with the integration active; this process sends one signed
+generic-connector webhook per contact at the given pace and notes when it sent each.
+
 The generator is deliberately lean (pre-signed bodies, hand-written HTTP/1.1 on raw sockets) so that it is not
 the bottleneck on a small machine; both processes share the same cores, so the figures are a floor.
 """
@@ -15,14 +21,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 from crmsync.daemon.webhook_auth import sign
@@ -115,6 +125,155 @@ def _serve_floor(port: int) -> None:
 
     from crmsync.daemon.http import hypercorn_config
     trio.run(serve, _floor_app, hypercorn_config(f"127.0.0.1:{port}", 1.0))  # type: ignore[arg-type]
+
+
+# -- real time: the simulators' process --------------------------------------------------------------------------
+
+PROFILE_WRITE = re.compile(r"/profiles/([^/]+)/")
+
+
+async def _run_simulators(directory: Path, contacts: int) -> None:
+    from crmsync.clock import WallClock
+    from crmsync.connectors.apsis import ApsisSimulator
+    from crmsync.connectors.efficy.simulator import EfficySimulator
+    from crmsync.connectors.simkit import serve_app
+
+    clock = WallClock()
+    efficy = EfficySimulator(clock, api_key=SECRET)
+    ids = efficy.seed_demo(contacts)
+    efficy.drain_outbox()
+    apsis = ApsisSimulator(clock, client_id="bench", client_secret=SECRET)
+    first_write: dict[str, float] = {}
+
+    async def apsis_noting_writes(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] in ("PATCH", "POST", "PUT"):
+            m = PROFILE_WRITE.search(scope["path"])
+            if m:
+                first_write.setdefault(m.group(1), time.time())
+        await apsis(scope, receive, send)
+
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            efficy_url = await nursery.start(serve_app, efficy)
+            apsis_url = await nursery.start(serve_app, apsis_noting_writes)
+            apsis.public_url = apsis_url
+            contact_ids = [int(c["K_CONTACT"]) for c in efficy.contacts()]
+            (directory / "sims.tmp").write_text(json.dumps({"efficy": efficy_url, "apsis": apsis_url, "ids": ids,
+                                                            "contacts": contact_ids}))
+            (directory / "sims.tmp").rename(directory / "sims.json")
+            async for _ in signals:
+                (directory / "writes.json").write_text(json.dumps(first_write))
+                nursery.cancel_scope.cancel()
+                break
+
+
+def realtime(events: int, per_second: float) -> None:
+    from crmsync.connectors.apsis.records import ATTR_FIRSTNAME, ATTR_LASTNAME, ATTR_MOBILE
+    from crmsync.daemon.integrations.efficy_apsis.sandbox import NEWSLETTER_TOPIC, OFFERS_TOPIC
+    from crmsync.state import Database
+    from crmsync.state import queries as q
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("NOTIFY_SOCKET", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "secret").write_text(SECRET)
+        sims = subprocess.Popen([sys.executable, __file__, "--simulators", str(d), str(events)], env=env, cwd=ROOT)
+        daemon: subprocess.Popen[bytes] | None = None
+        log = (d / "daemon.log").open("w")
+        try:
+            deadline = time.monotonic() + 30
+            while not (d / "sims.json").exists():
+                if sims.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the simulators did not start")
+                time.sleep(0.05)
+            info = json.loads((d / "sims.json").read_text())
+            (d / "config.toml").write_text(f"""
+[daemon]
+state_dir = "{d}"
+control_socket = "{d}/control.sock"
+log_level = "warning"
+
+[http]
+webhook_listen = "127.0.0.1:0"
+
+[integrations.bench]
+kind = "efficy_apsis"
+[integrations.bench.efficy]
+url = "{info['efficy']}"
+api_key_file = "{d}/secret"
+[integrations.bench.apsis]
+url = "{info['apsis']}"
+client_id = "bench"
+client_secret_file = "{d}/secret"
+[integrations.bench.attributes]
+FIRSTNAME = "{ATTR_FIRSTNAME}"
+NAME = "{ATTR_LASTNAME}"
+MOBILE = "{ATTR_MOBILE}"
+[integrations.bench.consents.newsletter]
+profile = {info['ids']['newsletter_profile']}
+topic = "{NEWSLETTER_TOPIC}"
+channel = "email"
+[integrations.bench.consents.sms-offers]
+profile = {info['ids']['sms_profile']}
+topic = "{OFFERS_TOPIC}"
+channel = "sms"
+[integrations.bench.webhook]
+header = "X-Justin-Signature"
+prefix = "sha256="
+secret_file = "{d}/secret"
+""")
+            store = Database.open_sync(d / "crmsync.db")
+            store.tx_sync(q.set_active, "bench", "efficy_apsis", True, datetime.now(UTC).isoformat())
+            store.close()
+            daemon = subprocess.Popen([sys.executable, "-m", "crmsync", "run", "--config", str(d / "config.toml")],
+                                      stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            while not (d / "control.sock").exists():
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the daemon did not start:\n" + (d / "daemon.log").read_text())
+                time.sleep(0.05)
+            status = subprocess.run([sys.executable, "-m", "crmsync", "status", "--json", "--socket",
+                                     str(d / "control.sock")], capture_output=True, text=True, env=env, cwd=ROOT)
+            url = json.loads(status.stdout)["daemon"]["webhooks"] + "/webhooks/bench"
+            sent: dict[str, float] = {}
+            answers: dict[int, int] = {}
+            with httpx.Client(timeout=10) as http:
+                start = time.time()
+                for i, cid in enumerate(info["contacts"][:events]):
+                    time.sleep(max(0.0, start + i / per_second - time.time()))
+                    body = json.dumps([{"record_id": str(cid), "operation": "updated"}]).encode()
+                    sent[str(cid)] = time.time()
+                    r = http.post(url, content=body, headers={"X-Justin-Signature": "sha256=" + sign(SECRET, body),
+                                                              "Content-Type": "application/json"})
+                    answers[r.status_code] = answers.get(r.status_code, 0) + 1
+            # let the real-time flow drain the queue (bounded)
+            drain_deadline = time.monotonic() + 60
+            while time.monotonic() < drain_deadline:
+                st = subprocess.run([sys.executable, "-m", "crmsync", "status", "bench", "--json", "--socket",
+                                     str(d / "control.sock")], capture_output=True, text=True, env=env, cwd=ROOT)
+                if json.loads(st.stdout)["queue_depth"] == 0:
+                    break
+                time.sleep(0.5)
+            time.sleep(2)
+        finally:
+            if daemon is not None:
+                daemon.terminate()
+                daemon.wait(timeout=30)
+            log.close()
+            sims.send_signal(signal.SIGTERM)
+            sims.wait(timeout=30)
+        writes = json.loads((d / "writes.json").read_text())
+    latencies = sorted(writes[k] - t for k, t in sent.items() if k in writes)
+    print(f"real-time latency, webhook to APSIS write: {len(sent)} single-contact webhooks at {per_second:g}/s, "
+          f"simulators and daemon in separate processes; answers {answers}")
+    if not latencies:
+        print("  no APSIS write seen")
+        return
+    p95 = _pct(latencies, 0.95)
+    print(f"  written: {len(latencies)} of {len(sent)} contacts")
+    print(f"  {'figure':34} {'measured':>10} {'target':>10} {'ratio':>7}")
+    print(f"  {'p95 latency s':34} {p95:10.2f} {'<= 1':>10} {p95 / 1.0:7.2f}")
+    print(f"  latency s: p50 {_pct(latencies, 0.5):.2f}  p95 {p95:.2f}  max {latencies[-1]:.2f}")
 
 
 # -- the orchestrator -------------------------------------------------------------------------------------------
@@ -247,7 +406,11 @@ secret_file = "{d}/hook"
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--floor-server":
+    if len(sys.argv) > 1 and sys.argv[1] == "--simulators":
+        trio.run(_run_simulators, Path(sys.argv[2]), int(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "realtime":
+        realtime(int(sys.argv[2]) if len(sys.argv) > 2 else 100, float(sys.argv[3]) if len(sys.argv) > 3 else 5.0)
+    elif len(sys.argv) > 1 and sys.argv[1] == "--floor-server":
         _serve_floor(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--generate":
         _, _, gen_host, gen_port, gen_n, gen_c = sys.argv
