@@ -78,6 +78,7 @@ class _Request:
     integration: str
     digest: str
     items: list[Item]
+    arrived: float = field(default_factory=trio.current_time)
     done: trio.Event = field(default_factory=trio.Event)
     taken: bool = False
     result: IntakeResult | None = None
@@ -113,7 +114,10 @@ class WebhookIntake:
                     self._arrived = trio.Event()
                     await self._arrived.wait()
                 if self.window_s > 0:
-                    with trio.move_on_after(self.window_s):
+                    # the window runs from the oldest waiting request's arrival: requests that queued up during
+                    # the previous commit have waited long enough already
+                    with trio.move_on_at(self._waiting[0].arrived + self.window_s if self._waiting
+                                         else trio.current_time() + self.window_s):
                         while len(self._waiting) < self.max_batch:
                             self._arrived = trio.Event()
                             await self._arrived.wait()
