@@ -7,6 +7,9 @@ Usage: .venv/bin/python bench/webhooks.py [REQUESTS] [CONCURRENCY] [MAX_PER_COMM
 
 ``MAX_PER_COMMIT = 1`` turns group commit off (one transaction and one fsync per request), for comparison.
 
+crmsync's own part without any HTTP server (the ASGI app called directly, same process):
+.venv/bin/python bench/webhooks.py app [REQUESTS] [CONCURRENCY]
+
 Real-time latency (webhook to APSIS write), target p95 <= 1 s:
 .venv/bin/python bench/webhooks.py realtime [EVENTS] [PER_SECOND]   (defaults 100, 5)
 The Efficy and APSIS simulators run in their own process and note when each APSIS profile is first written;
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,6 +129,73 @@ def _serve_floor(port: int) -> None:
 
     from crmsync.daemon.http import hypercorn_config
     trio.run(serve, _floor_app, hypercorn_config(f"127.0.0.1:{port}", 1.0))  # type: ignore[arg-type]
+
+
+# -- crmsync's own part: the ASGI app called directly, no HTTP server ------------------------------------------
+
+
+async def _app_only(requests: int, concurrency: int) -> None:
+    from crmsync.clock import WallClock
+    from crmsync.daemon.config import config_from_mapping
+    from crmsync.daemon.http import HttpApp
+    from crmsync.daemon.metrics import Metrics
+    from crmsync.daemon.supervisor import Supervisor
+    from crmsync.state import Database
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        for name in ("key", "secret", "hook"):
+            (d / name).write_text(SECRET)
+        config = config_from_mapping({
+            "daemon": {"state_dir": str(d), "control_socket": str(d / "c.sock")},
+            "http": {"webhook_listen": "127.0.0.1:0"},
+            "integrations": {"bench": {
+                "kind": "efficy_apsis",
+                "efficy": {"url": "http://127.0.0.1:9", "api_key_file": str(d / "key")},
+                "apsis": {"url": "http://127.0.0.1:9", "client_id": "c", "client_secret_file": str(d / "secret")},
+                "webhook": {"header": "X-Justin-Signature", "prefix": "sha256=", "secret_file": str(d / "hook")},
+            }},
+        })
+        db = await Database.open(d / "crmsync.db")
+        wire = []
+        for i in range(requests):
+            body = json.dumps([{"record_id": str(100000 + i), "operation": "updated"}]).encode()
+            wire.append((body, [(b"x-justin-signature", f"sha256={sign(SECRET, body)}".encode()),
+                                (b"content-length", str(len(body)).encode())]))
+        statuses: dict[int, int] = {}
+        async with trio.open_nursery() as nursery:
+            supervisor = Supervisor(config, db, Metrics(), WallClock())
+            await nursery.start(supervisor.run)
+            app = HttpApp(supervisor, supervisor.metrics, 1 << 20)
+            next_index = 0
+
+            async def client() -> None:
+                nonlocal next_index
+                while next_index < requests:
+                    body, headers = wire[next_index]
+                    next_index += 1
+
+                    async def receive(body: bytes = body) -> dict[str, Any]:
+                        return {"type": "http.request", "body": body, "more_body": False}
+
+                    async def send(message: MutableMapping[str, Any]) -> None:
+                        if message["type"] == "http.response.start":
+                            statuses[message["status"]] = statuses.get(message["status"], 0) + 1
+
+                    await app({"type": "http", "method": "POST", "path": "/webhooks/bench", "headers": headers},
+                              receive, send)
+
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            async with trio.open_nursery() as clients:
+                for _ in range(concurrency):
+                    clients.start_soon(client)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            batches = supervisor.intake.batches
+            nursery.cancel_scope.cancel()
+        await db.aclose()
+    print(f"crmsync's own part (ASGI app called directly, no HTTP server): {requests} requests, concurrency "
+          f"{concurrency}: {requests / wall:.0f} requests/s, {cpu / requests * 1e6:.0f} us CPU per request "
+          f"(store thread included), {requests / max(1, batches):.0f} requests per commit; answers {statuses}")
 
 
 # -- real time: the simulators' process --------------------------------------------------------------------------
@@ -406,7 +477,10 @@ secret_file = "{d}/hook"
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--simulators":
+    if len(sys.argv) > 1 and sys.argv[1] == "app":
+        trio.run(_app_only, int(sys.argv[2]) if len(sys.argv) > 2 else 20000,
+                 int(sys.argv[3]) if len(sys.argv) > 3 else 50)
+    elif len(sys.argv) > 1 and sys.argv[1] == "--simulators":
         trio.run(_run_simulators, Path(sys.argv[2]), int(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "realtime":
         realtime(int(sys.argv[2]) if len(sys.argv) > 2 else 100, float(sys.argv[3]) if len(sys.argv) > 3 else 5.0)
