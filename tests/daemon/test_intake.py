@@ -269,3 +269,18 @@ async def test_no_supervisor_intake_means_503_not_a_hang(tmp_path: Path, db: Dat
     await post(app, body_of("r1"), answers)
     assert answers[0][0] == 503
     assert await db.tx(q.queue_depth, NAME) == 0
+
+
+async def test_queue_depth_counter_drops_a_dead_lettered_event(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, db: Database
+) -> None:
+    async with trio.open_nursery() as nursery:
+        supervisor = await start_supervisor(nursery, make_config(tmp_path), db, clock())
+        await supervisor.accept_webhook(NAME, {}, json.dumps([{"id": "poison1", "version": 1},
+                                                              {"id": "r1", "version": 1}]).encode())
+        assert supervisor.queue_depth.get(NAME) == 2
+        await supervisor.activate(NAME)
+        await trio.sleep(3600)  # r1 is processed; poison1 fails until it is set aside
+        assert await db.tx(q.count_dead_letters, NAME) == 1
+        assert supervisor.queue_depth.get(NAME) == 0 == await db.tx(q.queue_depth, NAME)
+        nursery.cancel_scope.cancel()
