@@ -140,6 +140,12 @@ class HttpConfig(StrictModel):
     metrics_listen: str | None = None  # None: /metrics and /healthz share the webhook listener
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     graceful_timeout: Duration = timedelta(seconds=5)
+    # webhook group commit: requests arriving within this many milliseconds share one transaction (and fsync)
+    webhook_commit_window_ms: float = Field(default=2.0, ge=0, le=1000)
+    webhook_commit_max_requests: int = Field(default=256, ge=1, le=10_000)
+    # the same signed body accepted again within this window is a replay: answered 200, nothing stored. Short on
+    # purpose: a timestamp-less body (the generic connector's) is byte-identical for a genuine later change too
+    webhook_replay_window: Duration = timedelta(minutes=2)
 
     @field_validator("webhook_listen", "metrics_listen")
     @classmethod

@@ -3,8 +3,10 @@ trio worker.
 
 Webhook rules: unknown integration 404; no or wrong signature 401; body over the cap 413 (checked on
 Content-Length first, then counted while reading, since chunked bodies have no length); a body the kind
-cannot parse 400 with nothing stored; 202 only after the events are committed to the store. Hypercorn has
-no body cap of its own for ASGI apps, hence the counting here.
+cannot parse 400 with nothing stored; 202 only after the events are committed to the store (group commit:
+:mod:`crmsync.daemon.intake`), 503 when that commit failed (nothing stored); 200 with a note for a replay of a
+body already accepted within the replay window (nothing stored). Hypercorn has no body cap of its own for ASGI
+apps, hence the counting here.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from crmsync.asgi import BodyTooLarge, Receive, Scope, Send, lifespan, read_body
+from crmsync.daemon.intake import IntakeFailed
 from crmsync.daemon.integrations.base import WebhookRejected
 from crmsync.daemon.metrics import CONTENT_TYPE, Metrics
 from crmsync.daemon.supervisor import CommandError, Supervisor
 from crmsync.daemon.webhook_auth import verify
 
 log = structlog.get_logger("crmsync.daemon.http")
+
+REPLAY_NOTE = "this signed body was already accepted within the replay window; nothing new was queued"
 
 
 
@@ -86,7 +91,7 @@ class HttpApp:
             await _respond(send, 401, {"error": "missing or invalid signature"})
             return 401
         try:
-            accepted = await self.supervisor.accept_webhook(name, headers, body)
+            result = await self.supervisor.accept_webhook(name, headers, body)
         except WebhookRejected as exc:
             log.warning("webhook_rejected", integration=name, reason=str(exc))
             await _respond(send, 400, {"error": str(exc)})
@@ -94,7 +99,14 @@ class HttpApp:
         except CommandError as exc:
             await _respond(send, 404, {"error": exc.message})
             return 404
-        await _respond(send, 202, {"accepted": accepted})
+        except IntakeFailed as exc:  # its batch did not commit: nothing stored, the sender retries
+            log.error("webhook_not_stored", integration=name, error=str(exc))
+            await _respond(send, 503, {"error": "not stored, retry later"}, [(b"retry-after", b"5")])
+            return 503
+        if result.replay:  # a 2xx, so that the sender does not retry a duplicate
+            await _respond(send, 200, {"accepted": 0, "replay": True, "note": REPLAY_NOTE})
+            return 200
+        await _respond(send, 202, {"accepted": result.accepted})
         return 202
 
 
@@ -114,7 +126,9 @@ def hypercorn_config(bind: str, graceful_timeout: float) -> HypercornConfig:
     cfg = HypercornConfig()
     cfg.bind = [bind]
     cfg.graceful_timeout = graceful_timeout
-    cfg.accesslog = logging.getLogger("hypercorn.access")
+    # No access log: crmsync's logging keeps "hypercorn.access" at WARNING (its lines are INFO, never shown), and
+    # Hypercorn builds each line's atoms (a copy of os.environ among them) before the level check, per request.
+    cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
     cfg.read_timeout = 30
     cfg.keep_alive_timeout = 5

@@ -51,6 +51,10 @@ class Metrics:
             "crmsync_webhook_requests_total", "Webhook requests by integration and HTTP status",
             ["integration", "status"], registry=r,
         )
+        self.webhook_replays = Counter(
+            "crmsync_webhook_replays_total", "Signed webhook bodies refused as replays (nothing stored)",
+            ["integration"], registry=r,
+        )
         self.api_requests = Counter(
             "crmsync_api_requests_total", "External API requests by system and status class",
             ["system", "status_class"], registry=r,

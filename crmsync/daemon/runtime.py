@@ -30,6 +30,7 @@ import structlog
 import trio
 
 from crmsync.connectors.errors import ApiError, AuthError, RetriableApiError
+from crmsync.daemon.intake import QueueDepth
 from crmsync.daemon.integrations.base import FlowError, IntegrationKind
 from crmsync.daemon.metrics import Metrics
 from crmsync.daemon.runs import RunContext
@@ -50,13 +51,15 @@ class FlowBusy(Exception):
 
 
 class IntegrationRuntime:
-    def __init__(self, kind: IntegrationKind, metrics: Metrics, tz: Any, retention: tuple[int, int]):
+    def __init__(self, kind: IntegrationKind, metrics: Metrics, tz: Any, retention: tuple[int, int], *,
+                 queue_depth: QueueDepth | None = None):
         self.kind = kind
         self.name = kind.name
         self.ctx = kind.ctx
         self.db = kind.ctx.db
         self.clock = kind.ctx.clock
         self.metrics = metrics
+        self.queue_depth = queue_depth or QueueDepth(metrics)  # kept in memory: lowered as events are consumed
         self.tz = tz
         self.retention_days, self.retention_runs = retention
         self.scope = trio.CancelScope()
@@ -381,8 +384,6 @@ class IntegrationRuntime:
                 wakeup = self._queue_wakeup = trio.Event()
                 limit = 1 if isolate else self.kind.realtime_batch_size
                 events = await self.db.tx(q.peek_pending, self.name, limit)
-                depth = await self.db.tx(q.queue_depth, self.name)
-                self.metrics.queue_depth.labels(self.name).set(depth)
                 if not events:
                     if not await self._interruptible_wait(wakeup.wait):
                         return
@@ -406,6 +407,7 @@ class IntegrationRuntime:
                         failure.update(transient=False, error=f"{type(exc).__name__}: {exc}")
                         raise
                     await run.flush(lambda c: q.ack_queue(c, self.name, seqs))
+                    self.queue_depth.change(self.name, -len(seqs))
 
                 status = await self._execute(REALTIME_FLOW, "webhook", body)
                 if status == "failed":
@@ -416,6 +418,7 @@ class IntegrationRuntime:
                     event = events[0]
                     if not failure.get("transient", True) and event.attempts + 1 >= REALTIME_MAX_EVENT_ATTEMPTS:
                         await self.db.tx(q.dead_letter, self.name, event.seq, error)
+                        self.queue_depth.change(self.name, -1)
                         self.metrics.dead_letters.labels(self.name).inc()
                         log.error("realtime_event_dead_lettered", seq=event.seq, error=error,
                                   attempts=event.attempts + 1, payload=event.payload)
@@ -428,8 +431,6 @@ class IntegrationRuntime:
                 else:
                     backoff = 1.0
                     isolate = False
-                depth = await self.db.tx(q.queue_depth, self.name)
-                self.metrics.queue_depth.labels(self.name).set(depth)
 
 
 def _checkpoint(c: Any, *, name: str, position: str | None, done: int, total: int | None, at: str) -> None:

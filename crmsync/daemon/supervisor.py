@@ -6,6 +6,7 @@ Activation is persisted in the store, so an integration that was active comes ba
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import traceback
@@ -21,6 +22,7 @@ import trio
 from crmsync import __version__
 from crmsync.clock import WallClock
 from crmsync.daemon.config import Config
+from crmsync.daemon.intake import IntakeResult, QueueDepth, WebhookIntake
 from crmsync.daemon.integrations import registry
 from crmsync.daemon.integrations.base import FlowError, IntegrationContext, IntegrationKind, WebhookRejected
 from crmsync.daemon.metrics import Metrics
@@ -68,6 +70,10 @@ class Supervisor:
         self.error_traces: dict[str, str] = {}
         self.started_at = time.time()
         self.listen: dict[str, str | None] = {"webhooks": None, "metrics": None, "control": None}
+        self.queue_depth = QueueDepth(metrics)
+        self.intake = WebhookIntake(
+            db, clock, metrics, self.queue_depth, window_s=config.http.webhook_commit_window_ms / 1000,
+            max_batch=config.http.webhook_commit_max_requests, replay_window=config.http.webhook_replay_window)
         for name in config.integrations:
             self.kinds[name] = self._build_kind(name, config)
 
@@ -89,6 +95,7 @@ class Supervisor:
         runtime = IntegrationRuntime(
             self.kinds[name], self.metrics, self.config.timezone_of(name),
             (self.config.daemon.report_retention_days, self.config.daemon.report_retention_runs),
+            queue_depth=self.queue_depth,
         )
         runtime.on_healthy = partial(self._clear_error, name)
         return runtime
@@ -106,6 +113,7 @@ class Supervisor:
             log.info("runs_interrupted_by_previous_stop", count=interrupted)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.intake.run)
             statuses = {s["name"]: s for s in await self.db.tx(q.list_status)}
             for name in self.kinds:
                 active = bool(statuses.get(name, {}).get("active"))
@@ -383,27 +391,21 @@ class Supervisor:
 
     # -- webhooks ----------------------------------------------------------------------------------------
 
-    async def accept_webhook(self, name: str, headers: Mapping[str, str], body: bytes) -> int:
-        """Parse and durably queue a webhook's events; returns how many were new. Raises WebhookRejected."""
+    async def accept_webhook(self, name: str, headers: Mapping[str, str], body: bytes) -> IntakeResult:
+        """Parse and durably queue a webhook's events (group commit, see intake.py); the result says how many
+        were new, or that the body is a replay. Raises WebhookRejected, or IntakeFailed (nothing stored)."""
         kind = self.kinds.get(name)
         if kind is None or not kind.supports_webhooks:
             raise CommandError("unknown_integration", f"no webhook endpoint for {name!r}")
         events = kind.parse_webhook(headers, body)
         if not events:
             raise WebhookRejected("the body holds no events")
-        now = self.clock.now().isoformat()
         items = [(e.dedupe_key, e.payload) for e in events]
-
-        def enqueue(c: Any) -> tuple[int, int]:
-            return q.enqueue(c, name, items, now), q.queue_depth(c, name)
-
-        accepted, depth = await self.db.tx(enqueue)
-        # monitoring sees a backlog even while the integration is inactive (nothing consumes it then)
-        self.metrics.queue_depth.labels(name).set(depth)
+        result = await self.intake.submit(name, items, hashlib.sha256(body).hexdigest())
         runtime = self.runtimes.get(name)
-        if runtime is not None:
+        if runtime is not None and result.accepted:
             runtime.wake_queue()
-        return accepted
+        return result
 
     # -- status ------------------------------------------------------------------------------------------
 

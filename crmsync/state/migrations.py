@@ -100,6 +100,16 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX realtime_queue_dedupe ON realtime_queue (integration, dedupe_key)
         WHERE dedupe_key IS NOT NULL;
     """,
+    # webhook replay window: digests of accepted signed bodies, pruned once older than the window
+    """
+    CREATE TABLE IF NOT EXISTS webhook_digests (
+        integration TEXT NOT NULL,
+        digest TEXT NOT NULL,            -- SHA-256 of the raw signed body, hex
+        received_at REAL NOT NULL,       -- unix time of the accepted delivery
+        PRIMARY KEY (integration, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS webhook_digests_by_time ON webhook_digests (received_at);
+    """,
 ]
 
 

@@ -243,6 +243,14 @@ def queue_depth(c: sqlite3.Connection, integration: str) -> int:
     )
 
 
+def pending_counts(c: sqlite3.Connection) -> dict[str, int]:
+    """Events waiting per integration: loaded once at start into the in-memory depth counter."""
+    rows = c.execute(
+        "SELECT integration, COUNT(*) FROM realtime_queue WHERE attempts >= 0 GROUP BY integration"
+    ).fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
 def peek_pending(c: sqlite3.Connection, integration: str, limit: int) -> list[QueuedEvent]:
     rows = c.execute(
         "SELECT seq, integration, received_at, payload, attempts FROM realtime_queue "
@@ -250,6 +258,29 @@ def peek_pending(c: sqlite3.Connection, integration: str, limit: int) -> list[Qu
         (integration, limit),
     ).fetchall()
     return [QueuedEvent(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+
+
+# -- webhook replay digests -------------------------------------------------------------------------------
+
+
+def seen_digest(c: sqlite3.Connection, integration: str, digest: str, since: float) -> bool:
+    """True when a body with this digest was accepted at or after ``since`` (unix time): a replay."""
+    row = c.execute(
+        "SELECT received_at FROM webhook_digests WHERE integration = ? AND digest = ?", (integration, digest)
+    ).fetchone()
+    return row is not None and float(row[0]) >= since
+
+
+def remember_digest(c: sqlite3.Connection, integration: str, digest: str, now: float) -> None:
+    c.execute(
+        "INSERT INTO webhook_digests (integration, digest, received_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (integration, digest) DO UPDATE SET received_at = excluded.received_at",
+        (integration, digest, now),
+    )
+
+
+def prune_digests(c: sqlite3.Connection, before: float) -> int:
+    return c.execute("DELETE FROM webhook_digests WHERE received_at < ?", (before,)).rowcount
 
 
 # -- fingerprints ------------------------------------------------------------------------------------------

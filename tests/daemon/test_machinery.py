@@ -121,7 +121,8 @@ async def test_webhooks_during_a_full_sync_wait_then_drain_in_order(
         for version, rid in [(2, "r25"), (3, "r25"), (2, "r1")]:
             await supervisor.accept_webhook("a", {}, json.dumps([{"id": rid, "version": version}]).encode())
         # a replay of an accepted event is not queued twice
-        assert await supervisor.accept_webhook("a", {}, json.dumps([{"id": "r1", "version": 2}]).encode()) == 0
+        replay = await supervisor.accept_webhook("a", {}, json.dumps([{"id": "r1", "version": 2}]).encode())
+        assert replay.accepted == 0
         await trio.sleep(1)
         assert [entry for entry in w.dest.log if entry[0] == "realtime"] == []  # held back
         assert await db.tx(q.queue_depth, "a") == 3
@@ -244,7 +245,7 @@ async def test_a_poison_event_is_set_aside_and_an_outage_never_is(
         body = json.dumps([{"id": "r1", "version": 1}, {"id": "poison1", "version": 1},
                            {"id": "r2", "version": 1}, {"id": "flaky1", "version": 1},
                            {"id": "r3", "version": 1}]).encode()
-        assert await supervisor.accept_webhook("a", {}, body) == 5
+        assert (await supervisor.accept_webhook("a", {}, body)).accepted == 5
         await trio.sleep(6 * 3600)
         status = await supervisor.status("a")
         nursery.cancel_scope.cancel()

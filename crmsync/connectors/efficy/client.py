@@ -5,8 +5,9 @@ What it takes care of, and why (research §1, §9):
 * **Auth**: ``X-Efficy-ApiKey`` on every request, plus the customer alias (``X-Efficy-Customer`` header by
   default, or ``?customer=`` in the query) when several customers share one server.
 * **Session**: Efficy answers with ``Set-Cookie: EfficySession=…``; the client sends it back so the server
-  does not log on for every call. When Efficy says the session is gone (one of the SDK's known messages),
-  the client drops the cookie and tries **once** more with a fresh session; a second refusal is an
+  does not log on for every call. When Efficy says the session is gone (HTTP 401, or one of the SDK's known
+  messages or detail codes, checked before the "timeout" retry markers), the client drops the cookie and
+  tries **once** more with a fresh session; a second refusal is an
   :class:`AuthError` (the same messages also mean "wrong key" or "no rights", which no retry fixes).
 * **Content-Length** is always sent: without it Efficy truncates the body and answers "not valid JSON".
 * **Errors hide in HTTP 200 bodies** (``#error`` in several places): :meth:`EfficyClient.check_response`
@@ -61,6 +62,12 @@ SESSION_EXPIRED_MARKERS: tuple[str, ...] = (
     "Invalid User",
     "You do not have the right to perform this operation",
     "You aren't authorized to execute this query",
+    # further expiry answers Efficy's SDK knows (issue 7 item 10; wording from the SDK, envelope [U])
+    "Session timeout",
+    "The CRM Session is not active",
+    "The session is not valid anymore",
+    "FRMK-2612",
+    "CORE-1243",
 )
 #: [U] Efficy's wording for a missing record is not documented; substrings that mean "not found".
 NOT_FOUND_MARKERS: tuple[str, ...] = ("not found", "does not exist", "no record")
@@ -192,6 +199,9 @@ class EfficyClient(ApiClient):
 
     def check_response(self, response: httpx.Response) -> None:
         """HTTP status first, then the session cookie, then errors inside the (HTTP 200) JSON body."""
+        if response.status_code == 401:  # as in Efficy's SDK: the session expired; log on again once
+            self._forget_session_of(response)
+            raise EfficySessionExpiredError(self.system, "HTTP 401 (session expired)", status=401)
         raise_for_status(self.system, response)
         self._remember_session(response)
         body = json_body(self.system, response)
@@ -210,13 +220,17 @@ class EfficyClient(ApiClient):
                         log.debug("efficy_session_started")
                     self._session = value
 
+    def _forget_session_of(self, response: httpx.Response) -> None:
+        sent = dict(_cookie_pairs(response.request.headers.get("cookie"))).get(SESSION_COOKIE)
+        if sent is not None and sent == self._session:
+            self._session = None  # only forget the session this request used (others may have renewed)
+
     def _map_error(self, error: RpcError, response: httpx.Response) -> Exception:
         text = error.message.lower()
         message = f"{error.message} [{error.where}]"
-        if any(m in text for m in self._session_markers):
-            sent = dict(_cookie_pairs(response.request.headers.get("cookie"))).get(SESSION_COOKIE)
-            if sent is not None and sent == self._session:
-                self._session = None  # only forget the session this request used (others may have renewed)
+        code = (error.code or "").lower()
+        if any(m in text or m == code for m in self._session_markers):
+            self._forget_session_of(response)
             return EfficySessionExpiredError(self.system, message, status=response.status_code,
                                              code=error.code)
         if any(m in text for m in self._not_found_markers):

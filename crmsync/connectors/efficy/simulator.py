@@ -7,7 +7,9 @@ Product code: it serves the connector tests, benchmarks and ``crmsync sandbox``.
 * auth by ``X-Efficy-ApiKey`` (header names case-insensitive) and the customer alias (``?customer=`` or
   ``X-Efficy-Customer``) when the simulator is given one;
 * ``Set-Cookie: EfficySession=…`` with an expiry (:attr:`EfficySimulator.session_ttl`); an expired or
-  unknown session is refused with the SDK's "requires a Database Connection" message; ``X-Efficy-Logoff``;
+  unknown session is refused with the SDK's "requires a Database Connection" message, or any other expiry
+  answer the SDK knows (HTTP 401, "Session timeout", FRMK-2612 …: :attr:`expired_session_answer`);
+  ``X-Efficy-Logoff``;
 * **every business error is HTTP 200** with ``#error`` in the body: ``{"@name":"exception","#error":
   {errorcode, errorstring}}`` by default, and every other form of §1.4 on demand (:meth:`inject_error`);
 * a request **without Content-Length** is read as truncated: HTTP 200 "not valid JSON";
@@ -74,11 +76,31 @@ MSG_INVALID_USER = "Invalid User"
 MSG_NO_RIGHTS = "You do not have the right to perform this operation"
 MSG_SQL_DENIED = "You aren't authorized to execute this query"
 
+ExpiredSessionAnswer = Literal[
+    "database_connection",     # HTTP 200, "This operation requires a Database Connection" (Enterprise, [V])
+    "http_401",                # HTTP 401: Efficy's SDK treats it as an expired session (issue 7 item 10)
+    "session_timeout",         # HTTP 200, "Session timeout"
+    "crm_session_not_active",  # HTTP 200, "The CRM Session is not active"
+    "session_not_valid",       # HTTP 200, "The session is not valid anymore"
+    "frmk_2612",               # HTTP 200, Efficy-U error whose detail is the code FRMK-2612
+    "core_1243",               # HTTP 200, Efficy-U error whose code is CORE-1243
+]
+#: Every way the simulator can say "this session is gone" (the switch :attr:`EfficySimulator.expired_session_answer`).
+#: The wordings and codes come from Efficy's SDK as quoted in issue 7; their exact error envelope, and where a
+#: detail code sits (``code`` or ``detail``), are unverified [U], hence both placements here.
+EXPIRED_SESSION_ANSWERS: tuple[ExpiredSessionAnswer, ...] = (
+    "database_connection", "http_401", "session_timeout", "crm_session_not_active", "session_not_valid",
+    "frmk_2612", "core_1243",
+)
+
 _DEFAULT_COLUMNS: dict[str, Any] = {
     "NAME": "", "FIRSTNAME": "", "EMAIL1": "", "EMAIL2": "", "MOBILE": "", "PHONE1": "", "TITLE": "",
     "LANGUAGE": "", "POSTCODE": "", "CITY": "", "COUNTRY": "", "OPENED": True, "BIRTHDATE": None,
 }
 _DATE_COLUMNS = frozenset({"D_CREATE", "D_CHANGE", "BIRTHDATE"})
+
+
+_SESSION_GONE = "session gone"  # _authenticate's refusal for an expired or unknown session cookie
 
 
 class _RpcFailure(Exception):
@@ -116,8 +138,8 @@ class SavedQuery:
 class EfficySimulator(SimulatorApp):
     """In-memory Efficy Enterprise. See the module docstring for the quirks it reproduces.
 
-    Knobs tests flip: ``session_ttl``, :meth:`expire_sessions`, ``deny_rights`` (every call refused with
-    the "no right" message, which also means "session gone" to the SDK), ``allow_sql``,
+    Knobs tests flip: ``session_ttl``, :meth:`expire_sessions`, ``expired_session_answer``, ``deny_rights``
+    (every call refused with the "no right" message, which also means "session gone" to the SDK), ``allow_sql``,
     ``require_content_length``, :meth:`inject_error`.
     """
 
@@ -146,6 +168,8 @@ class EfficySimulator(SimulatorApp):
         self.session_ttl = session_ttl
         self.require_content_length = require_content_length
         self.deny_rights = False
+        # how an expired or unknown session is refused (see EXPIRED_SESSION_ANSWERS)
+        self.expired_session_answer: ExpiredSessionAnswer = "database_connection"
         self.allow_sql = True
         self.sessions: dict[str, datetime] = {}
         self.sessions_created = 0
@@ -400,6 +424,8 @@ class EfficySimulator(SimulatorApp):
         headers: list[tuple[str, str]] = []
         if new_cookie:
             headers.append(("set-cookie", f"{SESSION_COOKIE}={session_id}; Path=/crm; HttpOnly"))
+        if refusal == _SESSION_GONE:
+            return self._expired_session_response()
         if refusal is not None:
             return self._error_response(refusal, 1003, headers=headers)
         if (request.header("x-efficy-logoff") or "").lower() == "true" and session_id:
@@ -423,6 +449,18 @@ class EfficySimulator(SimulatorApp):
             return self._error_response(failure.message, failure.code, headers=headers)
         return Response.json(out, headers=headers)
 
+    def _expired_session_response(self) -> Response:
+        answer = self.expired_session_answer
+        if answer == "http_401":
+            return Response.text("<html><body>401 Unauthorized</body></html>", 401, content_type="text/html")
+        if answer == "frmk_2612":
+            return Response.json([{"#error": {"code": 2612, "message": "Request refused", "detail": "FRMK-2612"}}])
+        if answer == "core_1243":
+            return Response.json([{"#error": {"code": "CORE-1243", "message": "Request refused", "detail": ""}}])
+        message = {"session_timeout": "Session timeout", "crm_session_not_active": "The CRM Session is not active",
+                   "session_not_valid": "The session is not valid anymore"}.get(answer, MSG_NO_CONNECTION)
+        return self._error_response(message, 1003)
+
     def _authenticate(self, request: Request) -> tuple[str | None, bool, str | None]:
         """(session id, whether it is new, refusal message or None)."""
         now = self.clock.now()
@@ -434,7 +472,7 @@ class EfficySimulator(SimulatorApp):
             expires = self.sessions.get(cookie)
             if expires is None or expires <= now:
                 self.sessions.pop(cookie, None)
-                return None, False, MSG_NO_CONNECTION
+                return None, False, _SESSION_GONE
             self.sessions[cookie] = now + self.session_ttl  # sliding expiry
             return cookie, False, None
         if key is None:
