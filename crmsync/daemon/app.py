@@ -42,7 +42,7 @@ class Daemon:
         self.config_path = config_path or config.source
         self.db_inline = db_inline  # tests under MockClock only (see Database)
         self.transports = transports or {}  # tests: in-process simulators per system
-        self.metrics = Metrics()
+        self.metrics = Metrics(now=lambda: self.clock.now().timestamp())
         self.db: Database | None = None
         self.supervisor: Supervisor | None = None
         self.ready = trio.Event()

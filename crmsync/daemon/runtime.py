@@ -70,6 +70,7 @@ class IntegrationRuntime:
         self._full_sync_cancel_requested = False
         self._queue_wakeup = trio.Event()
         self.activated_at: datetime | None = None
+        self.in_backoff = False  # the real-time consumer waits out an outage (integration state "backoff")
         self.on_healthy: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -217,16 +218,15 @@ class IntegrationRuntime:
 
         def finish(c: Any) -> None:
             q.finish_run(c, run.run_id, status, counts, run.error, now)
+            if status in ("success", "partial"):
+                q.record_last_success(c, self.name, run.flow, now)
             q.prune(c, self.name, run.flow, older, self.retention_runs)
 
         try:
             await run.flush(finish)
         except Exception:
             log.exception("run_finish_failed")
-        self.metrics.runs.labels(self.name, run.flow, status).inc()
-        self.metrics.run_duration.labels(self.name, run.flow).observe(time.monotonic() - started)
-        if status in ("success", "partial"):
-            self.metrics.last_success.labels(self.name, run.flow).set(now_dt.timestamp())
+        self.metrics.run_finished(self.name, run.flow, status, time.monotonic() - started, now_dt.timestamp())
         log.info("run_finished", status=status, counts=counts, error=run.error)
 
     def cancel_runs(self) -> list[dict[str, Any]]:
@@ -409,12 +409,14 @@ class IntegrationRuntime:
                         continue
                     await self.db.tx(q.fail_queue, self.name, event.seq, error)
                     log.warning("realtime_event_retry", delay_s=backoff, seq=event.seq, error=error)
+                    self.in_backoff = True
                     if not await self._interruptible_wait(partial(trio.sleep, backoff)):
                         return
                     backoff = min(backoff * 2, REALTIME_MAX_BACKOFF)
                 else:
                     backoff = 1.0
                     isolate = False
+                    self.in_backoff = False
                 depth = await self.db.tx(q.queue_depth, self.name)
                 self.metrics.queue_depth.labels(self.name).set(depth)
 
