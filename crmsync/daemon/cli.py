@@ -21,6 +21,7 @@ from crmsync.daemon import render
 from crmsync.daemon.config import Config, ConfigError, DaemonConfig, default_config_path, load_config
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): `run` with an invalid config; the unit's RestartPreventExitStatus=
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,9 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", metavar="FILE",
                         help=f"config file (default: $CRMSYNC_CONFIG or {default_config_path()})")
 
+    def logging_args(sp: argparse.ArgumentParser, default_level: str | None) -> None:
+        from crmsync.daemon.logging import LOG_FORMATS, LOG_LEVELS
+
+        sp.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                        help=f"log level (default: {default_level or 'daemon.log_level from the config'}); "
+                             "debug adds one line per record")
+        sp.add_argument("--log-format", choices=LOG_FORMATS, default="json",
+                        help="json lines (default, for journald and log shippers) or console (for people)")
+
     sp = sub.add_parser("run", help="run the daemon in the foreground (systemd's ExecStart)",
-                        description="Run the daemon in the foreground until SIGTERM/SIGINT. SIGHUP reloads.")
+                        description="Run the daemon in the foreground until SIGTERM/SIGINT. SIGHUP reloads. "
+                                    "Exit status: 0 after a clean stop, 78 (EX_CONFIG) for an invalid config, "
+                                    "1 when it cannot start (a port in use, a socket path it may not create).")
     config_arg(sp)
+    logging_args(sp, None)
 
     sp = sub.add_parser(
         "sandbox", help="run simulators of all four systems plus the daemon, syncing demo data",
@@ -50,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--state-dir", metavar="DIR", help="where the database, config and control socket live "
                     "(default: a fresh temporary folder)")
     sp.add_argument("--port", type=int, default=0, help="webhook/metrics port (default: any free port)")
+    logging_args(sp, "info")
 
     sp = sub.add_parser("check-config", help="validate a config file; exit 1 naming each bad key",
                         description="Validate the config. Prints each problem as 'key.path: reason'; exit 0 "
@@ -100,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sandbox":
             from crmsync.daemon.sandbox import run_sandbox
 
-            return _start(lambda: run_sandbox(contacts=args.contacts, state_dir=args.state_dir, port=args.port))
+            return _start(lambda: run_sandbox(contacts=args.contacts, state_dir=args.state_dir, port=args.port,
+                                              log_level=args.log_level or "info", log_format=args.log_format))
         if args.command == "check-config":
             return cmd_check_config(args)
         return cmd_control(args)
@@ -140,8 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = _config_path(args)
     config = _load_or_report(path, "invalid config, not starting")
     if config is None:
-        return EXIT_REFUSED
-    configure_logging(config.daemon.log_level)
+        return EXIT_CONFIG
+    configure_logging(args.log_level or config.daemon.log_level, fmt=args.log_format)
     daemon = Daemon(config, config_path=path)
     return _start(lambda: trio.run(daemon.run))
 

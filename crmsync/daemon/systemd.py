@@ -1,4 +1,5 @@
-"""systemd integration in pure Python: sd_notify (READY/WATCHDOG/STOPPING/STATUS) and socket activation.
+"""systemd integration in pure Python: sd_notify (READY/RELOADING/WATCHDOG/STOPPING/STATUS), socket
+activation and the journal check.
 
 No libsystemd: the notify protocol is one AF_UNIX datagram to ``$NOTIFY_SOCKET`` (a leading ``@`` is the
 abstract namespace); ``LISTEN_FDS``/``LISTEN_PID`` hand us pre-opened sockets starting at fd 3 (sd_listen_fds(3)).
@@ -9,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+from typing import Any
 
 log = logging.getLogger("crmsync.daemon.systemd")
 
@@ -41,6 +44,10 @@ class Notifier:
             self._sock.send("\n".join(lines).encode())
         except OSError as exc:
             log.warning("sd_notify failed: %s", exc)
+
+    def reloading(self, status: str = "reloading the configuration") -> None:
+        """RELOADING=1 with the CLOCK_MONOTONIC time systemd requires (sd_notify(3)); READY=1 ends it."""
+        self.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}", f"STATUS={status}")
 
     def close(self) -> None:
         if self._sock is not None:
@@ -80,3 +87,41 @@ def listen_fds(environ: dict[str, str] | None = None) -> dict[str, int]:
         os.set_inheritable(fd, False)
         out[name] = fd
     return out
+
+
+def monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def socket_address(fd: int) -> str:
+    """What a passed socket listens on: its path for AF_UNIX (``@name`` when abstract), else host:port."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        name: Any = sock.getsockname()
+    except OSError:
+        return f"fd:{fd}"
+    finally:
+        sock.close()
+    if isinstance(name, bytes):  # abstract namespace
+        return "@" + name.lstrip(b"\0").decode(errors="replace")
+    if isinstance(name, str):
+        return name or f"fd:{fd}"
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}"
+    return f"fd:{fd}"
+
+
+def connected_to_journal(fd: int | None, environ: dict[str, str] | None = None) -> bool:
+    """True when ``fd`` is the journal stream systemd connected us to: ``$JOURNAL_STREAM`` is
+    ``DEVICE:INODE`` of that stream, and only a matching fd is the journal (our output may have been
+    redirected, or the variable inherited by a child whose output goes elsewhere). systemd.exec(5)."""
+    env = os.environ if environ is None else environ
+    value = env.get("JOURNAL_STREAM", "")
+    if fd is None or ":" not in value:
+        return False
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(fd)
+        return st.st_dev == int(dev) and st.st_ino == int(ino)
+    except (OSError, ValueError):
+        return False
