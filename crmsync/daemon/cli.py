@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -67,8 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("check-config", help="validate a config file; exit 1 naming each bad key",
                         description="Validate the config. Prints each problem as 'key.path: reason'; exit 0 "
-                                    "when valid, 1 otherwise.")
+                                    "when valid, 1 otherwise. Outside systemd, relative *_file secrets are "
+                                    "resolved through the unit's LoadCredential= lines, as the service will "
+                                    "see them, and the config file is checked to be readable by the service.")
     config_arg(sp)
+    sp.add_argument("--unit", metavar="FILE",
+                    help="the service unit to resolve credentials with (default: "
+                         "/etc/systemd/system/crmsync.service when it exists; not used when "
+                         "$CREDENTIALS_DIRECTORY is set, i.e. under systemd)")
 
     def control(name: str, help_: str, *, integration: str = "none", extra: Any = None) -> None:
         sp = sub.add_parser(name, help=help_, description=help_ + ". Talks to the daemon's control socket.")
@@ -139,13 +146,87 @@ def _load_or_report(path: str, headline: str) -> Config | None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from crmsync.daemon.secrets import CREDENTIAL_LOOKUPS, CredentialLookups
+    from crmsync.daemon.systemd import DEFAULT_UNIT, UnitFacts, read_unit
+
     path = _config_path(args)
-    config = _load_or_report(path, "invalid")
+    unit: UnitFacts | None = None
+    unit_path = Path(args.unit) if args.unit else (DEFAULT_UNIT if DEFAULT_UNIT.exists() else None)
+    if unit_path is not None and not os.environ.get("CREDENTIALS_DIRECTORY"):
+        try:
+            unit = read_unit(unit_path)
+        except OSError as exc:
+            print(f"crmsync: cannot read the unit {unit_path}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_REFUSED
+    lookups = CredentialLookups(unit=str(unit.path) if unit else None,
+                                credentials=dict(unit.credentials) if unit else {},
+                                encrypted=unit.encrypted if unit else frozenset())
+    token = CREDENTIAL_LOOKUPS.set(lookups)
+    try:
+        config = _load_or_report(path, "invalid")
+    finally:
+        CREDENTIAL_LOOKUPS.reset(token)
     if config is None:
         return EXIT_REFUSED
     print(f"{path}: ok ({len(config.integrations)} integrations: "
           f"{', '.join(f'{n} [{c.kind}]' for n, c in config.integrations.items()) or 'none'})")
+    if lookups.seen:
+        how = (f"as the unit {unit.path} will provide them" if unit else
+               "$CREDENTIALS_DIRECTORY" if os.environ.get("CREDENTIALS_DIRECTORY") else "as files")
+        print(f"secret files, resolved {how}:")
+        for name, where, _ in lookups.seen:
+            print(f"  {name}: {where}")
+    if unit is not None:
+        problem = _service_cannot_read(Path(path), unit)
+        if problem:
+            print(f"{path}: {problem}", file=sys.stderr)
+            return EXIT_REFUSED
+        print(f"{path}: readable by the service ({_reader_of(unit)})")
     return EXIT_OK
+
+
+def _reader_of(unit: Any) -> str:
+    if not unit.dynamic_user:
+        return "the unit's user"
+    groups = ", ".join(unit.supplementary_groups) or "none"
+    return f"DynamicUser=yes, SupplementaryGroups={groups}"
+
+
+def _service_cannot_read(path: Path, unit: Any) -> str | None:
+    """With DynamicUser=yes the service is neither the owner nor root: it reads the config (and traverses
+    its folders) through "other" bits or a group listed in SupplementaryGroups=."""
+    if not unit.dynamic_user:
+        return None
+    import grp
+    import stat
+
+    gids = set()
+    for name in unit.supplementary_groups:
+        try:
+            gids.add(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            return (f"the unit's SupplementaryGroups={name} does not exist here; create it "
+                    "(systemd-sysusers crmsync.conf)")
+    resolved = path.resolve()
+    for item, need in [(resolved, stat.S_IROTH), *((d, stat.S_IXOTH) for d in resolved.parents)]:
+        st = item.stat()
+        by_group = need << 3  # the same permission, for the group
+        if st.st_mode & need or (st.st_mode & by_group and st.st_gid in gids):
+            continue
+        what = "read" if item == resolved else "enter"
+        return (f"the service (DynamicUser=yes) cannot {what} {item} (mode {stat.S_IMODE(st.st_mode):04o}, "
+                f"group {_group_name(st.st_gid)}): make it group crmsync, mode 0640 (0750 for folders), as "
+                "tmpfiles.d/crmsync.conf does, or readable by others")
+    return None
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

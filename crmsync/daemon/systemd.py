@@ -11,6 +11,8 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("crmsync.daemon.systemd")
@@ -125,3 +127,55 @@ def connected_to_journal(fd: int | None, environ: dict[str, str] | None = None) 
         return st.st_dev == int(dev) and st.st_ino == int(ino)
     except (OSError, ValueError):
         return False
+
+
+# -- reading the installed unit (check-config resolves credentials as the unit will) ----------------------
+
+CREDSTORE_DIRS = (Path("/etc/credstore"), Path("/run/credstore"), Path("/usr/lib/credstore"))
+DEFAULT_UNIT = Path("/etc/systemd/system/crmsync.service")
+
+
+@dataclass(frozen=True)
+class UnitFacts:
+    """What check-config needs from a service unit: its credentials and who the service runs as."""
+
+    path: Path
+    credentials: dict[str, Path] = field(default_factory=dict)  # LoadCredential=ID:PATH
+    encrypted: frozenset[str] = frozenset()  # LoadCredentialEncrypted=: only systemd can read them
+    dynamic_user: bool = False
+    supplementary_groups: tuple[str, ...] = ()
+
+
+def read_unit(path: Path) -> UnitFacts:
+    """The [Service] settings of ``path`` and its drop-ins that decide what the daemon can read
+    (systemd.exec(5)). A credential without an absolute path is looked up in the credential stores, as
+    systemd does; an empty ``SupplementaryGroups=`` resets the list."""
+    credentials: dict[str, Path] = {}
+    encrypted: set[str] = set()
+    dynamic = False
+    groups: list[str] = []
+    # the unit, then its drop-ins (`systemctl edit` writes NAME.service.d/override.conf), in name order
+    text = path.read_text(encoding="utf-8")
+    for drop_in in sorted(path.with_name(path.name + ".d").glob("*.conf")):
+        text += "\n" + drop_in.read_text(encoding="utf-8")
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")) or "=" not in line:
+            continue
+        key, _, value = (part.strip() for part in line.partition("="))
+        if key in ("LoadCredential", "LoadCredentialEncrypted"):
+            ident, _, source = value.partition(":")
+            if key == "LoadCredentialEncrypted":
+                encrypted.add(ident)
+                continue
+            if source.startswith("/"):
+                credentials[ident] = Path(source)
+            else:
+                name = source or ident
+                found = next((d / name for d in CREDSTORE_DIRS if (d / name).exists()), None)
+                credentials[ident] = found or CREDSTORE_DIRS[0] / name
+        elif key == "DynamicUser":
+            dynamic = value.lower() in ("yes", "true", "1", "on")
+        elif key == "SupplementaryGroups":
+            groups = groups + value.split() if value else []
+    return UnitFacts(path, credentials, frozenset(encrypted), dynamic, tuple(groups))
