@@ -39,8 +39,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert _run(sys.executable, "-m", "venv", "--without-pip", venv).returncode == 0
     site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # build from a copy, as from a downloaded source tree: the build leaves nothing in the checkout
+    source = tmp_path_factory.mktemp("source") / "crmsync"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache"))
     result = _run(sys.executable, "-m", "pip", "--python", venv / "bin/python", "install", "--no-deps",
-                  "--no-build-isolation", "--no-index", "--quiet", ROOT, cwd=root)
+                  "--no-build-isolation", "--no-index", "--quiet", source, cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr
     return root
 
