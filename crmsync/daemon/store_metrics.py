@@ -43,7 +43,7 @@ async def init_integration_metrics(db: Database, metrics: Metrics, name: str, ki
 
     health = await db.tx(read)
     last_success = {flow: ts for flow, (iso, _) in health.items() if (ts := _timestamp(iso)) is not None}
-    metrics.init_integration(name, flows, getattr(kind, "systems", ()), last_success=last_success,
+    metrics.init_integration(name, flows, kind.systems, last_success=last_success,
                              consecutive_failures={flow: n for flow, (_, n) in health.items()})
 
 

@@ -100,6 +100,12 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX realtime_queue_dedupe ON realtime_queue (integration, dedupe_key)
         WHERE dedupe_key IS NOT NULL;
     """,
+    # (opsmon) /metrics reads queue depth, oldest age and dead letters at every scrape: partial indexes keep
+    # that independent of the processed-event tombstones the queue keeps for the retention period
+    """
+    CREATE INDEX realtime_queue_pending ON realtime_queue (integration, seq) WHERE attempts >= 0;
+    CREATE INDEX realtime_queue_dead_letters ON realtime_queue (integration) WHERE attempts = -2;
+    """,
 ]
 
 

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from crmsync.connectors.http import ApiClient, RetryPolicy
 from crmsync.daemon.http import HttpApp
 from crmsync.daemon.metrics import Metrics
+from crmsync.state import Database
 from crmsync.state import queries as q
 from tests.conftest import fake_config, start_supervisor
 
@@ -157,3 +158,31 @@ async def test_api_latency_histogram_and_retries_by_reason() -> None:
     assert value(text, "crmsync_api_retries_total", system="demo", reason="server_error") == 1
     assert value(text, "crmsync_api_retries_total", system="demo", reason="rate_limited") == 1
     assert value(text, "crmsync_api_request_duration_seconds_count", system="demo") == 3
+
+
+async def test_metrics_queue_summary_reads_partial_indexes_not_tombstones(tmp_path: Path) -> None:
+    """/metrics reads the queue at every scrape: its three lookups must not scan processed tombstones."""
+    db = await Database.open(tmp_path / "s.db")
+    try:
+        def plans(c: Any) -> list[str]:
+            out = []
+            for sql in ("SELECT COUNT(*) FROM realtime_queue WHERE integration = 'a' AND attempts >= 0",
+                        "SELECT received_at FROM realtime_queue WHERE integration = 'a' AND attempts >= 0 "
+                        "ORDER BY seq LIMIT 1",
+                        "SELECT COUNT(*) FROM realtime_queue WHERE integration = 'a' AND attempts = -2"):
+                out.append(" ".join(r[3] for r in c.execute("EXPLAIN QUERY PLAN " + sql)))
+            return out
+
+        for plan in await db.tx(plans):
+            assert "realtime_queue_pending" in plan or "realtime_queue_dead_letters" in plan, plan
+
+        def fill(c: Any) -> tuple[int, str | None, int]:
+            q.enqueue(c, "a", [(f"k{i}", {"i": i}) for i in range(5)], "2026-10-29T00:00:00+00:00")
+            first, second, *_ = q.peek_pending(c, "a", 5)
+            q.ack_queue(c, "a", [first.seq])
+            q.dead_letter(c, "a", second.seq, "bad")
+            return q.queue_summary(c, "a")
+
+        assert await db.tx(fill) == (3, "2026-10-29T00:00:00+00:00", 1)
+    finally:
+        await db.aclose()
