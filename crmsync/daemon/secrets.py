@@ -75,7 +75,8 @@ def read_secret_file(raw: str) -> str:
             else:
                 looked.append(f"no LoadCredential={raw} in {lookups.unit}")
         else:
-            looked.append("$CREDENTIALS_DIRECTORY (not set: not running under systemd, and no unit file given)")
+            looked.append("$CREDENTIALS_DIRECTORY (not set: not under systemd; check-config --unit reads a unit's "
+                          "LoadCredential=)")
     where = " -> ".join([*looked, str(path)])
     try:
         value = path.read_text(encoding="utf-8")

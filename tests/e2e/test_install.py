@@ -109,6 +109,10 @@ def test_installed_units_verify(installed: Path, tmp_path: Path) -> None:
     result = _run("systemd-analyze", "verify", tmp_path / "crmsync.service", tmp_path / "crmsync.socket")
     assert result.returncode == 0, result.stderr
     assert "crmsync.service:" not in result.stderr and "crmsync.socket:" not in result.stderr, result.stderr
+    # the hardening stays where the issue found it (1.2; SupplementaryGroups=crmsync costs 0.1)
+    security = _run("systemd-analyze", "security", "--offline=true", tmp_path / "crmsync.service")
+    exposure = re.search(r"Overall exposure level for crmsync.service: ([0-9.]+)", security.stdout)
+    assert exposure and float(exposure.group(1)) <= 1.5, security.stdout + security.stderr
 
 
 @pytest.fixture
