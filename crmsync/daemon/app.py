@@ -103,6 +103,7 @@ class Daemon:
         cfg = self.config
         notifier = self.notifier = Notifier()
         systemd_fds = listen_fds()
+        notifier.notify("STATUS=opening the store (and applying any migration)")
         self.db = await Database.open(cfg.daemon.database_path, inline=self.db_inline)
         try:
             self.supervisor = Supervisor(cfg, self.db, self.metrics, self.clock, transports=self.transports)
@@ -161,7 +162,7 @@ class Daemon:
                 await self._stop_requested.wait()
                 # -- ordered, bounded shutdown ------------------------------------------------------------
                 st_scope.cancel()
-                notifier.notify("STOPPING=1", "STATUS=stopping")
+                notifier.notify("STOPPING=1", "STATUS=stopping: integrations finish at their next safe point")
                 log.info("stopping")
                 bound = cfg.daemon.shutdown_timeout.total_seconds()
                 root.cancel_scope.deadline = trio.current_time() + bound

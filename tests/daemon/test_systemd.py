@@ -101,3 +101,20 @@ def test_socket_address_of_a_passed_unix_socket(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         assert socket_address(s.fileno()) == f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_unit_bounds_resources_and_prevents_restart_on_config_error() -> None:
+    """Issue 9 item 8 (the unit's half) and issue 10 item 10: bounded memory, tasks and files; exit 78 is
+    not restarted."""
+    settings: dict[str, list[str]] = {}
+    for line in (ROOT / "systemd/crmsync.service").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    memory_max = settings["MemoryMax"][0]
+    assert 256 * 1024**2 <= int(memory_max[:-1]) * units[memory_max[-1]] <= 4 * 1024**3
+    assert 64 <= int(settings["TasksMax"][0]) <= 4096
+    assert 1024 <= int(settings["LimitNOFILE"][0]) <= 65536
+    assert "78" in settings["RestartPreventExitStatus"][0].split()
+    assert settings["Restart"] == ["on-failure"]

@@ -96,6 +96,8 @@ def test_sighup_sends_reloading_then_ready_and_status_follows(tmp_path: Path) ->
                 return m
 
     try:
+        starting = message()
+        assert starting == {"STATUS": "opening the store (and applying any migration)"}, starting
         ready = message()
         assert ready.get("READY") == "1" and ready["STATUS"] == "0 active integrations", ready
         sock = str(tmp_path / "control.sock")
