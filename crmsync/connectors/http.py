@@ -43,13 +43,18 @@ _stdlog = logging.getLogger("crmsync.connectors.http")
 class RequestObserver(Protocol):
     """Receives one call per HTTP exchange; the daemon's metrics implement it."""
 
-    def api_request(self, system: str, status_class: str) -> None: ...
+    def api_request(self, system: str, status_class: str, duration_s: float | None = None) -> None: ...
+
+    def api_retry(self, system: str, reason: str) -> None: ...
 
     def rate_limit_wait(self, system: str, seconds: float) -> None: ...
 
 
 class NullObserver:
-    def api_request(self, system: str, status_class: str) -> None:
+    def api_request(self, system: str, status_class: str, duration_s: float | None = None) -> None:
+        pass
+
+    def api_retry(self, system: str, reason: str) -> None:
         pass
 
     def rate_limit_wait(self, system: str, seconds: float) -> None:
@@ -88,6 +93,19 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_reason(exc: RetriableApiError) -> str:
+    """The ``reason`` label of ``crmsync_api_retries_total``."""
+    if isinstance(exc, RateLimitedError):
+        return "rate_limited"
+    if isinstance(exc, MalformedResponseError):
+        return "malformed"
+    if exc.status is not None and exc.status >= 500:
+        return "server_error"
+    if exc.message.startswith("timeout"):
+        return "timeout"
+    return "connection"
 
 
 def status_class(status: int) -> str:
@@ -207,6 +225,7 @@ class ApiClient:
                 if attempt >= attempts:
                     raise
                 delay = self.retry.delay(attempt, exc.retry_after)
+                self.observer.api_retry(self.system, retry_reason(exc))
                 if isinstance(exc, RateLimitedError):
                     self.observer.rate_limit_wait(self.system, delay)
                 log.info(
@@ -224,16 +243,17 @@ class ApiClient:
             request = self.http.build_request(method, self.url(path), **{k: v for k, v in kwargs.items()
                                                                          if v is not None})
             await self.prepare_request(request)
+            sent = time.monotonic()  # real latency, even under a test's MockClock
             try:
                 response = await self.http.send(request)
                 await response.aread()
             except httpx.TimeoutException as exc:
-                self.observer.api_request(self.system, "error")
+                self.observer.api_request(self.system, "error", time.monotonic() - sent)
                 raise RetriableApiError(self.system, f"timeout: {type(exc).__name__}") from exc
             except httpx.TransportError as exc:
-                self.observer.api_request(self.system, "error")
+                self.observer.api_request(self.system, "error", time.monotonic() - sent)
                 raise RetriableApiError(self.system, f"connection failed: {type(exc).__name__}") from exc
-        self.observer.api_request(self.system, status_class(response.status_code))
+        self.observer.api_request(self.system, status_class(response.status_code), time.monotonic() - sent)
         self.check_response(response)
         return response
 

@@ -26,10 +26,12 @@ from crmsync.daemon.control import ControlServer, listener_from_fd, open_unix_li
 from crmsync.daemon.http import HttpApp, serve_http
 from crmsync.daemon.metrics import Metrics
 from crmsync.daemon.supervisor import Supervisor
-from crmsync.daemon.systemd import Notifier, listen_fds, watchdog_interval
+from crmsync.daemon.systemd import Notifier, listen_fds, socket_address, watchdog_interval
 from crmsync.state import Database
 
 log = structlog.get_logger("crmsync.daemon.app")
+
+STATUS_INTERVAL_S = 5.0
 
 
 class Daemon:
@@ -42,7 +44,7 @@ class Daemon:
         self.config_path = config_path or config.source
         self.db_inline = db_inline  # tests under MockClock only (see Database)
         self.transports = transports or {}  # tests: in-process simulators per system
-        self.metrics = Metrics()
+        self.metrics = Metrics(now=lambda: self.clock.now().timestamp())
         self.db: Database | None = None
         self.supervisor: Supervisor | None = None
         self.ready = trio.Event()
@@ -53,6 +55,8 @@ class Daemon:
         self.metrics_url: str | None = None
         self.control_path: str | None = None
         self.http_apps: list[HttpApp] = []
+        self.notifier = Notifier({})  # the real one is made in run(), where NOTIFY_SOCKET is read
+        self._own_control_socket = False
 
     def stop(self) -> None:
         self._stop_requested.set()
@@ -62,16 +66,44 @@ class Daemon:
         assert self.supervisor is not None
         if not self.config_path:
             return {"reloaded": False, "reason": "this daemon was not started from a config file"}
-        new = load_config(self.config_path)
-        result = await self.supervisor.reload(new)
+        # systemd shows the unit "reloading" until READY=1, whether the reload came by SIGHUP or the socket
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+            result = await self.supervisor.reload(new)
+        finally:
+            self.notifier.notify("READY=1", f"STATUS={self.status_line()}")  # the updater may repeat it once
         self.config = self.supervisor.config
         log.info("config_reloaded", **result)
         return {"reloaded": True, **result}
 
+    def status_line(self) -> str:
+        """systemd's STATUS=: what the daemon is doing, in one line (`systemctl status crmsync`)."""
+        sup = self.supervisor
+        if sup is None:
+            return "starting"
+        active = len(sup.runtimes)
+        parts = [f"{active} active integration{'s' if active != 1 else ''}"]
+        running = []
+        for name, runtime in sorted(sup.runtimes.items()):
+            for flow in sorted(set(runtime.running_flows().values())):
+                progress = runtime.full_sync_progress if flow == "full_sync" else None
+                if progress:
+                    total = progress.get("total")
+                    running.append(f"{name} full sync {progress['done']}/{total if total else '?'}")
+                elif flow != "realtime":
+                    running.append(f"{name} {flow}")
+        if running:
+            parts.append("running: " + ", ".join(running))
+        if sup.errors:
+            parts.append("in error: " + ", ".join(sorted(sup.errors)))
+        return "; ".join(parts)
+
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        notifier = Notifier()
+        notifier = self.notifier = Notifier()
         systemd_fds = listen_fds()
+        notifier.notify("STATUS=opening the store (and applying any migration)")
         self.db = await Database.open(cfg.daemon.database_path, inline=self.db_inline)
         try:
             self.supervisor = Supervisor(cfg, self.db, self.metrics, self.clock, transports=self.transports)
@@ -85,10 +117,11 @@ class Daemon:
                 control_fd = systemd_fds.get("control") or next(iter(systemd_fds.values()), None)
                 if control_fd is not None:
                     listener = listener_from_fd(control_fd)
-                    self.control_path = f"fd:{control_fd}"
+                    self.control_path = socket_address(control_fd)  # the path clients use, not "fd:3"
                 else:
                     listener = await open_unix_listener(Path(cfg.daemon.control_socket), cfg.daemon.control_socket_mode)
                     self.control_path = str(cfg.daemon.control_socket)
+                    self._own_control_socket = True
                 self.supervisor.listen["control"] = self.control_path
                 control = ControlServer(self.supervisor, cfg.daemon.control_idle_timeout.total_seconds(), self.reload)
                 ctl_scope = trio.CancelScope()
@@ -115,7 +148,11 @@ class Daemon:
                 interval = watchdog_interval()
                 if interval:
                     root.start_soon(self._watchdog, notifier, interval, wd_scope)
-                notifier.notify("READY=1", f"STATUS=serving {len(self.supervisor.runtimes)} active integrations")
+                status = self.status_line()
+                notifier.notify("READY=1", f"STATUS={status}")
+                st_scope = trio.CancelScope()
+                if notifier.enabled:
+                    root.start_soon(self._status_updates, notifier, st_scope, status)
                 log.info("ready", version=__version__, pid=os.getpid(), webhooks=self.webhook_url,
                          metrics=self.metrics_url, control=self.control_path, store=str(self.db.path),
                          integrations=sorted(self.supervisor.kinds))
@@ -124,7 +161,8 @@ class Daemon:
 
                 await self._stop_requested.wait()
                 # -- ordered, bounded shutdown ------------------------------------------------------------
-                notifier.notify("STOPPING=1", "STATUS=stopping")
+                st_scope.cancel()
+                notifier.notify("STOPPING=1", "STATUS=stopping: integrations finish at their next safe point")
                 log.info("stopping")
                 bound = cfg.daemon.shutdown_timeout.total_seconds()
                 root.cancel_scope.deadline = trio.current_time() + bound
@@ -141,7 +179,7 @@ class Daemon:
             with trio.CancelScope(shield=True):
                 await self.db.aclose()
             notifier.close()
-            if self.control_path and not self.control_path.startswith("fd:"):
+            if self.control_path and self._own_control_socket:
                 with contextlib.suppress(OSError):
                     os.unlink(self.control_path)
             self.stopped.set()
@@ -157,6 +195,16 @@ class Daemon:
                              scope: trio.CancelScope) -> None:
         with scope:
             await control.serve(listener)
+
+    async def _status_updates(self, notifier: Notifier, scope: trio.CancelScope, last: str) -> None:
+        """Keep STATUS= current: checked every few seconds, sent only when it changed."""
+        with scope:
+            while True:
+                line = self.status_line()
+                if line != last:
+                    notifier.notify(f"STATUS={line}")
+                    last = line
+                await trio.sleep(STATUS_INTERVAL_S)
 
     async def _watchdog(self, notifier: Notifier, interval: float, scope: trio.CancelScope) -> None:
         with scope:

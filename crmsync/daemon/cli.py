@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -40,6 +41,7 @@ EXIT_PARTIAL, EXIT_FAILED, EXIT_CANCELLED = 4, 5, 6
 RUN_EXIT = {"success": EXIT_OK, "partial": EXIT_PARTIAL, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
 WATCH_POLL_S = 1.0
 ARG_DEST = "arg_"  # parsed control arguments: args.arg_limit, ...
+EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): `run` with an invalid config; the unit's RestartPreventExitStatus=
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,9 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", metavar="FILE",
                         help=f"config file (default: $CRMSYNC_CONFIG or {DEFAULT_CONFIG_PATH})")
 
+    def logging_args(sp: argparse.ArgumentParser, default_level: str | None) -> None:
+        from crmsync.daemon.logging import LOG_FORMATS, LOG_LEVELS
+
+        sp.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                        help=f"log level (default: {default_level or 'daemon.log_level from the config'}); "
+                             "debug adds one line per record")
+        sp.add_argument("--log-format", choices=LOG_FORMATS, default="json",
+                        help="json lines (default, for journald and log shippers) or console (for people)")
+
     sp = sub.add_parser("run", help="run the daemon in the foreground (systemd's ExecStart)",
-                        description="Run the daemon in the foreground until SIGTERM/SIGINT. SIGHUP reloads.")
+                        description="Run the daemon in the foreground until SIGTERM/SIGINT. SIGHUP reloads. "
+                                    "Exit status: 0 after a clean stop, 78 (EX_CONFIG) for an invalid config, "
+                                    "1 when it cannot start (a port in use, a socket path it may not create).")
     config_arg(sp)
+    logging_args(sp, None)
 
     sp = sub.add_parser(
         "sandbox", help="run simulators of all four systems plus the daemon, syncing demo data",
@@ -69,11 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--state-dir", metavar="DIR", help="where the database, config and control socket live "
                     "(default: a fresh temporary folder)")
     sp.add_argument("--port", type=int, default=0, help="webhook/metrics port (default: any free port)")
+    logging_args(sp, "info")
 
     sp = sub.add_parser("check-config", help="validate a config file; exit 1 naming each bad key",
                         description="Validate the config. Prints each problem as 'key.path: reason'; exit 0 "
-                                    "when valid, 1 otherwise.")
+                                    "when valid, 1 otherwise. Outside systemd, relative *_file secrets are "
+                                    "resolved through the unit's LoadCredential= lines, as the service will "
+                                    "see them, and the config file is checked to be readable by the service.")
     config_arg(sp)
+    sp.add_argument("--unit", metavar="FILE",
+                    help="the service unit to resolve credentials with (default: "
+                         "/etc/systemd/system/crmsync.service when it exists; not used when "
+                         "$CREDENTIALS_DIRECTORY is set, i.e. under systemd)")
 
     for command in COMMANDS.values():
         if command.cli:
@@ -154,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sandbox":
             from crmsync.daemon.sandbox import run_sandbox
 
-            return _start(lambda: run_sandbox(contacts=args.contacts, state_dir=args.state_dir, port=args.port))
+            return _start(lambda: run_sandbox(contacts=args.contacts, state_dir=args.state_dir, port=args.port,
+                                              log_level=args.log_level or "info", log_format=args.log_format))
         if args.command == "check-config":
             return cmd_check_config(args)
         if args.command == "version":
@@ -187,13 +209,87 @@ def _load_or_report(path: str, headline: str) -> Config | None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from crmsync.daemon.secrets import CREDENTIAL_LOOKUPS, CredentialLookups
+    from crmsync.daemon.systemd import DEFAULT_UNIT, UnitFacts, read_unit
+
     path = _config_path(args)
-    config = _load_or_report(path, "invalid")
+    unit: UnitFacts | None = None
+    unit_path = Path(args.unit) if args.unit else (DEFAULT_UNIT if DEFAULT_UNIT.exists() else None)
+    if unit_path is not None and not os.environ.get("CREDENTIALS_DIRECTORY"):
+        try:
+            unit = read_unit(unit_path)
+        except OSError as exc:
+            print(f"crmsync: cannot read the unit {unit_path}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_REFUSED
+    lookups = CredentialLookups(unit=str(unit.path) if unit else None,
+                                credentials=dict(unit.credentials) if unit else {},
+                                encrypted=unit.encrypted if unit else frozenset())
+    token = CREDENTIAL_LOOKUPS.set(lookups)
+    try:
+        config = _load_or_report(path, "invalid")
+    finally:
+        CREDENTIAL_LOOKUPS.reset(token)
     if config is None:
         return EXIT_REFUSED
     print(f"{path}: ok ({len(config.integrations)} integrations: "
           f"{', '.join(f'{n} [{c.kind}]' for n, c in config.integrations.items()) or 'none'})")
+    if lookups.seen:
+        how = (f"as the unit {unit.path} will provide them" if unit else
+               "$CREDENTIALS_DIRECTORY" if os.environ.get("CREDENTIALS_DIRECTORY") else "as files")
+        print(f"secret files, resolved {how}:")
+        for name, where, _ in lookups.seen:
+            print(f"  {name}: {where}")
+    if unit is not None:
+        problem = _service_cannot_read(Path(path), unit)
+        if problem:
+            print(f"{path}: {problem}", file=sys.stderr)
+            return EXIT_REFUSED
+        print(f"{path}: readable by the service ({_reader_of(unit)})")
     return EXIT_OK
+
+
+def _reader_of(unit: Any) -> str:
+    if not unit.dynamic_user:
+        return "the unit's user"
+    groups = ", ".join(unit.supplementary_groups) or "none"
+    return f"DynamicUser=yes, SupplementaryGroups={groups}"
+
+
+def _service_cannot_read(path: Path, unit: Any) -> str | None:
+    """With DynamicUser=yes the service is neither the owner nor root: it reads the config (and traverses
+    its folders) through "other" bits or a group listed in SupplementaryGroups=."""
+    if not unit.dynamic_user:
+        return None
+    import grp
+    import stat
+
+    gids = set()
+    for name in unit.supplementary_groups:
+        try:
+            gids.add(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            return (f"the unit's SupplementaryGroups={name} does not exist here; create it "
+                    "(systemd-sysusers crmsync.conf)")
+    resolved = path.resolve()
+    for item, need in [(resolved, stat.S_IROTH), *((d, stat.S_IXOTH) for d in resolved.parents)]:
+        st = item.stat()
+        by_group = need << 3  # the same permission, for the group
+        if st.st_mode & need or (st.st_mode & by_group and st.st_gid in gids):
+            continue
+        what = "read" if item == resolved else "enter"
+        return (f"the service (DynamicUser=yes) cannot {what} {item} (mode {stat.S_IMODE(st.st_mode):04o}, "
+                f"group {_group_name(st.st_gid)}): make it group crmsync, mode 0640 (0750 for folders), as "
+                "tmpfiles.d/crmsync.conf does, or readable by others")
+    return None
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -203,8 +299,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = _config_path(args)
     config = _load_or_report(path, "invalid config, not starting")
     if config is None:
-        return EXIT_REFUSED
-    configure_logging(config.daemon.log_level)
+        return EXIT_CONFIG
+    configure_logging(args.log_level or config.daemon.log_level, fmt=args.log_format)
     daemon = Daemon(config, config_path=path)
     return _start(lambda: trio.run(daemon.run))
 

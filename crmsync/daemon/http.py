@@ -54,6 +54,7 @@ class HttpApp:
         if self.serve_metrics and path == "/metrics":
             if method not in ("GET", "HEAD"):
                 return await _respond(send, 405, {"error": "method not allowed"})
+            await self.supervisor.refresh_metrics()  # store-derived gauges, exact at each scrape
             return await _respond_raw(send, 200, self.metrics.render(), CONTENT_TYPE)
         if self.serve_metrics and path == "/healthz":
             return await _respond(send, 200, {"status": "ok", "integrations_running": len(self.supervisor.runtimes)})

@@ -78,6 +78,7 @@ class IntegrationRuntime:
         self._full_sync_cancel_requested = False
         self._queue_wakeup = trio.Event()
         self.activated_at: datetime | None = None
+        self.in_backoff = False  # the real-time consumer waits out an outage (integration state "backoff")
         self.on_healthy: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -225,16 +226,15 @@ class IntegrationRuntime:
 
         def finish(c: Any) -> None:
             q.finish_run(c, run.run_id, status, counts, run.error, now)
+            if status in ("success", "partial"):
+                q.record_last_success(c, self.name, run.flow, now)
             q.prune(c, self.name, run.flow, older, self.retention_runs)
 
         try:
             await run.flush(finish)
         except Exception:
             log.exception("run_finish_failed")
-        self.metrics.runs.labels(self.name, run.flow, status).inc()
-        self.metrics.run_duration.labels(self.name, run.flow).observe(time.monotonic() - started)
-        if status in ("success", "partial"):
-            self.metrics.last_success.labels(self.name, run.flow).set(now_dt.timestamp())
+        self.metrics.run_finished(self.name, run.flow, status, time.monotonic() - started, now_dt.timestamp())
         log.info("run_finished", status=status, counts=counts, error=run.error)
 
     def cancel_runs(self, only: str | None = None) -> list[dict[str, Any]]:
@@ -425,12 +425,14 @@ class IntegrationRuntime:
                         continue
                     await self.db.tx(q.fail_queue, self.name, event.seq, error)
                     log.warning("realtime_event_retry", delay_s=backoff, seq=event.seq, error=error)
+                    self.in_backoff = True
                     if not await self._interruptible_wait(partial(trio.sleep, backoff)):
                         return
                     backoff = min(backoff * 2, REALTIME_MAX_BACKOFF)
                 else:
                     backoff = 1.0
                     isolate = False
+                    self.in_backoff = False
 
 
 def _checkpoint(c: Any, *, name: str, position: str | None, done: int, total: int | None, at: str) -> None:

@@ -4,11 +4,13 @@ Each integration kind contributes its part (:meth:`IntegrationKind.sandbox`): it
 seeds demo data and returns its config section. The sandbox writes the resulting config to
 ``STATE_DIR/config.toml`` (so you can read and reuse it), activates every integration, starts the daemon,
 kicks off a first run of each flow so that reports exist at once, and prints where everything is. Daemon
-logs go to ``STATE_DIR/daemon.log`` to keep the terminal readable.
+logs go to ``STATE_DIR/daemon.log`` to keep the terminal readable. Without ``--state-dir`` that folder is
+temporary and removed on exit, with the secrets the simulators generated in it.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
@@ -32,15 +34,23 @@ log = structlog.get_logger("crmsync.daemon.sandbox")
 SANDBOX_NAMES = {"everyaction_mobilecommons": "ea-mc", "efficy_apsis": "efficy-apsis"}
 
 
-def run_sandbox(*, contacts: int, state_dir: str | None, port: int = 0) -> int:
-    directory = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="crmsync-sandbox-"))
-    directory.mkdir(parents=True, exist_ok=True)
-    log_file = (directory / "daemon.log").open("a", encoding="utf-8", buffering=1)
-    configure_logging("info", stream=log_file)
+def run_sandbox(*, contacts: int, state_dir: str | None, port: int = 0, log_level: str = "info",
+                log_format: str = "json") -> int:
+    """Run until SIGTERM/SIGINT. Without ``state_dir`` everything lives in a fresh temporary folder (store,
+    config, the simulators' generated secrets, the log), removed on the way out however the sandbox ends;
+    with ``state_dir`` the folder is the user's and stays."""
+    temporary = state_dir is None
+    directory = Path(tempfile.mkdtemp(prefix="crmsync-sandbox-")) if state_dir is None else Path(state_dir)
     try:
-        trio.run(sandbox_main, directory, contacts, port)
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / "daemon.log").open("a", encoding="utf-8", buffering=1) as log_file:
+            configure_logging(log_level, stream=log_file, fmt=log_format)
+            trio.run(sandbox_main, directory, contacts, port)
     finally:
-        log_file.close()
+        logging.getLogger().handlers[:] = []  # the log file is closed (and maybe deleted)
+        if temporary:
+            shutil.rmtree(directory, ignore_errors=True)
+            print(f"crmsync sandbox: removed {directory}", file=sys.stderr)
     return 0
 
 

@@ -1,13 +1,17 @@
 """Secrets in config: never inline, always ``NAME_file`` (a path) or ``NAME_env`` (an environment variable).
 
 A relative ``*_file`` path is looked up in ``$CREDENTIALS_DIRECTORY`` first, so systemd's ``LoadCredential=``
-works with ``password_file = "everyaction-key"``. The value is held in a :class:`Secret`, whose ``repr`` and
-``str`` are masked so it cannot leak into logs, errors or reports by accident.
+works with ``password_file = "everyaction-key"``; outside the unit, ``check-config`` resolves such names
+through the unit's ``LoadCredential=`` lines instead (:data:`CREDENTIAL_LOOKUPS`) and says where it looked.
+The value is held in a :class:`Secret`, whose ``repr`` and ``str`` are masked so it cannot leak into logs,
+errors or reports by accident.
 """
 
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,19 +40,56 @@ class Secret:
         return hash(self._value)
 
 
+@dataclass
+class CredentialLookups:
+    """Set by ``check-config`` outside the unit: relative ``*_file`` names resolve through the unit's
+    ``LoadCredential=`` map (as systemd will provide them), and every lookup is recorded to be shown."""
+
+    unit: str | None = None
+    credentials: dict[str, Path] = field(default_factory=dict)
+    encrypted: frozenset[str] = frozenset()
+    seen: list[tuple[str, str, bool]] = field(default_factory=list)  # (name in config, where, found)
+
+
+CREDENTIAL_LOOKUPS: ContextVar[CredentialLookups | None] = ContextVar("credential_lookups", default=None)
+
+
 def read_secret_file(raw: str) -> str:
     path = Path(raw)
+    looked: list[str] = []
+    lookups = CREDENTIAL_LOOKUPS.get()
     if not path.is_absolute():
         creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if creds and (Path(creds) / path).exists():
-            path = Path(creds) / path
+        if creds:
+            looked.append(f"$CREDENTIALS_DIRECTORY ({creds})")
+            if (Path(creds) / path).exists():
+                path = Path(creds) / path
+        elif lookups is not None and lookups.unit is not None:
+            if raw in lookups.encrypted:
+                lookups.seen.append((raw, f"LoadCredentialEncrypted= in {lookups.unit} (decrypted by systemd "
+                                          "at start; not checked here)", True))
+                return "<encrypted credential>"
+            if raw in lookups.credentials:
+                path = lookups.credentials[raw]
+                looked.append(f"LoadCredential={raw} in {lookups.unit}")
+            else:
+                looked.append(f"no LoadCredential={raw} in {lookups.unit}")
+        else:
+            looked.append("$CREDENTIALS_DIRECTORY (not set: not under systemd; check-config --unit reads a unit's "
+                          "LoadCredential=)")
+    where = " -> ".join([*looked, str(path)])
     try:
         value = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+        if lookups is not None:
+            lookups.seen.append((raw, where, False))
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}"
+                         + (f" (looked in: {where})" if looked else "")) from None
     value = value.strip("\r\n")
     if not value:
         raise ValueError(f"{str(path)!r} is empty")
+    if lookups is not None:
+        lookups.seen.append((raw, where, True))
     return value
 
 

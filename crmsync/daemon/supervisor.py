@@ -35,6 +35,7 @@ from crmsync.daemon.runtime import (
     full_sync_plan,
     mappings_digest,
 )
+from crmsync.daemon.store_metrics import init_integration_metrics, refresh_store_metrics
 from crmsync.state import Database
 from crmsync.state import queries as q
 
@@ -117,6 +118,7 @@ class Supervisor:
             statuses = {s["name"]: s for s in await self.db.tx(q.list_status)}
             for name in self.kinds:
                 active = bool(statuses.get(name, {}).get("active"))
+                await init_integration_metrics(self.db, self.metrics, name, self.kinds[name])
                 self.metrics.active.labels(name).set(int(active))
                 if active:
                     await self._start(name)
@@ -367,13 +369,14 @@ class Supervisor:
             for name in removed:
                 await self._stop(name)
                 self.kinds.pop(name, None)
-                self.metrics.active.labels(name).set(0)
+                self.metrics.forget_integration(name)
             statuses = {s["name"]: s for s in await self.db.tx(q.list_status)}
             for name in changed + added:
                 was_running = name in self.runtimes
                 await self._stop(name)
                 previous = self.kinds.get(name)
                 self.kinds[name] = self._build_kind(name, self.config)
+                await init_integration_metrics(self.db, self.metrics, name, self.kinds[name])
                 if previous is not None:
                     note = self.kinds[name].config_change_note(previous.config)
                     if note:
@@ -388,6 +391,10 @@ class Supervisor:
         if q.get_status(c, name) is None:
             q.set_active(c, name, self.kinds[name].kind, False, now)
         q.set_full_sync_required(c, name, True, note)
+
+    async def refresh_metrics(self) -> None:
+        """Before a scrape: the gauges that describe the store, read from it (see store_metrics)."""
+        await refresh_store_metrics(self.db, self.metrics, self.kinds, self.runtimes, self.errors)
 
     # -- webhooks ----------------------------------------------------------------------------------------
 

@@ -100,7 +100,7 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX realtime_queue_dedupe ON realtime_queue (integration, dedupe_key)
         WHERE dedupe_key IS NOT NULL;
     """,
-    # webhook replay window: digests of accepted signed bodies, pruned once older than the window
+    # 3: webhook replay window: digests of accepted signed bodies, pruned once older than the window
     """
     CREATE TABLE IF NOT EXISTS webhook_digests (
         integration TEXT NOT NULL,
@@ -109,6 +109,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (integration, digest)
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS webhook_digests_by_time ON webhook_digests (received_at);
+    """,
+    # 4: /metrics reads queue depth, oldest age and dead letters at every scrape: partial indexes keep
+    # that independent of the processed-event tombstones the queue keeps for the retention period
+    """
+    CREATE INDEX realtime_queue_pending ON realtime_queue (integration, seq) WHERE attempts >= 0;
+    CREATE INDEX realtime_queue_dead_letters ON realtime_queue (integration) WHERE attempts = -2;
     """,
 ]
 

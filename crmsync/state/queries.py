@@ -483,3 +483,46 @@ def kv_set(c: sqlite3.Connection, integration: str, key: str, value: str) -> Non
         "ON CONFLICT (integration, key) DO UPDATE SET value = excluded.value",
         (integration, key, value),
     )
+
+
+# -- monitoring: what the metrics restore at start and read at each scrape ---------------------------------
+
+LAST_SUCCESS_KEY = "monitoring.last_success."  # + flow; kept in kv because report retention prunes old runs
+
+
+def record_last_success(c: sqlite3.Connection, integration: str, flow: str, finished_at: str) -> None:
+    kv_set(c, integration, LAST_SUCCESS_KEY + flow, finished_at)
+
+
+def flow_health(c: sqlite3.Connection, integration: str, flow: str) -> tuple[str | None, int]:
+    """(finish time of the last success or partial run, failed runs in a row since then, latest first)."""
+    last = kv_get(c, integration, LAST_SUCCESS_KEY + flow)
+    if last is None:
+        row = c.execute(
+            "SELECT MAX(finished_at) FROM runs WHERE integration = ? AND flow = ? "
+            "AND status IN ('success', 'partial')", (integration, flow),
+        ).fetchone()
+        last = row[0] if row else None
+    failures = 0
+    for (status,) in c.execute(
+        "SELECT status FROM runs WHERE integration = ? AND flow = ? AND status != 'running' ORDER BY id DESC",
+        (integration, flow),
+    ):
+        if status == "cancelled":  # a cancel neither breaks nor extends a streak (as the live gauge)
+            continue
+        if status != "failed":
+            break
+        failures += 1
+    return last, failures
+
+
+def queue_summary(c: sqlite3.Connection, integration: str) -> tuple[int, str | None, int]:
+    """(pending events, receive time of the oldest pending one, dead letters): three lookups in the partial
+    indexes, whatever the number of processed-event tombstones."""
+    depth = c.execute("SELECT COUNT(*) FROM realtime_queue WHERE integration = ? AND attempts >= 0",
+                      (integration,)).fetchone()[0]
+    oldest = c.execute("SELECT received_at FROM realtime_queue WHERE integration = ? AND attempts >= 0 "
+                       "ORDER BY seq LIMIT 1", (integration,)).fetchone()
+    dead = c.execute("SELECT COUNT(*) FROM realtime_queue WHERE integration = ? AND attempts = -2",
+                     (integration,)).fetchone()[0]
+    return int(depth), oldest[0] if oldest else None, int(dead)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -35,16 +36,60 @@ def test_json_lines_with_bound_context(stream: io.StringIO) -> None:
     assert lines[1]["event"] == "from stdlib" and lines[1]["level"] == "warning"
 
 
-def test_journald_priority_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_journald_priority_prefix_only_when_stdout_is_the_journal_stream(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """JOURNAL_STREAM names the journal stream by device and inode: only a stream that matches gets the
+    syslog prefix (output redirected to a file, or the variable inherited, must stay plain JSON)."""
+    for matching in (True, False):
+        with (tmp_path / f"out-{matching}").open("w+") as out:
+            st = os.fstat(out.fileno())
+            monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}" if matching else
+                               f"{st.st_dev}:{st.st_ino + 1}")
+            configure_logging("info", stream=out)
+            structlog.get_logger("x").error("bad")
+            structlog.get_logger("x").info("fine")
+            out.flush()
+            out.seek(0)
+            first, second = out.read().splitlines()
+        if matching:
+            assert first.startswith("<3>{") and second.startswith("<6>{")
+        else:
+            assert first.startswith("{") and second.startswith("{")
+    logging.getLogger().handlers[:] = []
+    structlog.reset_defaults()
+
+
+def test_journal_stream_set_but_stream_not_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
     out = io.StringIO()
     configure_logging("info", stream=out)
     structlog.get_logger("x").error("bad")
-    structlog.get_logger("x").info("fine")
-    first, second = out.getvalue().splitlines()
-    assert first.startswith("<3>{") and second.startswith("<6>{")
+    assert out.getvalue().startswith("{")
     logging.getLogger().handlers[:] = []
     structlog.reset_defaults()
+
+
+def test_event_is_the_first_key(stream: io.StringIO) -> None:
+    log = structlog.get_logger("crmsync.test")
+    with structlog.contextvars.bound_contextvars(integration="ea-mc", flow="ea_to_mc", run_id=4):
+        log.info("run_finished", status="success")
+    logging.getLogger("hypercorn.error").warning("from stdlib")
+    for line in stream.getvalue().splitlines():
+        assert line.startswith('{"event": '), line
+        assert list(json.loads(line))[:2] == ["event", "level"]
+
+
+def test_console_format_for_people(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    out = io.StringIO()
+    configure_logging("debug", stream=out, fmt="console")
+    structlog.get_logger("x").debug("per_record", crm_id="r1")
+    line = out.getvalue().strip()
+    assert not line.startswith("{") and "per_record" in line and "crm_id=r1" in line
+    logging.getLogger().handlers[:] = []
+    structlog.reset_defaults()
+    with pytest.raises(ValueError):
+        configure_logging("info", stream=io.StringIO(), fmt="xml")
 
 
 def test_secrets_never_appear(stream: io.StringIO, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,11 +6,12 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from crmsync.daemon.systemd import Notifier, listen_fds, watchdog_interval
+from crmsync.daemon.systemd import Notifier, listen_fds, socket_address, watchdog_interval
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,3 +77,44 @@ def test_unit_files_verify(tmp_path: Path) -> None:
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "DynamicUser=yes", "StateDirectory=crmsync",
                  "ConfigurationDirectory=crmsync", "ProtectSystem=strict"):
         assert line in text
+
+
+def test_reloading_carries_monotonic_usec(tmp_path: Path) -> None:
+    """sd_notify(3): RELOADING=1 must come with MONOTONIC_USEC= (CLOCK_MONOTONIC) for Type=notify-reload."""
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify"))
+    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    notifier.reloading()
+    fields = dict(line.split("=", 1) for line in receiver.recv(4096).decode().splitlines())
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert fields["RELOADING"] == "1" and before <= int(fields["MONOTONIC_USEC"]) <= after
+    assert fields["STATUS"]
+    notifier.close()
+    receiver.close()
+
+
+def test_socket_address_of_a_passed_unix_socket(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(tmp_path / "ctl.sock"))
+        assert socket_address(s.fileno()) == str(tmp_path / "ctl.sock")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        assert socket_address(s.fileno()) == f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_unit_bounds_resources_and_prevents_restart_on_config_error() -> None:
+    """Issue 9 item 8 (the unit's half) and issue 10 item 10: bounded memory, tasks and files; exit 78 is
+    not restarted."""
+    settings: dict[str, list[str]] = {}
+    for line in (ROOT / "systemd/crmsync.service").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    memory_max = settings["MemoryMax"][0]
+    assert 256 * 1024**2 <= int(memory_max[:-1]) * units[memory_max[-1]] <= 4 * 1024**3
+    assert 64 <= int(settings["TasksMax"][0]) <= 4096
+    assert 1024 <= int(settings["LimitNOFILE"][0]) <= 65536
+    assert "78" in settings["RestartPreventExitStatus"][0].split()
+    assert settings["Restart"] == ["on-failure"]

@@ -406,12 +406,12 @@ class EfficyClient(ApiClient):
         Idempotent: unlinking a profile the contact does not have is not an error.
         """
         await self._edit_profile("deleteDetail", contact_id, profile_id)
-        log.info("efficy_profile_unlinked", contact_id=str(contact_id), profile_id=str(profile_id))
+        log.debug("efficy_profile_unlinked", contact_id=str(contact_id), profile_id=str(profile_id))
 
     async def link_profile(self, contact_id: str | int, profile_id: str | int) -> None:
         """Add a CRM Profile to a contact (an opt-in written back)."""
         await self._edit_profile("insertDetail", contact_id, profile_id)
-        log.info("efficy_profile_linked", contact_id=str(contact_id), profile_id=str(profile_id))
+        log.debug("efficy_profile_linked", contact_id=str(contact_id), profile_id=str(profile_id))
 
     async def _edit_profile(self, operation: str, contact_id: str | int, profile_id: str | int) -> None:
         s = self.schema

@@ -282,7 +282,7 @@ class EveryActionClient(ApiClient):
         response = await self.request("POST", "people/findOrCreate", json=candidate.to_json())
         van_id, status = self._match_from(response)
         created = response.status_code == 201 or (status or "").lower() == "unmatchedstored"
-        log.info("everyaction_find_or_create", van_id=van_id, created=created, match_status=status)
+        log.debug("everyaction_find_or_create", van_id=van_id, created=created, match_status=status)
         return MatchResult(van_id=van_id, status=status, created=created)
 
     async def update_person(self, van_id: int | str, body: Mapping[str, Any]) -> MatchResult:
@@ -305,7 +305,7 @@ class EveryActionClient(ApiClient):
         if e164 is None:
             raise ValueError(f"not a valid US phone number: {mask_phone(phone)}")
         result = await self.update_person(van_id, phone_opt_in_update(e164, status, phone_type=phone_type))
-        log.info("everyaction_opt_in_set", van_id=result.van_id, phone=mask_phone(e164), status=status.value)
+        log.debug("everyaction_opt_in_set", van_id=result.van_id, phone=mask_phone(e164), status=status.value)
         return result
 
     async def add_identifier(self, van_id: int | str, external_id: str, *, id_type: str) -> MatchResult:

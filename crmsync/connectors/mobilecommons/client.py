@@ -317,7 +317,7 @@ class MobileCommonsClient(ApiClient):
         a timeout: a repeat sends no second welcome and cannot re-subscribe someone who opted out.
         """
         params = build_profile_update_params(update, constituent_id_field=self.constituent_id_field)
-        log.info("profile_update", opt_in_path_id=update.opt_in_path_id, fields=sorted(params))
+        log.debug("profile_update", opt_in_path_id=update.opt_in_path_id, fields=sorted(params))
         root = await self._post("profile_update", params)
         return self._profile_from(root)
 
@@ -329,7 +329,7 @@ class MobileCommonsClient(ApiClient):
         Only ``success`` is read from the answer: whether it also carries the profile is unverified (B3).
         """
         params = build_opt_out_params(phone_number, campaign_id=campaign_id, subscription_id=subscription_id)
-        log.info("profile_opt_out", campaign_id=campaign_id, subscription_id=subscription_id)
+        log.debug("profile_opt_out", campaign_id=campaign_id, subscription_id=subscription_id)
         await self._post("profile_opt_out", params)
 
     async def campaigns(

@@ -105,6 +105,7 @@ class IntegrationKind:
     on_demand_flows: ClassVar[tuple[str, ...]] = ()  # flows run_flow accepts besides the scheduled ones
     supports_full_sync: ClassVar[bool] = False
     supports_webhooks: ClassVar[bool] = False
+    systems: ClassVar[tuple[str, ...]] = ()  # external systems' names, as in crmsync_api_* metrics labels
     realtime_batch_size: ClassVar[int] = 100
     realtime_coalesce_s: ClassVar[float] = 0.5  # after a wake-up, wait this long to batch a burst of webhooks
 

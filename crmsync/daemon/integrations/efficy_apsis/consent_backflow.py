@@ -240,7 +240,7 @@ async def _act(cid: str, consents: Sequence[Consent], state: store.ContactState,
         updated = ApsisProfile(cid, state.current.attributes, consents_sent, state.current.tags)
         tx.append(store.written(integration, updated, state.written_version, now))
     names = ", ".join(f"{r.slot.topic}/{r.slot.channel}" for r, _ in found)
-    log.info("apsis_optout_flowed_back", contact_id=cid, profiles=profiles, confirmed=confirmed)
+    log.debug("apsis_optout_flowed_back", contact_id=cid, profiles=profiles, confirmed=confirmed)
     message = (f"opted out in APSIS ({names}); CRM Profile {', '.join(profiles)} removed in Efficy"
                if confirmed else f"opted out in APSIS ({names}); removal in Efficy not confirmed yet")
     return Written("updated", cid, message=message, tx=tx)

@@ -110,7 +110,7 @@ async def check_apsis_optouts(apsis: ApsisClient, plan: Plan, contact: EfficyCon
             new_consents[ck] = OPT_OUT
             seen[ck] = OPT_OUT  # already so in APSIS: no write
             records.append(OptOutRecord(desired.key, profile_of[ck], ck, parse_apsis_time(existing.modified_at)))
-            log.info("apsis_optout_stands", contact_id=desired.key, topic=ck.topic, channel=ck.channel)
+            log.debug("apsis_optout_stands", contact_id=desired.key, topic=ck.topic, channel=ck.channel)
         elif existing.type in (OPT_IN, "confirmed-opt-in"):
             seen[ck] = OPT_IN
     desired = ApsisProfile(desired.key, desired.attributes, new_consents, desired.tags)

@@ -50,6 +50,7 @@ def first_nightly_not_before(activated_at: datetime, tz: Any) -> datetime:
 @register
 class EveryActionMobileCommons(IntegrationKind):
     kind = "everyaction_mobilecommons"
+    systems = ("everyaction", "mobilecommons")
     config_model = EveryActionMobileCommonsConfig
     scheduled_flows = (EA_TO_MC, MC_TO_EA)
 
