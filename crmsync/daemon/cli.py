@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                               sp.add_argument("--limit", type=int, default=200, help="rows to show (default 200)"),
                               sp.add_argument("--offset", type=int, default=0, help="rows to skip first")))
     control("reload", "re-read the config file; only changed integrations restart")
+    control("pause", "pause an integration: hold its timers, real-time queue and full sync; webhooks are still "
+            "accepted and kept (survives restarts)", integration="required")
+    control("resume", "resume a paused integration: the queue drains in arrival order, a missed timer fires once",
+            integration="required")
     return p
 
 

@@ -36,6 +36,9 @@ PROTOCOL = 1
 MUTATING = {"activate", "deactivate", "full_sync", "cancel", "run_flow", "reload"}
 COMMANDS = ("hello", "status", "activate", "deactivate", "full_sync", "cancel", "run_flow", "runs", "report",
             "reload")
+# issue 11 commands (one block each below; the lead ports them to the command table at merge)
+MUTATING |= {"pause", "resume"}
+COMMANDS += ("pause", "resume")
 
 
 async def open_unix_listener(path: Path, mode: int = 0o660) -> trio.SocketListener:
@@ -186,6 +189,10 @@ class ControlServer:
                                   int(args.get("offset", 0)))
         if cmd == "reload":
             return await self.reload_config()
+        if cmd == "pause":
+            return await s.pause(name)
+        if cmd == "resume":
+            return await s.resume(name)
         raise CommandError("unknown_command", cmd)
 
 

@@ -57,6 +57,7 @@ def render_status(result: dict[str, Any]) -> str:
         for i in result["integrations"]:
             fs = i.get("full_sync") or {}
             state = ("error" if i.get("error") else "active") if i["active"] else "inactive"
+            state += ", paused" if i.get("paused") else ""
             rows.append([
                 i["name"], i["kind"], state,
                 i.get("queue_depth", 0),
@@ -83,6 +84,9 @@ def render_integration(i: dict[str, Any]) -> str:
         f"{i['name']} ({i['kind']}): {'ACTIVE' if i['active'] else 'inactive'}"
         + (f" since {_short_time(i.get('since'))}" if i.get("since") else ""),
     ]
+    if i.get("paused"):
+        lines.append(f"  PAUSED since {_short_time(i.get('paused_since'))}: timers and the real-time queue are "
+                     f"held (webhooks still queued); 'crmsync resume {i['name']}' releases them")
     if i.get("notes"):
         lines.append(f"  notes: {i['notes']}")
     if i.get("error"):

@@ -28,6 +28,7 @@ import trio
 from crmsync.connectors.errors import ApiError, AuthError, RetriableApiError
 from crmsync.daemon.integrations.base import FlowError, IntegrationKind
 from crmsync.daemon.metrics import Metrics
+from crmsync.daemon.pause import PauseGate, paused_since
 from crmsync.daemon.runs import RunContext
 from crmsync.daemon.schedule import Schedule, next_fire
 from crmsync.state import queries as q
@@ -71,6 +72,7 @@ class IntegrationRuntime:
         self._queue_wakeup = trio.Event()
         self.activated_at: datetime | None = None
         self.on_healthy: Callable[[], None] | None = None
+        self.pause_gate = PauseGate()  # shut while paused: timers, the queue and full-sync pages wait
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -81,6 +83,8 @@ class IntegrationRuntime:
                 status = await self.db.tx(q.get_status, self.name)
                 if status:
                     self.activated_at = datetime.fromisoformat(status["since"])
+                if await self.db.tx(paused_since, self.name):
+                    self.pause_gate.pause()
                 async with self.kind.open(), trio.open_nursery() as nursery:
                     self.nursery = nursery
                     for flow, schedule in self.schedules.items():
@@ -254,6 +258,8 @@ class IntegrationRuntime:
                 self.next_runs[flow] = fire_at
                 if not await self._interruptible_wait(partial(self.clock.sleep_until, fire_at)):
                     return
+                if not await self._interruptible_wait(self.pause_gate.wait_open):
+                    return  # a slot due while paused fires once, on resume
                 try:
                     await self._execute(flow, "schedule", self._flow_body(flow))
                 except FlowBusy:
@@ -300,6 +306,9 @@ class IntegrationRuntime:
             self.metrics.full_sync_running.labels(self.name).set(1)
             log.info("full_sync_page_loop", resume=resume, position=position, done=done)
             while True:
+                if self.pause_gate.paused and not await self._interruptible_wait(self.pause_gate.wait_open):
+                    run.interrupted = True  # stopping while paused: resumes from the checkpoint
+                    return
                 step = await self.kind.full_sync_step(position, run)
                 done += step.processed
                 position = step.next_position
@@ -363,6 +372,8 @@ class IntegrationRuntime:
         isolate = False
         with structlog.contextvars.bound_contextvars(integration=self.name, flow=REALTIME_FLOW):
             while not self.stopping:
+                if not await self._interruptible_wait(self.pause_gate.wait_open):
+                    return
                 if not await self._interruptible_wait(self.full_sync_idle.wait):
                     return
                 wakeup = self._queue_wakeup = trio.Event()

@@ -23,6 +23,7 @@ from crmsync.daemon.config import Config
 from crmsync.daemon.integrations import registry
 from crmsync.daemon.integrations.base import FlowError, IntegrationContext, IntegrationKind, WebhookRejected
 from crmsync.daemon.metrics import Metrics
+from crmsync.daemon.pause import paused_since, set_paused
 from crmsync.daemon.runtime import FULL_SYNC_FLOW, REALTIME_FLOW, FlowBusy, IntegrationRuntime
 from crmsync.state import Database
 from crmsync.state import queries as q
@@ -197,11 +198,44 @@ class Supervisor:
             self.metrics.active.labels(name).set(0)
         return {"integration": name, "active": False, "changed": changed}
 
+    async def pause(self, name: str) -> dict[str, Any]:
+        """Hold timers, the real-time queue and full-sync pages; webhooks are still accepted and kept."""
+        self._kind(name)
+        async with self._lock:
+            since = self.clock.now().isoformat()
+            changed = await self.db.tx(set_paused, name, since)
+            runtime = self.runtimes.get(name)
+            if runtime is not None:
+                runtime.pause_gate.pause()
+            if changed:
+                log.info("integration_paused", integration=name)
+            since = await self.db.tx(paused_since, name)
+        return {"integration": name, "paused": True, "since": since, "changed": changed}
+
+    async def resume(self, name: str) -> dict[str, Any]:
+        """Release what pause held: the queue drains in arrival order, a timer slot missed fires once."""
+        self._kind(name)
+        async with self._lock:
+            changed = await self.db.tx(set_paused, name, None)
+            runtime = self.runtimes.get(name)
+            if runtime is not None:
+                runtime.pause_gate.resume()
+                runtime.wake_queue()
+            if changed:
+                log.info("integration_resumed", integration=name)
+        return {"integration": name, "paused": False, "changed": changed}
+
+    def _refuse_if_paused(self, name: str) -> None:
+        runtime = self.runtimes.get(name)
+        if runtime is not None and runtime.pause_gate.paused:
+            raise CommandError("paused", f"integration {name!r} is paused; 'crmsync resume {name}' first")
+
     async def full_sync(self, name: str) -> dict[str, Any]:
         kind = self._kind(name)
         if not kind.supports_full_sync:
             raise CommandError("unsupported", f"{kind.kind} has no full sync")
         runtime = self._active_runtime(name)
+        self._refuse_if_paused(name)
         try:
             run_id = await runtime.start_full_sync()
         except FlowBusy as exc:
@@ -234,6 +268,7 @@ class Supervisor:
                 raise CommandError("unknown_flow", f"{kind.kind} has no flow {flow!r}; "
                                    f"it has {', '.join(kind.flows()) or 'none'}")
             runtime = self._active_runtime(name)
+            self._refuse_if_paused(name)
             try:
                 run_id = await runtime.start_flow(flow, "command")
             except FlowBusy as exc:
@@ -375,6 +410,7 @@ class Supervisor:
                 flows[flow] = {"last_run": _run_brief(last)}
             return {
                 "status": st,
+                "paused_since": paused_since(c, name),
                 "flows": flows,
                 "full_sync": q.get_full_sync(c, name),
                 "queue_depth": q.queue_depth(c, name) if kind.supports_webhooks else 0,
@@ -404,6 +440,8 @@ class Supervisor:
             "kind": kind.kind,
             "active": bool(st.get("active")),
             "since": st.get("since"),
+            "paused": data["paused_since"] is not None,
+            "paused_since": data["paused_since"],
             "notes": kind.config.notes,
             "running": runtime is not None and name not in self.errors,
             "error": self.errors.get(name),
