@@ -34,7 +34,7 @@ log = structlog.get_logger("crmsync.daemon.control")
 MAX_LINE = 64 * 1024
 PROTOCOL = 1
 MUTATING = {"activate", "deactivate", "full_sync", "cancel", "run_flow", "reload"}
-COMMANDS = ("hello", "status", "activate", "deactivate", "full_sync", "cancel", "run_flow", "runs", "report",
+COMMANDS: tuple[str, ...] = ("hello", "status", "activate", "deactivate", "full_sync", "cancel", "run_flow", "runs", "report",
             "reload")
 # issue 11 commands (one block each below; the lead ports them to the command table at merge)
 MUTATING |= {"pause", "resume"}

@@ -209,8 +209,8 @@ class Supervisor:
                 runtime.pause_gate.pause()
             if changed:
                 log.info("integration_paused", integration=name)
-            since = await self.db.tx(paused_since, name)
-        return {"integration": name, "paused": True, "since": since, "changed": changed}
+            held_since = await self.db.tx(paused_since, name)
+        return {"integration": name, "paused": True, "since": held_since, "changed": changed}
 
     async def resume(self, name: str) -> dict[str, Any]:
         """Release what pause held: the queue drains in arrival order, a timer slot missed fires once."""
