@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     control("reload", "re-read the config file; only changed integrations restart")
     control("pause", "pause an integration: hold its timers, real-time queue and full sync; webhooks are still "
             "accepted and kept (survives restarts)", integration="required")
+    control("dead-letters", "list the real-time events set aside after failing too often (error, first and last "
+            "attempt)", integration="required",
+            extra=lambda sp: sp.add_argument("--limit", type=int, default=1000, help="rows to show (default 1000)"))
+    control("requeue", "put dead letters back at the end of the real-time queue", integration="required",
+            extra=lambda sp: (sp.add_argument("ids", metavar="ID", nargs="*", type=int, help="dead-letter ids"),
+                              sp.add_argument("--all", action="store_true", help="every dead letter")))
+    control("drop", "remove dead letters for good (logged with your uid)", integration="required",
+            extra=lambda sp: sp.add_argument("ids", metavar="ID", nargs="+", type=int, help="dead-letter ids"))
     control("resume", "resume a paused integration: the queue drains in arrival order, a missed timer fires once",
             integration="required")
     return p
@@ -216,6 +224,15 @@ def cmd_control(args: argparse.Namespace) -> int:
             call_args["run_id"] = args.run_id
         call_args["limit"] = args.limit
         call_args["offset"] = args.offset
+    elif cmd == "dead_letters":
+        call_args["limit"] = args.limit
+    elif cmd == "requeue":
+        if args.all == bool(args.ids):
+            print("crmsync requeue: give dead-letter ids or --all (one of the two)", file=sys.stderr)
+            return EXIT_USAGE
+        call_args.update({"all": True} if args.all else {"ids": args.ids})
+    elif cmd == "drop":
+        call_args["ids"] = args.ids
     path = socket_path(args)
 
     async def go() -> dict[str, Any]:
@@ -276,6 +293,14 @@ def _print_reply(cmd: str, reply: dict[str, Any], as_json: bool) -> tuple[int, s
         run = result["run"] or {}
         print(f"run {result['run_id']} ({result['flow']}): {run.get('status')}; "
               f"{render.counts_line(run.get('counts'))}")
+    elif cmd == "dead_letters":
+        print(render.render_dead_letters(result))
+    elif cmd in ("requeue", "drop"):
+        done = result.get("requeued") or result.get("dropped") or []
+        ids = [str(d["id"] if isinstance(d, dict) else d) for d in done]
+        print(f"{result['integration']}: {cmd}{'d' if cmd == 'requeue' else 'ped'} {len(ids)} dead letter(s)"
+              + (f": {', '.join(ids)}" if ids else "")
+              + (f"; not found: {', '.join(map(str, result['not_found']))}" if result.get("not_found") else ""))
     elif cmd == "reload":
         print("reloaded: " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "reloaded"))
     else:

@@ -26,6 +26,7 @@ import structlog
 import trio
 
 from crmsync import __version__
+from crmsync.daemon import dead_letters
 from crmsync.daemon.config import ConfigError
 from crmsync.daemon.supervisor import CommandError, Supervisor
 
@@ -34,11 +35,11 @@ log = structlog.get_logger("crmsync.daemon.control")
 MAX_LINE = 64 * 1024
 PROTOCOL = 1
 MUTATING = {"activate", "deactivate", "full_sync", "cancel", "run_flow", "reload"}
-COMMANDS: tuple[str, ...] = ("hello", "status", "activate", "deactivate", "full_sync", "cancel", "run_flow", "runs", "report",
-            "reload")
+COMMANDS: tuple[str, ...] = ("hello", "status", "activate", "deactivate", "full_sync", "cancel", "run_flow",
+                             "runs", "report", "reload")
 # issue 11 commands (one block each below; the lead ports them to the command table at merge)
-MUTATING |= {"pause", "resume"}
-COMMANDS += ("pause", "resume")
+MUTATING |= {"pause", "resume", "requeue", "drop"}
+COMMANDS += ("pause", "resume", "dead_letters", "requeue", "drop")
 
 
 async def open_unix_listener(path: Path, mode: int = 0o660) -> trio.SocketListener:
@@ -143,7 +144,10 @@ class ControlServer:
             pid, uid, gid = creds if creds else (None, None, None)
             log.info("control_command", cmd=cmd, args=args, peer_pid=pid, peer_uid=uid, peer_gid=gid)
         try:
-            result = await self._call(cmd, args)
+            # every log line of a state-changing command carries who asked (e.g. dropping a dead letter)
+            with structlog.contextvars.bound_contextvars(
+                    **({"peer_uid": creds[1], "peer_pid": creds[0]} if creds and cmd in MUTATING else {})):
+                result = await self._call(cmd, args)
         except CommandError as exc:
             self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
             return _error(rid, exc.code, exc.message)
@@ -193,6 +197,13 @@ class ControlServer:
             return await s.pause(name)
         if cmd == "resume":
             return await s.resume(name)
+        if cmd == "dead_letters":
+            return await dead_letters.list_dead_letters(s, name, int(args.get("limit", 1000)),
+                                                        int(args.get("offset", 0)))
+        if cmd == "requeue":
+            return await dead_letters.requeue(s, name, args.get("ids"), all_=bool(args.get("all", False)))
+        if cmd == "drop":
+            return await dead_letters.drop(s, name, args.get("ids"))
         raise CommandError("unknown_command", cmd)
 
 

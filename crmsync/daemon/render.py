@@ -103,7 +103,8 @@ def render_integration(i: dict[str, Any]) -> str:
         else:
             lines.append(f"    {fs['done']} records; finished {_short_time(fs.get('finished_at'))}")
     lines.append(f"  real-time queue: {i.get('queue_depth', 0)} waiting"
-                 + (f", {i['dead_letters']} dead letters (see the log; a full sync reconciles them)"
+                 + (f", {i['dead_letters']} dead letters (oldest received "
+                    f"{_short_time(i.get('dead_letters_oldest'))}; 'crmsync dead-letters {i['name']}')"
                     if i.get("dead_letters") else ""))
     rows = []
     for flow, info in i.get("flows", {}).items():
@@ -153,3 +154,14 @@ def render_report(result: dict[str, Any]) -> str:
         if result.get("rows_total", len(rows)) > len(rows):
             lines.append(f"... {result['rows_total'] - len(rows)} more rows (use --limit/--offset or --json)")
     return "\n".join(lines)
+
+
+def render_dead_letters(result: dict[str, Any]) -> str:
+    rows = [[d["id"], _short_time(d.get("received_at")), _short_time(d.get("first_attempt_at")),
+             _short_time(d.get("last_attempt_at")), (d.get("error") or "")[:60],
+             ", ".join(f"{k}={v}" for k, v in (d.get("payload") or {}).items())[:50]]
+            for d in result["dead_letters"]]
+    if not rows:
+        return f"{result['integration']}: no dead letters"
+    head = f"{result['integration']}: {result['total']} dead letters, oldest received {_short_time(result['oldest'])}"
+    return head + "\n" + table(["id", "received", "first attempt", "last attempt", "error", "event"], rows)

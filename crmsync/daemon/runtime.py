@@ -413,12 +413,12 @@ class IntegrationRuntime:
                         continue
                     event = events[0]
                     if not failure.get("transient", True) and event.attempts + 1 >= REALTIME_MAX_EVENT_ATTEMPTS:
-                        await self.db.tx(q.dead_letter, self.name, event.seq, error)
+                        await self.db.tx(q.dead_letter, self.name, event.seq, error, self.clock.now().isoformat())
                         self.metrics.dead_letters.labels(self.name).inc()
                         log.error("realtime_event_dead_lettered", seq=event.seq, error=error,
                                   attempts=event.attempts + 1, payload=event.payload)
                         continue
-                    await self.db.tx(q.fail_queue, self.name, event.seq, error)
+                    await self.db.tx(q.fail_queue, self.name, event.seq, error, self.clock.now().isoformat())
                     log.warning("realtime_event_retry", delay_s=backoff, seq=event.seq, error=error)
                     if not await self._interruptible_wait(partial(trio.sleep, backoff)):
                         return

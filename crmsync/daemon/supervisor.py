@@ -27,6 +27,7 @@ from crmsync.daemon.pause import paused_since, set_paused
 from crmsync.daemon.runtime import FULL_SYNC_FLOW, REALTIME_FLOW, FlowBusy, IntegrationRuntime
 from crmsync.state import Database
 from crmsync.state import queries as q
+from crmsync.state.dead_letters import oldest_dead
 
 log = structlog.get_logger("crmsync.daemon.supervisor")
 
@@ -415,6 +416,7 @@ class Supervisor:
                 "full_sync": q.get_full_sync(c, name),
                 "queue_depth": q.queue_depth(c, name) if kind.supports_webhooks else 0,
                 "dead_letters": q.count_dead_letters(c, name) if kind.supports_webhooks else 0,
+                "dead_letters_oldest": oldest_dead(c, name) if kind.supports_webhooks else None,
                 "cursors": q.list_cursors(c, name) if full else None,
                 "links": q.count_links(c, name) if full else None,
             }
@@ -450,6 +452,7 @@ class Supervisor:
             "full_sync": full_sync,
             "queue_depth": data["queue_depth"],
             "dead_letters": data["dead_letters"],
+            "dead_letters_oldest": data["dead_letters_oldest"],
             "flows": data["flows"],
         }
         if full:

@@ -100,6 +100,11 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX realtime_queue_dedupe ON realtime_queue (integration, dedupe_key)
         WHERE dedupe_key IS NOT NULL;
     """,
+    # issue 11 (dead letters handled): when a queued event was first and last tried and failed
+    """
+    ALTER TABLE realtime_queue ADD COLUMN first_failed_at TEXT;
+    ALTER TABLE realtime_queue ADD COLUMN last_failed_at TEXT;
+    """,
 ]
 
 

@@ -213,19 +213,22 @@ def ack_queue(c: sqlite3.Connection, integration: str, seqs: Sequence[int]) -> N
     )
 
 
-def fail_queue(c: sqlite3.Connection, integration: str, seq: int, error: str) -> None:
+def fail_queue(c: sqlite3.Connection, integration: str, seq: int, error: str, now: str | None = None) -> None:
     c.execute(
-        "UPDATE realtime_queue SET attempts = attempts + 1, last_error = ? WHERE integration = ? AND seq = ?",
-        (error[:1000], integration, seq),
+        "UPDATE realtime_queue SET attempts = attempts + 1, last_error = ?, "
+        "first_failed_at = COALESCE(first_failed_at, ?), last_failed_at = COALESCE(?, last_failed_at) "
+        "WHERE integration = ? AND seq = ?",
+        (error[:1000], now, now, integration, seq),
     )
 
 
-def dead_letter(c: sqlite3.Connection, integration: str, seq: int, error: str) -> None:
+def dead_letter(c: sqlite3.Connection, integration: str, seq: int, error: str, now: str | None = None) -> None:
     """Set an event aside that failed for a non-transient reason too often: kept (never deleted), counted
     in status, skipped by the consumer so the queue moves on. A full sync reconciles what it was about."""
     c.execute(
-        "UPDATE realtime_queue SET attempts = -2, last_error = ? WHERE integration = ? AND seq = ?",
-        (error[:1000], integration, seq),
+        "UPDATE realtime_queue SET attempts = -2, last_error = ?, first_failed_at = COALESCE(first_failed_at, ?), "
+        "last_failed_at = COALESCE(?, last_failed_at) WHERE integration = ? AND seq = ?",
+        (error[:1000], now, now, integration, seq),
     )
 
 
