@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
                               sp.add_argument("--all", action="store_true", help="every dead letter")))
     control("drop", "remove dead letters for good (logged with your uid)", integration="required",
             extra=lambda sp: sp.add_argument("ids", metavar="ID", nargs="+", type=int, help="dead-letter ids"))
+    control("consent-history", "show a person's consent history, oldest first (every change crmsync made or "
+            "saw); without PERSON, the whole trail", integration="required",
+            extra=lambda sp: (sp.add_argument("person", metavar="PERSON", nargs="?",
+                                              help="the person's id in either system, a phone number or an email"),
+                              sp.add_argument("--csv", action="store_true",
+                                              help="print CSV (with no PERSON: the whole trail, for a compliance "
+                                                   "request)"),
+                              sp.add_argument("--limit", type=int, default=1000, help="entries (default 1000)")))
     control("resume", "resume a paused integration: the queue drains in arrival order, a missed timer fires once",
             integration="required")
     return p
@@ -233,6 +241,12 @@ def cmd_control(args: argparse.Namespace) -> int:
         call_args.update({"all": True} if args.all else {"ids": args.ids})
     elif cmd == "drop":
         call_args["ids"] = args.ids
+    elif cmd == "consent_history":
+        if args.person:
+            call_args["person"] = args.person
+        call_args["limit"] = args.limit
+        if args.csv:
+            return _consent_csv(socket_path(args), call_args, whole=not args.person)
     path = socket_path(args)
 
     async def go() -> dict[str, Any]:
@@ -254,6 +268,39 @@ def cmd_control(args: argparse.Namespace) -> int:
         sys.stderr.close()
         return EXIT_OK
     return code
+
+
+def _consent_csv(path: str, call_args: dict[str, Any], *, whole: bool) -> int:
+    """Write the consent history as CSV to stdout; the whole trail is read page by page."""
+    import csv
+
+    from crmsync.daemon.consent_trail import CSV_COLUMNS
+    from crmsync.daemon.control import ControlClient
+
+    out = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+
+    async def go() -> dict[str, Any] | None:
+        async with ControlClient(path) as client:
+            offset, page = 0, 10_000 if whole else call_args["limit"]
+            out.writeheader()
+            while True:
+                reply = await client.call("consent_history", **{**call_args, "limit": page, "offset": offset})
+                if not reply.get("ok"):
+                    return reply
+                entries = reply["result"]["entries"]
+                out.writerows(entries)
+                offset += len(entries)
+                if not whole or len(entries) < page:
+                    return None
+
+    try:
+        failed = trio.run(go)
+    except (OSError, ConnectionError) as exc:
+        print(f"crmsync: cannot reach the daemon at {path}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if failed is not None:
+        return _print_reply("consent_history", failed, False)[0]
+    return EXIT_OK
 
 
 async def _watch(client: Any, name: str) -> None:
@@ -301,6 +348,8 @@ def _print_reply(cmd: str, reply: dict[str, Any], as_json: bool) -> tuple[int, s
         print(f"{result['integration']}: {cmd}{'d' if cmd == 'requeue' else 'ped'} {len(ids)} dead letter(s)"
               + (f": {', '.join(ids)}" if ids else "")
               + (f"; not found: {', '.join(map(str, result['not_found']))}" if result.get("not_found") else ""))
+    elif cmd == "consent_history":
+        print(render.render_consent_history(result))
     elif cmd == "reload":
         print("reloaded: " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "reloaded"))
     else:

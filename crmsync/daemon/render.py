@@ -165,3 +165,21 @@ def render_dead_letters(result: dict[str, Any]) -> str:
         return f"{result['integration']}: no dead letters"
     head = f"{result['integration']}: {result['total']} dead letters, oldest received {_short_time(result['oldest'])}"
     return head + "\n" + table(["id", "received", "first attempt", "last attempt", "error", "event"], rows)
+
+
+def render_consent_history(result: dict[str, Any]) -> str:
+    who = f"person {result['person']}" if result.get("person") else "every person"
+    if not result["entries"]:
+        return f"{result['integration']}: no consent changes recorded for {who}"
+    rows = []
+    for e in result["entries"]:
+        when = _short_time(e.get("changed_at"))
+        if e.get("changed_after"):
+            when = f"{_short_time(e['changed_after'])} .. {when}"
+        rows.append([e["id"], e["system"], e.get("crm_id") or "", e.get("messaging_id") or "", e["subject"][:40],
+                     f"{e.get('old_status') or '?'} -> {e['new_status']}",
+                     ("crmsync, from " if e["by_crmsync"] else "") + e.get("source_label", e["source"]),
+                     when, _short_time(e.get("seen_at")), e.get("run_id") or ""])
+    head = f"Consent history: {result['integration']}, {who}, oldest first ({result['total']} changes)"
+    return head + "\n" + table(["#", "system", "crm id", "messaging id", "consent", "change", "source",
+                                 "at source", "seen", "run"], rows)

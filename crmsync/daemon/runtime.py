@@ -31,6 +31,7 @@ from crmsync.daemon.metrics import Metrics
 from crmsync.daemon.pause import PauseGate, paused_since
 from crmsync.daemon.runs import RunContext
 from crmsync.daemon.schedule import Schedule, next_fire
+from crmsync.state import consent_history
 from crmsync.state import queries as q
 
 log = structlog.get_logger("crmsync.daemon.runtime")
@@ -72,6 +73,7 @@ class IntegrationRuntime:
         self._queue_wakeup = trio.Event()
         self.activated_at: datetime | None = None
         self.on_healthy: Callable[[], None] | None = None
+        self.consent_history_retention_days = 0  # 0: keep the consent history (an audit trail)
         self.pause_gate = PauseGate()  # shut while paused: timers, the queue and full-sync pages wait
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -219,9 +221,15 @@ class IntegrationRuntime:
         counts = run.counts.as_dict()
         older = datetime.fromtimestamp(now_dt.timestamp() - self.retention_days * 86400, now_dt.tzinfo).isoformat()
 
+        keep_consents = self.consent_history_retention_days
+        consent_cutoff = (datetime.fromtimestamp(now_dt.timestamp() - keep_consents * 86400, now_dt.tzinfo)
+                          .isoformat() if keep_consents else None)
+
         def finish(c: Any) -> None:
             q.finish_run(c, run.run_id, status, counts, run.error, now)
             q.prune(c, self.name, run.flow, older, self.retention_runs)
+            if consent_cutoff is not None:  # the consent history has its own retention (default: kept)
+                consent_history.prune(c, self.name, consent_cutoff)
 
         try:
             await run.flush(finish)

@@ -82,6 +82,7 @@ class Supervisor:
             (self.config.daemon.report_retention_days, self.config.daemon.report_retention_runs),
         )
         runtime.on_healthy = partial(self._clear_error, name)
+        runtime.consent_history_retention_days = self.config.daemon.consent_history_retention_days
         return runtime
 
     def _clear_error(self, name: str) -> None:
