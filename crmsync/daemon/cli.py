@@ -21,6 +21,8 @@ from crmsync.daemon import render
 from crmsync.daemon.config import Config, ConfigError, DaemonConfig, default_config_path, load_config
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+DRY_RUN_HELP = ("read both systems as a real run would and print its report, without any write call, link, "
+                "cursor or fingerprint change (waits for the end)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,11 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     control("deactivate", "deactivate an integration: stop all its flows, keep its state",
             integration="required")
     control("full-sync", "start a full sync (resumable; cancel with 'crmsync cancel')", integration="required",
-            extra=lambda sp: sp.add_argument("--watch", action="store_true", help="show progress until done"))
+            extra=lambda sp: (sp.add_argument("--watch", action="store_true", help="show progress until done"),
+                              sp.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)))
     control("cancel", "cancel a running full sync or flow", integration="required")
     control("run-flow", "run one flow now", integration="required",
             extra=lambda sp: (sp.add_argument("flow", metavar="FLOW", help="flow name, e.g. ea_to_mc"),
-                              sp.add_argument("--wait", action="store_true", help="wait for the run to end")))
+                              sp.add_argument("--wait", action="store_true", help="wait for the run to end"),
+                              sp.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)))
     control("runs", "list recent runs of an integration", integration="required",
             extra=lambda sp: (sp.add_argument("--limit", type=int, default=20, help="runs to list (default 20)"),
                               sp.add_argument("--flow", help="only this flow")))
@@ -247,12 +251,15 @@ def cmd_control(args: argparse.Namespace) -> int:
         call_args["limit"] = args.limit
         if args.csv:
             return _consent_csv(socket_path(args), call_args, whole=not args.person)
+    if getattr(args, "dry_run", False):
+        call_args["dry_run"] = True
     path = socket_path(args)
 
     async def go() -> dict[str, Any]:
-        async with ControlClient(path, timeout=24 * 3600 if call_args.get("wait") else 60) as client:
+        long = call_args.get("wait") or call_args.get("dry_run")
+        async with ControlClient(path, timeout=24 * 3600 if long else 60) as client:
             reply = await client.call(cmd, **call_args)
-            if cmd == "full_sync" and args.watch and reply.get("ok"):
+            if cmd == "full_sync" and args.watch and reply.get("ok") and not call_args.get("dry_run"):
                 await _watch(client, args.name)
                 reply = await client.call("status", integration=args.name)
         return reply
@@ -330,7 +337,9 @@ def _print_reply(cmd: str, reply: dict[str, Any], as_json: bool) -> tuple[int, s
         print(json.dumps(result, indent=2, default=str))
         return EXIT_OK, ""
     assert isinstance(result, dict)
-    if cmd == "status":
+    if result.get("dry_run"):
+        print(render.render_dry_run(result))
+    elif cmd == "status":
         print(render.render_status(result))
     elif cmd == "runs":
         print(render.render_runs(result))

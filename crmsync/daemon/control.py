@@ -26,7 +26,7 @@ import structlog
 import trio
 
 from crmsync import __version__
-from crmsync.daemon import consent_trail, dead_letters
+from crmsync.daemon import consent_trail, dead_letters, dry_run
 from crmsync.daemon.config import ConfigError
 from crmsync.daemon.supervisor import CommandError, Supervisor
 
@@ -180,6 +180,8 @@ class ControlServer:
             return await s.activate(name)
         if cmd == "deactivate":
             return await s.deactivate(name)
+        if cmd in ("run_flow", "full_sync") and args.get("dry_run"):  # issue 11: reads both systems, writes nothing
+            return await dry_run.run_dry(s, name, args.get("flow") if cmd == "run_flow" else "full_sync")
         if cmd == "full_sync":
             return await s.full_sync(name)
         if cmd == "cancel":

@@ -135,8 +135,9 @@ def render_runs(result: dict[str, Any]) -> str:
 def render_report(result: dict[str, Any]) -> str:
     run = result["run"]
     c = result["counts"]
+    dry = " [DRY RUN: nothing was written]" if run.get("trigger") == "dry_run" else ""
     lines = [
-        f"Synchronization report: {result['integration']}, run {run['id']} ({run['flow']}), {run['status']}",
+        f"Synchronization report: {result['integration']}, run {run['id']} ({run['flow']}), {run['status']}{dry}",
         f"  started {_short_time(run['started_at'])}, finished {_short_time(run.get('finished_at'))}",
     ]
     if run.get("error"):
@@ -183,3 +184,16 @@ def render_consent_history(result: dict[str, Any]) -> str:
     head = f"Consent history: {result['integration']}, {who}, oldest first ({result['total']} changes)"
     return head + "\n" + table(["#", "system", "crm id", "messaging id", "consent", "change", "source",
                                  "at source", "seen", "run"], rows)
+
+
+def render_dry_run(result: dict[str, Any]) -> str:
+    lines = [render_report(result), "",
+             f"Dry run: {result['intended_writes_total']} write call(s) withheld; no link, cursor or fingerprint "
+             "changed."]
+    writes = result.get("intended_writes") or []
+    if writes:
+        rows = [[w["system"], w["call"], w.get("target") or "", w["summary"][:90]] for w in writes[:200]]
+        lines.append(table(["system", "call", "target", "would write"], rows))
+        if result["intended_writes_total"] > len(rows):
+            lines.append(f"... {result['intended_writes_total'] - len(rows)} more (--json shows the first 1000)")
+    return "\n".join(lines)

@@ -342,14 +342,17 @@ def list_runs(
 
 
 def last_run(c: sqlite3.Connection, integration: str, flow: str, status: str | None = None) -> dict[str, Any] | None:
+    """The flow's newest real run (dry runs, trigger ``dry_run``, changed nothing and are left out)."""
     if status:
         row = c.execute(
-            "SELECT * FROM runs WHERE integration = ? AND flow = ? AND status = ? ORDER BY id DESC LIMIT 1",
+            "SELECT * FROM runs WHERE integration = ? AND flow = ? AND status = ? AND trigger != 'dry_run' "
+            "ORDER BY id DESC LIMIT 1",
             (integration, flow, status),
         ).fetchone()
     else:
         row = c.execute(
-            "SELECT * FROM runs WHERE integration = ? AND flow = ? ORDER BY id DESC LIMIT 1", (integration, flow)
+            "SELECT * FROM runs WHERE integration = ? AND flow = ? AND trigger != 'dry_run' ORDER BY id DESC "
+            "LIMIT 1", (integration, flow)
         ).fetchone()
     return _run_dict(row) if row else None
 

@@ -70,6 +70,7 @@ async def test_commands_over_a_real_socket(tmp_path: Path) -> None:
                 out["requeue_usage"] = _run_cli(["requeue", "a", "--socket", sock])
                 out["drop_unknown"] = _run_cli(["drop", "a", "5", "--socket", sock])
                 out["unknown"] = _run_cli(["pause", "zz", "--socket", sock])
+                out["dry_unsupported"] = _run_cli(["run-flow", "a", "once", "--dry-run", "--socket", sock, "--json"])
                 return out
 
             out = await trio.to_thread.run_sync(drive)
@@ -89,6 +90,15 @@ async def test_commands_over_a_real_socket(tmp_path: Path) -> None:
     assert out["requeue_usage"][0] == cli.EXIT_USAGE
     assert out["drop_unknown"][0] == cli.EXIT_REFUSED
     assert out["unknown"][0] == cli.EXIT_REFUSED
+    code, text = out["dry_unsupported"]  # the fake kind declares no API clients: nothing to wrap, refused
+    assert code == cli.EXIT_REFUSED and json.loads(text)["error"]["code"] == "unsupported"
+
+
+@pytest.mark.parametrize("command", [["run-flow", "NAME", "FLOW"], ["full-sync", "NAME"]])
+def test_dry_run_option_is_offered(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([command[0], "--help"])
+    assert "--dry-run" in capsys.readouterr().out
 
 
 def test_retention_of_the_consent_history_is_its_own(tmp_path: Path) -> None:

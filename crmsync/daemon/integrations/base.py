@@ -107,6 +107,9 @@ class IntegrationKind:
     supports_webhooks: ClassVar[bool] = False
     realtime_batch_size: ClassVar[int] = 100
     realtime_coalesce_s: ClassVar[float] = 0.5  # after a wake-up, wait this long to batch a burst of webhooks
+    #: attributes holding API clients while open, and their system ("everyaction", "apsis", ...): dry runs and
+    #: ``explain`` wrap them in a write recorder (crmsync/daemon/write_recorder.py); empty: not supported
+    client_attributes: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, ctx: IntegrationContext, config: IntegrationConfig):
         self.ctx = ctx

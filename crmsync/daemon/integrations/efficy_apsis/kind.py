@@ -61,6 +61,7 @@ class EfficyApsisKind(IntegrationKind):
     scheduled_flows = ("consent_backflow", "tags")
     supports_full_sync = True
     supports_webhooks = True
+    client_attributes = {"_efficy": "efficy", "_apsis": "apsis"}  # dry runs wrap these (issue 11)
 
     def __init__(self, ctx: IntegrationContext, config: IntegrationConfig):
         super().__init__(ctx, config)
