@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                               sp.add_argument("--all", action="store_true", help="every dead letter")))
     control("drop", "remove dead letters for good (logged with your uid)", integration="required",
             extra=lambda sp: sp.add_argument("ids", metavar="ID", nargs="+", type=int, help="dead-letter ids"))
+    control("explain", "why a record is (not) synced: every rule with the values it looked at and its verdict, "
+            "what a sync would write, its last report rows (writes nothing)", integration="required",
+            extra=lambda sp: sp.add_argument("record", metavar="RECORD",
+                                             help="either system's id, a phone number or an email address"))
     control("consent-history", "show a person's consent history, oldest first (every change crmsync made or "
             "saw); without PERSON, the whole trail", integration="required",
             extra=lambda sp: (sp.add_argument("person", metavar="PERSON", nargs="?",
@@ -245,6 +249,8 @@ def cmd_control(args: argparse.Namespace) -> int:
         call_args.update({"all": True} if args.all else {"ids": args.ids})
     elif cmd == "drop":
         call_args["ids"] = args.ids
+    elif cmd == "explain":
+        call_args["record"] = args.record
     elif cmd == "consent_history":
         if args.person:
             call_args["person"] = args.person
@@ -359,6 +365,8 @@ def _print_reply(cmd: str, reply: dict[str, Any], as_json: bool) -> tuple[int, s
               + (f"; not found: {', '.join(map(str, result['not_found']))}" if result.get("not_found") else ""))
     elif cmd == "consent_history":
         print(render.render_consent_history(result))
+    elif cmd == "explain":
+        print(render.render_explain(result))
     elif cmd == "reload":
         print("reloaded: " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "reloaded"))
     else:

@@ -26,7 +26,7 @@ import structlog
 import trio
 
 from crmsync import __version__
-from crmsync.daemon import consent_trail, dead_letters, dry_run
+from crmsync.daemon import consent_trail, dead_letters, dry_run, explain
 from crmsync.daemon.config import ConfigError
 from crmsync.daemon.supervisor import CommandError, Supervisor
 
@@ -39,7 +39,7 @@ COMMANDS: tuple[str, ...] = ("hello", "status", "activate", "deactivate", "full_
                              "runs", "report", "reload")
 # issue 11 commands (one block each below; the lead ports them to the command table at merge)
 MUTATING |= {"pause", "resume", "requeue", "drop"}
-COMMANDS += ("pause", "resume", "dead_letters", "requeue", "drop", "consent_history")
+COMMANDS += ("pause", "resume", "dead_letters", "requeue", "drop", "consent_history", "explain")
 
 
 async def open_unix_listener(path: Path, mode: int = 0o660) -> trio.SocketListener:
@@ -206,6 +206,8 @@ class ControlServer:
             return await dead_letters.requeue(s, name, args.get("ids"), all_=bool(args.get("all", False)))
         if cmd == "drop":
             return await dead_letters.drop(s, name, args.get("ids"))
+        if cmd == "explain":
+            return await explain.explain(s, name, args.get("record"))
         if cmd == "consent_history":
             return await consent_trail.consent_history(s, name, args.get("person"), int(args.get("limit", 1000)),
                                                        int(args.get("offset", 0)))

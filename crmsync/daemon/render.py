@@ -197,3 +197,48 @@ def render_dry_run(result: dict[str, Any]) -> str:
         if result["intended_writes_total"] > len(rows):
             lines.append(f"... {result['intended_writes_total'] - len(rows)} more (--json shows the first 1000)")
     return "\n".join(lines)
+
+
+def _looked(value: Any, limit: int = 70) -> str:
+    if isinstance(value, dict):
+        text = ", ".join(f"{k}={_looked(v, 40)}" for k, v in value.items())
+    elif value is None:
+        text = "-"
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def render_explain(result: dict[str, Any]) -> str:
+    lines = [f"Explain: {result['integration']} ({result['kind']}), record {result['record']}"
+             + (f" (found by {result['found_by']})" if result.get("found_by") else ""),
+             f"  crm id: {result.get('crm_id') or '-'}   messaging id: {result.get('messaging_id') or '-'}"]
+    for section in result["sections"]:
+        frm, to = section["from"], section["to"]
+        lines += ["", f"{section['flow']}: {frm['system']} {frm['id']} -> {to['system']} {to['id'] or '(none yet)'}"]
+        rows = []
+        for r in section["rules"]:
+            looked = r["looked_at"]
+            if isinstance(looked, dict) and looked and all(isinstance(v, dict) for v in looked.values()):
+                for i, (k, v) in enumerate(looked.items()):  # one line per field or consent mapping
+                    rows.append([r["rule"] if i == 0 else "", f"{k}: {_looked(v, 60)}", r["verdict"] if i == 0 else ""])
+            else:
+                rows.append([r["rule"], _looked(looked), r["verdict"]])
+            if r.get("note"):
+                rows.append(["", f"  ({r['note']})", ""])
+        lines.append(table(["rule", "looked at", "verdict"], rows))
+        v = section["verdict"]
+        lines.append(f"  VERDICT: {v['outcome']}" + (f" ({v['reason']})" if v.get("reason") else "")
+                     + (f": {v['message']}" if v.get("message") else ""))
+        if v.get("would_write"):
+            lines.append("  a sync would write:")
+            lines += [f"    {w['system']} {w['call']} {w.get('target') or ''}: {w['summary']}"
+                      for w in v["would_write"]]
+        else:
+            lines.append("  a sync would write nothing")
+    rows = [[r["run_id"], r["flow"] + (" (dry)" if r.get("trigger") == "dry_run" else ""), _short_time(r["at"]),
+             r["outcome"], r.get("reason") or "", (r.get("message") or "")[:60]] for r in result["report_rows"]]
+    lines.append("")
+    lines.append(table(["run", "flow", "at", "outcome", "reason", "message"], rows) if rows
+                 else "no report rows for this record yet")
+    return "\n".join(lines)

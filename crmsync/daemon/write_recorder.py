@@ -118,8 +118,10 @@ def _mobilecommons(r: WriteRecorder) -> dict[str, Callable[..., Any]]:
     from crmsync.connectors.mobilecommons.records import Profile
 
     async def profile_update(update: Any) -> Any:
-        fields = {k: v for k, v in vars(update).items() if v not in (None, "", ())}
-        r.record("profile_update", update.phone_number, _short(fields))
+        fields = {k: v for k, v in vars(update).items() if v not in (None, "", ()) and k != "opt_in_path_id"}
+        subscribe = (f"subscribe through opt_in_path_id={update.opt_in_path_id} (welcome message); "
+                     if update.opt_in_path_id else "")
+        r.record("profile_update", update.phone_number, subscribe + _short(fields, 300))
         existing = await r._inner.find_profile(update.phone_number)  # a read: the profile as it is now
         if existing is not None:
             return replace(existing, constituent_id=update.constituent_id or existing.constituent_id)
