@@ -13,6 +13,7 @@ the metrics.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import sqlite3
 import tempfile
@@ -116,10 +117,23 @@ async def scratch_copy(db: Database) -> AsyncIterator[Database]:
 
 
 @contextlib.asynccontextmanager
-async def recording_kind(sup: Supervisor, name: str, writes: WriteLog) -> AsyncIterator[IntegrationKind]:
-    """A fresh instance of the integration's kind, its API clients open and wrapped in write recorders."""
+async def recording_kind(sup: Supervisor, name: str, writes: WriteLog, *, reuse_open: bool = False
+                         ) -> AsyncIterator[IntegrationKind]:
+    """An instance of the integration's kind whose API clients are open and wrapped in write recorders.
+
+    By default a fresh instance with its own clients. ``reuse_open`` (explain: one record, often several in a
+    row): when the integration runs, a shallow copy of its kind sharing its open clients (and their tokens,
+    e.g. APSIS allows only a few token requests a minute); the running kind itself is not touched."""
     from crmsync.daemon.supervisor import CommandError
 
+    live = sup.kinds[name]
+    if reuse_open and name in sup.runtimes and live.client_attributes and all(
+            getattr(live, attr, None) is not None for attr in live.client_attributes):
+        view = copy.copy(live)
+        for attr, system in live.client_attributes.items():
+            setattr(view, attr, WriteRecorder(system, getattr(live, attr), writes))
+        yield view
+        return
     kind = sup._build_kind(name, sup.config)
     if not kind.client_attributes:
         raise CommandError("unsupported", f"{kind.kind} does not support dry runs (its clients are not declared)")

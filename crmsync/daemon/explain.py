@@ -112,7 +112,7 @@ async def explain(sup: Supervisor, name: str, record: Any) -> dict[str, Any]:
     explainer = importlib.import_module(module)
     writes = WriteLog()
     ctx = ExplainContext(name, ReadOnlyDatabase(sup.db), sup.db, sup.clock, writes)
-    async with recording_kind(sup, name, writes) as kind:
+    async with recording_kind(sup, name, writes, reuse_open=True) as kind:
         try:
             result: dict[str, Any] = await explainer.explain_record(kind, str(record).strip(), ctx)
         except RecordNotFound as exc:
