@@ -96,6 +96,9 @@ class SandboxPart:
     kickoff: list[str] = field(default_factory=list)
     after_start: Callable[[str], Awaitable[None]] | None = None
     description: list[str] = field(default_factory=list)
+    #: a record the demo data skips, for the banner's ``crmsync explain NAME RECORD`` example (issue 11)
+    explain_example: str | None = None
+    explain_note: str | None = None
 
 
 class IntegrationKind:

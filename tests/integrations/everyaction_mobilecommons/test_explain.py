@@ -39,6 +39,10 @@ async def test_explain_agrees_with_the_next_real_run_over_the_demo_data(
         for van_id in people:
             assert (verdicts[van_id]["outcome"], verdicts[van_id]["reason"]) == \
                 (real[van_id]["outcome"], real[van_id]["reason"]), van_id
+        linked = next(r for r in real.values() if r["outcome"] == "created")
+        by_profile = await explain(sup, NAME, f"mc:{linked['messaging_id']}")  # unambiguous prefixes
+        assert by_profile["crm_id"] == linked["crm_id"] and by_profile["messaging_id"] == linked["messaging_id"]
+        assert (await explain(sup, NAME, f"van:{linked['crm_id']}"))["messaging_id"] == linked["messaging_id"]
         assert {v["reason"] for v in verdicts.values()} >= {None, "not_opted_in", "country_not_us",
                                                              "no_mobile_number", "required_field_empty:first_name"}
         # the Mobile Commons side, by mobile number, against the next mc_to_ea run

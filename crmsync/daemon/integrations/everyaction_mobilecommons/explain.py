@@ -60,22 +60,30 @@ async def _person(kind: Any, van_id: str | None) -> VanPerson | None:
 
 
 async def find(kind: Any, record: str, ctx: ExplainContext) -> tuple[VanPerson | None, Profile | None, str]:
+    """By ``van:ID`` or ``mc:PROFILE_ID`` (unambiguous), an email address, a US mobile number, or a bare number:
+    a VAN ID first, else a Mobile Commons profile id known from a stored link."""
     name = ctx.integration
     person: VanPerson | None = None
     profile: Profile | None = None
     how = ""
-    linked_profile = await ctx.db.tx(q.link_for_crm, name, record)
-    linked_person = await ctx.db.tx(q.link_for_messaging, name, record)
-    if "@" in record:
+    prefix, _, rest = record.partition(":")
+    if prefix.casefold() in ("van", "mc") and rest.strip().isdigit():
+        if prefix.casefold() == "van":
+            person, how = await _person(kind, rest.strip()), "VAN ID"
+        else:
+            linked = await ctx.db.tx(q.link_for_messaging, name, rest.strip())
+            person, how = await _person(kind, linked), "Mobile Commons profile id (stored link)"
+    elif "@" in record:
         async with aclosing(kind.ea.search_people(email=record)) as found:
             async for candidate in found:
                 if any((e.email or "").casefold() == record.casefold() for e in candidate.emails or ()):
                     person, how = candidate, "EveryAction email"
                     break
-    elif linked_person is not None:
-        person, how = await _person(kind, linked_person), "Mobile Commons profile id (stored link)"
-    elif linked_profile is not None or (record.isdigit() and len(record) < 10):
+    elif record.isdigit() and len(record) < 10:
         person, how = await _person(kind, record), "VAN ID"
+        if person is None:
+            linked = await ctx.db.tx(q.link_for_messaging, name, record)
+            person, how = await _person(kind, linked), "Mobile Commons profile id (stored link)"
     else:
         phone = normalize_us_phone(record) if sum(ch.isdigit() for ch in record) >= 10 else None
         if phone is not None:
@@ -86,8 +94,6 @@ async def find(kind: Any, record: str, ctx: ExplainContext) -> tuple[VanPerson |
                     if rules.contact_from_van(candidate).phone == phone:
                         person = candidate
                         break
-        else:
-            person, how = await _person(kind, record), "VAN ID"
     if person is not None and profile is None:
         contact = rules.contact_from_van(person)
         if contact.phone is not None:
@@ -98,7 +104,8 @@ async def find(kind: Any, record: str, ctx: ExplainContext) -> tuple[VanPerson |
         person = await mc_to_ea._match(cfg, kind.ea, profile, rules.contact_from_profile(profile), link)
     if person is None and profile is None:
         raise RecordNotFound(f"no EveryAction record or Mobile Commons profile matches {record!r} (a VAN ID, a "
-                             "linked Mobile Commons profile id, a US mobile number or an email address)")
+                             "linked Mobile Commons profile id, van:ID or mc:ID, a US mobile number or an email "
+                             "address)")
     return person, profile, how
 
 
