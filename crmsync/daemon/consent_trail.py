@@ -34,6 +34,11 @@ async def consent_history(sup: Supervisor, name: str, person: Any = None, limit:
     if not isinstance(person, str | int) or not str(person).strip():
         raise CommandError("bad_request", "person: an id of the person in either system")
     ids = [str(person).strip()]
+    known = await sup.db.tx(ch.count, name, ids[0])
+    if not known and ("@" in ids[0] or sum(c.isdigit() for c in ids[0]) >= 10):
+        from crmsync.daemon.explain import resolve_ids
+
+        ids += await resolve_ids(sup, name, ids[0])  # an email or phone: the person's ids, from the live systems
 
     def read(c: Any) -> dict[str, Any]:
         entries: list[dict[str, Any]] = []

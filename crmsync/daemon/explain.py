@@ -124,6 +124,24 @@ async def explain(sup: Supervisor, name: str, record: Any) -> dict[str, Any]:
     return result
 
 
+async def resolve_ids(sup: Supervisor, name: str, record: str) -> list[str]:
+    """A person's ids in both systems, found in the live systems the way ``explain`` finds a record."""
+    from crmsync.daemon.dry_run import recording_kind
+    from crmsync.daemon.supervisor import CommandError
+
+    live = sup._kind(name)
+    module = EXPLAINERS.get(live.kind)
+    if module is None or not live.client_attributes:
+        raise CommandError("unsupported", f"{live.kind} cannot look records up")
+    ctx = ExplainContext(name, ReadOnlyDatabase(sup.db), sup.db, sup.clock, WriteLog())
+    async with recording_kind(sup, name, ctx.writes, reuse_open=True) as kind:
+        try:
+            ids: list[str] = await importlib.import_module(module).resolve_ids(kind, record, ctx)
+        except RecordNotFound as exc:
+            raise CommandError("not_found", str(exc)) from None
+    return ids
+
+
 def _report_rows(c: Any, integration: str, ids: list[str], limit: int) -> list[dict[str, Any]]:
     """The record's newest report rows (real runs and dry runs), newest first."""
     if not ids:

@@ -23,6 +23,7 @@ async def test_crm_profile_consents_and_an_apsis_unsubscribe_are_recorded(
         w.apsis.opt_out(cid, NEWS.topic, CHANNEL_EMAIL)  # the unsubscribe link
         await w.supervisor.run_flow(NAME, "consent_backflow", wait=True)
         entries = (await consent_history(w.supervisor, NAME, cid))["entries"]
+        assert (await consent_history(w.supervisor, NAME, "p0@example.com"))["entries"] == entries
         whole = await consent_history(w.supervisor, NAME, None, limit=100_000)
     news = f"{NEWS.topic}/{NEWS.channel}"
     summary = [(e["system"], e["subject"], e["old_status"], e["new_status"], e["source"], e["by_crmsync"])

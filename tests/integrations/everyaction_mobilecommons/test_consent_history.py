@@ -30,9 +30,12 @@ async def test_ea_opt_in_then_a_stop_keyword_then_an_everyaction_edit_are_all_in
         assert world.ea.person(ann).phones[0].effective_opt_in == OptInStatus.OPT_OUT
         history = await consent_history(sup, NAME, str(ann))
         by_profile = await consent_history(sup, NAME, profile_id)
+        by_phone = await consent_history(sup, NAME, "(312) 555-0101")
+        by_email = await consent_history(sup, NAME, "ann@example.org")
         nursery.cancel_scope.cancel()
     entries = history["entries"]
     assert by_profile["entries"] == entries  # either system's id finds the same trail
+    assert by_phone["entries"] == entries and by_email["entries"] == entries  # so do a phone and an email
     summary = [(e["system"], e["old_status"], e["new_status"], e["source"], e["by_crmsync"]) for e in entries]
     assert summary == [
         ("everyaction", None, "opt-in", "everyaction_edit", False),  # first seen in EveryAction

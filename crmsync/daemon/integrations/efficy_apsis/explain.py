@@ -169,3 +169,9 @@ async def explain_record(kind: Any, record: str, ctx: ExplainContext) -> dict[st
             "sections": [{"flow": "full_sync / realtime", "from": {"system": "efficy", "id": cid},
                           "to": {"system": "apsis", "id": cid if live is not None else None}, "rules": steps,
                           "verdict": verdict}]}
+
+
+async def resolve_ids(kind: Any, record: str, ctx: ExplainContext) -> list[str]:
+    """The contact's id, which is also its APSIS profile key (for ``consent-history NAME EMAIL|PHONE``)."""
+    contact, _ = await find(kind, record)
+    return [contact.contact_id]

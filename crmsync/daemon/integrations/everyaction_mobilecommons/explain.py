@@ -224,3 +224,9 @@ async def explain_record(kind: Any, record: str, ctx: ExplainContext) -> dict[st
         sections.append(await explain_mc_to_ea(kind, profile, person, ctx))
     return {"found_by": how, "crm_id": str(person.van_id) if person else None,
             "messaging_id": profile.id if profile else None, "sections": sections}
+
+
+async def resolve_ids(kind: Any, record: str, ctx: ExplainContext) -> list[str]:
+    """The person's ids in both systems (for ``consent-history NAME PHONE|EMAIL``)."""
+    person, profile, _ = await find(kind, record, ctx)
+    return [i for i in (str(person.van_id) if person else None, profile.id if profile else None) if i]
