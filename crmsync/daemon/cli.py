@@ -355,6 +355,11 @@ def _print_reply(cmd: str, reply: dict[str, Any], as_json: bool) -> tuple[int, s
         run = result["run"] or {}
         print(f"run {result['run_id']} ({result['flow']}): {run.get('status')}; "
               f"{render.counts_line(run.get('counts'))}")
+    elif cmd in ("pause", "resume"):
+        print(f"{result['integration']}: " + (
+            f"paused since {result.get('since')}: timers and the real-time queue are held; webhooks are still "
+            "accepted and kept" if result["paused"] else "resumed: the real-time queue drains in arrival order")
+            + ("" if result.get("changed") else " (no change)"))
     elif cmd == "dead_letters":
         print(render.render_dead_letters(result))
     elif cmd in ("requeue", "drop"):

@@ -66,6 +66,10 @@ class Metrics:
         self.active = Gauge(
             "crmsync_integration_active", "1 when the integration is active", ["integration"], registry=r,
         )
+        self.paused = Gauge(
+            "crmsync_integration_paused", "1 when the integration is paused (crmsync pause)", ["integration"],
+            registry=r,
+        )
         self.control_commands = Counter(
             "crmsync_control_commands_total", "Control-socket commands by command and result",
             ["cmd", "result"], registry=r,

@@ -101,6 +101,7 @@ class Supervisor:
             for name in self.kinds:
                 active = bool(statuses.get(name, {}).get("active"))
                 self.metrics.active.labels(name).set(int(active))
+                self.metrics.paused.labels(name).set(int(bool(await self.db.tx(paused_since, name))))
                 if active:
                     await self._start(name)
             task_status.started()
@@ -209,6 +210,7 @@ class Supervisor:
             runtime = self.runtimes.get(name)
             if runtime is not None:
                 runtime.pause_gate.pause()
+            self.metrics.paused.labels(name).set(1)
             if changed:
                 log.info("integration_paused", integration=name)
             held_since = await self.db.tx(paused_since, name)
@@ -223,6 +225,7 @@ class Supervisor:
             if runtime is not None:
                 runtime.pause_gate.resume()
                 runtime.wake_queue()
+            self.metrics.paused.labels(name).set(0)
             if changed:
                 log.info("integration_resumed", integration=name)
         return {"integration": name, "paused": False, "changed": changed}

@@ -41,6 +41,7 @@ async def test_pause_holds_timers_and_queue_keeps_webhooks_and_resume_drains_in_
         assert await db.tx(q.queue_depth, "a") == 3  # ... and kept
         status = await supervisor.status("a")
         assert status["paused"] is True and status["active"] is True and status["paused_since"]
+        assert b'crmsync_integration_paused{integration="a"} 1.0' in supervisor.metrics.render()
         with pytest.raises(CommandError) as refused:
             await supervisor.run_flow("a", "once")
         assert refused.value.code == "paused"
@@ -52,6 +53,7 @@ async def test_pause_holds_timers_and_queue_keeps_webhooks_and_resume_drains_in_
         assert [(rid, v) for via, rid, v in w.dest.log if via == "realtime"] == [("r2", 1), ("r1", 1), ("r2", 2)]
         assert len(w.flow_runs) > runs_before  # the held slots fired on resume
         assert (await supervisor.status("a"))["paused"] is False
+        assert b'crmsync_integration_paused{integration="a"} 0.0' in supervisor.metrics.render()
         nursery.cancel_scope.cancel()
 
 

@@ -3,6 +3,7 @@ call to APSIS or Efficy and change no link, checkpoint or fingerprint; the real 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,10 @@ import trio
 
 from crmsync.clock import WallClock
 from crmsync.connectors.apsis.records import CHANNEL_EMAIL
+from crmsync.daemon.control import ControlServer
 from crmsync.daemon.dry_run import run_dry
+from crmsync.daemon.render import render_report
+from crmsync.state import queries as q
 from tests.integrations.efficy_apsis.harness import NAME, NEWS, world
 
 STATE_TABLES = ("links", "cursors", "fingerprints", "kv", "consent_history", "full_syncs")
@@ -55,3 +59,23 @@ async def test_dry_full_sync_and_backflow_write_nothing_and_match_the_real_runs(
         real_back = await w.supervisor.run_flow(NAME, "consent_backflow", wait=True)
         rows = await w.rows(real_back["run_id"])
         assert [(r["crm_id"], r["outcome"]) for r in rows] == [("10001", "updated")]
+
+
+async def test_full_sync_dry_run_over_the_control_protocol(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock) -> None:
+    async with world(tmp_path, clock, contacts=8) as w:
+        server = ControlServer(w.supervisor, 300, _no_reload)
+        reply = await server.dispatch_line(json.dumps(
+            {"id": 1, "cmd": "full_sync", "args": {"integration": NAME, "dry_run": True}}).encode())
+        assert reply["ok"], reply
+        result = reply["result"]
+        assert result["dry_run"] is True and result["run"]["trigger"] == "dry_run"
+        assert result["counts"]["created"] > 0 and w.apsis.write_calls == 0
+        assert await w.db.tx(q.get_full_sync, NAME) is None  # no checkpoint either
+        status = await w.supervisor.status(NAME)
+        assert status["flows"]["full_sync"]["last_run"] is None  # a dry run is not the flow's last run
+        assert "DRY RUN" in render_report(await w.supervisor.report(NAME, result["run_id"]))
+
+
+async def _no_reload() -> dict[str, Any]:
+    return {}
