@@ -308,6 +308,9 @@ def _consent_csv(path: str, call_args: dict[str, Any], *, whole: bool) -> int:
 
     try:
         failed = trio.run(go)
+    except BrokenPipeError:  # `... --csv | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
     except (OSError, ConnectionError) as exc:
         print(f"crmsync: cannot reach the daemon at {path}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

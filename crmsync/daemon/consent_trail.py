@@ -32,24 +32,33 @@ async def consent_history(sup: Supervisor, name: str, person: Any = None, limit:
 
         return await sup.db.tx(read_all)
     if not isinstance(person, str | int) or not str(person).strip():
-        raise CommandError("bad_request", "person: an id of the person in either system")
-    ids = [str(person).strip()]
-    known = await sup.db.tx(ch.count, name, ids[0])
-    if not known and ("@" in ids[0] or sum(c.isdigit() for c in ids[0]) >= 10):
-        from crmsync.daemon.explain import resolve_ids
-
-        ids += await resolve_ids(sup, name, ids[0])  # an email or phone: the person's ids, from the live systems
+        raise CommandError("bad_request", "person: an id of the person in either system, a phone or an email")
+    asked = str(person).strip()
+    crm, msg = await _ids(sup, name, asked)
 
     def read(c: Any) -> dict[str, Any]:
-        entries: list[dict[str, Any]] = []
-        seen: set[int] = set()
-        for pid in ids:
-            for e in ch.for_person(c, name, pid, limit + offset, 0):
-                if e["id"] not in seen:
-                    seen.add(e["id"])
-                    entries.append(e)
-        entries.sort(key=lambda e: e["id"])
-        return {"integration": name, "person": ids[0], "total": len(entries),
-                "entries": entries[offset:offset + limit]}
+        crm_ids, msg_ids = ch.counterparts(c, name, crm, msg)
+        return {"integration": name, "person": asked, "crm_ids": sorted(crm_ids), "messaging_ids": sorted(msg_ids),
+                "total": ch.count_for(c, name, sorted(crm_ids), sorted(msg_ids)),
+                "entries": ch.for_person(c, name, sorted(crm_ids), sorted(msg_ids), limit, offset)}
 
     return await sup.db.tx(read)
+
+
+async def _ids(sup: Supervisor, name: str, asked: str) -> tuple[list[str], list[str]]:
+    """(CRM ids, messaging ids) for what was asked: ``crm:ID`` / ``van:ID`` or ``mc:ID`` / ``apsis:ID``;
+    a bare id is a CRM id when the history knows it as one, else a messaging id; a phone number or an email
+    address is looked up in the live systems (as ``explain`` does)."""
+    prefix, _, rest = asked.partition(":")
+    if prefix.casefold() in ("crm", "van", "efficy") and rest:
+        return [rest.strip()], []
+    if prefix.casefold() in ("mc", "messaging", "apsis") and rest:
+        return [], [rest.strip()]
+    as_crm = await sup.db.tx(ch.count_for, name, [asked], [])
+    as_msg = await sup.db.tx(ch.count_for, name, [], [asked])
+    if "@" in asked or (sum(c.isdigit() for c in asked) >= 10 and not as_crm and not as_msg):
+        from crmsync.daemon.explain import resolve_ids
+
+        crm_id, messaging_id = await resolve_ids(sup, name, asked)
+        return ([crm_id] if crm_id else []), ([messaging_id] if messaging_id else [])
+    return ([asked], []) if as_crm or not as_msg else ([], [asked])

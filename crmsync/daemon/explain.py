@@ -117,14 +117,14 @@ async def explain(sup: Supervisor, name: str, record: Any) -> dict[str, Any]:
             result: dict[str, Any] = await explainer.explain_record(kind, str(record).strip(), ctx)
         except RecordNotFound as exc:
             raise CommandError("not_found", str(exc)) from None
-    ids = [i for i in (result.get("crm_id"), result.get("messaging_id")) if i]
-    result["report_rows"] = await sup.db.tx(_report_rows, name, ids, REPORT_ROWS)
+    ids = [result.get("crm_id"), result.get("messaging_id")]
+    result["report_rows"] = await sup.db.tx(_report_rows, name, ids[0], ids[1], REPORT_ROWS)
     result.update(integration=name, kind=live.kind, record=str(record))
     log.info("record_explained", record_ids=ids)
     return result
 
 
-async def resolve_ids(sup: Supervisor, name: str, record: str) -> list[str]:
+async def resolve_ids(sup: Supervisor, name: str, record: str) -> tuple[str | None, str | None]:
     """A person's ids in both systems, found in the live systems the way ``explain`` finds a record."""
     from crmsync.daemon.dry_run import recording_kind
     from crmsync.daemon.supervisor import CommandError
@@ -136,20 +136,21 @@ async def resolve_ids(sup: Supervisor, name: str, record: str) -> list[str]:
     ctx = ExplainContext(name, ReadOnlyDatabase(sup.db), sup.db, sup.clock, WriteLog())
     async with recording_kind(sup, name, ctx.writes, reuse_open=True) as kind:
         try:
-            ids: list[str] = await importlib.import_module(module).resolve_ids(kind, record, ctx)
+            ids: tuple[str | None, str | None] = await importlib.import_module(module).resolve_ids(
+                kind, record, ctx)
         except RecordNotFound as exc:
             raise CommandError("not_found", str(exc)) from None
     return ids
 
 
-def _report_rows(c: Any, integration: str, ids: list[str], limit: int) -> list[dict[str, Any]]:
+def _report_rows(c: Any, integration: str, crm_id: str | None, messaging_id: str | None, limit: int
+                 ) -> list[dict[str, Any]]:
     """The record's newest report rows (real runs and dry runs), newest first."""
-    if not ids:
+    if not crm_id and not messaging_id:
         return []
-    marks = ",".join("?" * len(ids))
     rows = c.execute(
         "SELECT r.run_id, runs.flow, runs.trigger, r.seq, r.crm_id, r.messaging_id, r.outcome, r.reason, "
         "r.message, r.at FROM report_rows r JOIN runs ON runs.id = r.run_id WHERE runs.integration = ? "
-        f"AND (r.crm_id IN ({marks}) OR r.messaging_id IN ({marks})) ORDER BY r.run_id DESC, r.seq DESC LIMIT ?",
-        (integration, *ids, *ids, limit)).fetchall()
+        "AND (r.crm_id = ? OR r.messaging_id = ?) ORDER BY r.run_id DESC, r.seq DESC LIMIT ?",
+        (integration, crm_id or "\0", messaging_id or "\0", limit)).fetchall()
     return [dict(r) for r in rows]

@@ -219,9 +219,10 @@ def render_explain(result: dict[str, Any]) -> str:
         rows = []
         for r in section["rules"]:
             looked = r["looked_at"]
-            if isinstance(looked, dict) and looked and all(isinstance(v, dict) for v in looked.values()):
-                for i, (k, v) in enumerate(looked.items()):  # one line per field or consent mapping
-                    rows.append([r["rule"] if i == 0 else "", f"{k}: {_looked(v, 60)}", r["verdict"] if i == 0 else ""])
+            if isinstance(looked, dict) and looked and (all(isinstance(v, dict) for v in looked.values())
+                                                        or len(_looked(looked, 1000)) > 70):
+                for i, (k, v) in enumerate(looked.items()):  # one line per field, side or value
+                    rows.append([r["rule"] if i == 0 else "", f"{k}: {_looked(v, 70)}", r["verdict"] if i == 0 else ""])
             else:
                 rows.append([r["rule"], _looked(looked), r["verdict"]])
             if r.get("note"):

@@ -99,13 +99,36 @@ def _row(r: sqlite3.Row) -> dict[str, Any]:
     return d
 
 
-def for_person(c: sqlite3.Connection, integration: str, person: str, limit: int = 1000, offset: int = 0
-               ) -> list[dict[str, Any]]:
-    """Entries where ``person`` is the CRM id or the messaging id, oldest first."""
+def for_person(c: sqlite3.Connection, integration: str, crm_ids: Sequence[str], messaging_ids: Sequence[str],
+               limit: int = 1000, offset: int = 0) -> list[dict[str, Any]]:
+    """One person's entries, oldest first: those naming one of ``crm_ids`` as the CRM id or one of
+    ``messaging_ids`` as the messaging id (the two id spaces are kept apart: they may overlap)."""
+    crm, msg = list(crm_ids) or [""], list(messaging_ids) or [""]
     rows = c.execute(
-        "SELECT * FROM consent_history WHERE integration = ? AND (crm_id = ? OR messaging_id = ?) "
-        "ORDER BY id LIMIT ? OFFSET ?", (integration, person, person, limit, offset)).fetchall()
+        f"SELECT * FROM consent_history WHERE integration = ? AND (crm_id IN ({','.join('?' * len(crm))}) "
+        f"OR messaging_id IN ({','.join('?' * len(msg))})) ORDER BY id LIMIT ? OFFSET ?",
+        (integration, *crm, *msg, limit, offset)).fetchall()
     return [_row(r) for r in rows]
+
+
+def count_for(c: sqlite3.Connection, integration: str, crm_ids: Sequence[str], messaging_ids: Sequence[str]) -> int:
+    crm, msg = list(crm_ids) or [""], list(messaging_ids) or [""]
+    return int(c.execute(
+        f"SELECT COUNT(*) FROM consent_history WHERE integration = ? AND (crm_id IN ({','.join('?' * len(crm))}) "
+        f"OR messaging_id IN ({','.join('?' * len(msg))}))", (integration, *crm, *msg)).fetchone()[0])
+
+
+def counterparts(c: sqlite3.Connection, integration: str, crm_ids: Sequence[str], messaging_ids: Sequence[str]
+                 ) -> tuple[set[str], set[str]]:
+    """The ids the history pairs with the given ones (a person's ids in the other system)."""
+    crm, msg = set(crm_ids), set(messaging_ids)
+    for cid in list(crm):
+        msg |= {r[0] for r in c.execute("SELECT DISTINCT messaging_id FROM consent_history WHERE integration = ? "
+                                        "AND crm_id = ? AND messaging_id IS NOT NULL", (integration, cid))}
+    for mid in list(msg):
+        crm |= {r[0] for r in c.execute("SELECT DISTINCT crm_id FROM consent_history WHERE integration = ? "
+                                        "AND messaging_id = ? AND crm_id IS NOT NULL", (integration, mid))}
+    return crm, msg
 
 
 def trail(c: sqlite3.Connection, integration: str, limit: int = 1000, offset: int = 0) -> list[dict[str, Any]]:
@@ -115,13 +138,8 @@ def trail(c: sqlite3.Connection, integration: str, limit: int = 1000, offset: in
     return [_row(r) for r in rows]
 
 
-def count(c: sqlite3.Connection, integration: str, person: str | None = None) -> int:
-    if person is None:
-        row = c.execute("SELECT COUNT(*) FROM consent_history WHERE integration = ?", (integration,)).fetchone()
-    else:
-        row = c.execute("SELECT COUNT(*) FROM consent_history WHERE integration = ? AND (crm_id = ? OR "
-                        "messaging_id = ?)", (integration, person, person)).fetchone()
-    return int(row[0])
+def count(c: sqlite3.Connection, integration: str) -> int:
+    return int(c.execute("SELECT COUNT(*) FROM consent_history WHERE integration = ?", (integration,)).fetchone()[0])
 
 
 def prune(c: sqlite3.Connection, integration: str, older_than: str) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from crmsync.connectors.apsis.problems import ApsisNotFoundError
-from crmsync.connectors.apsis.records import Consent
+from crmsync.connectors.apsis.records import ATTR_CRMID, ATTR_EMAIL, Consent
 from crmsync.connectors.efficy import EfficyContact
 from crmsync.connectors.errors import NotFoundError
 from crmsync.daemon.explain import ExplainContext, RecordNotFound, rule
@@ -127,7 +127,7 @@ def consent_rules(contact: EfficyContact, spec: SyncSpec, state: store.ContactSt
 
 def mapping_rule(contact: EfficyContact, spec: SyncSpec, state: store.ContactState) -> dict[str, Any]:
     attributes = map_attributes(contact, spec.attributes, spec.email_field)
-    columns = {"crmid": "K_CONTACT", "email": spec.email_field, **{a: c for c, a in spec.attributes}}
+    columns = {ATTR_CRMID: "K_CONTACT", ATTR_EMAIL: spec.email_field, **{a: c for c, a in spec.attributes}}
     last = state.current.attributes if state.current is not None else {}
     looked = {attr: {"efficy": columns.get(attr, attr), "value": value, "last sent": last.get(attr),
                      "write": state.current is None or last.get(attr) != value}
@@ -152,13 +152,16 @@ async def explain_record(kind: Any, record: str, ctx: ExplainContext) -> dict[st
     steps.append(rule("stale-read guard (never write an older Efficy state over a newer one)",
                       {"Efficy modified": _iso(contact.modified_at), "last written from": state.written_version},
                       "fail" if stale else "pass", "stale_read" if stale else None))
-    steps.append(mapping_rule(contact, spec, state))
+    mapping = mapping_rule(contact, spec, state)
+    steps.append(mapping)
     steps += consent_rules(contact, spec, state, live)
     holds = contact.profile_ids or ()
     steps.append(rule("tags from CRM Profiles", {"CRM Profiles held": list(holds)}, "info",
                       ", ".join(sorted(profile_tags(holds, spec.tag_profiles))) or "no tag"))
     plan = plan_contact(contact, spec, current=state.current, written_version=state.written_version,
                         linked=state.linked, optouts=state.optouts)
+    if plan.action == "skip":
+        mapping["note"] = f"nothing is written: the contact is skipped ({plan.reason})"
     steps.append(rule("plan", {"action": plan.action, "reason": plan.reason, "linked": state.linked,
                                "APSIS profile": "exists" if live is not None else "none"}, plan.action,
                       "the payload equals the last one sent (fingerprint)" if plan.action == "unchanged" else None))
@@ -171,7 +174,7 @@ async def explain_record(kind: Any, record: str, ctx: ExplainContext) -> dict[st
                           "verdict": verdict}]}
 
 
-async def resolve_ids(kind: Any, record: str, ctx: ExplainContext) -> list[str]:
+async def resolve_ids(kind: Any, record: str, ctx: ExplainContext) -> tuple[str | None, str | None]:
     """The contact's id, which is also its APSIS profile key (for ``consent-history NAME EMAIL|PHONE``)."""
     contact, _ = await find(kind, record)
-    return [contact.contact_id]
+    return contact.contact_id, contact.contact_id

@@ -45,9 +45,11 @@ def mc_source(profile: Profile | None, status: Consent) -> tuple[str, str | None
         return "mobilecommons_keyword", f"keyword {name or via or ''}".strip()
     if kind in ("optinpath", "opt_in_path", "web", "webform", "mdata"):
         return "mobilecommons_web", name or via
+    if via:  # the profile came from elsewhere (e.g. the API); the subscription says how it was opted in
+        return "mobilecommons", f"opt-in source {via}"
     if kind == "api":
         return "mobilecommons_api", name
-    return "mobilecommons", via or name
+    return "mobilecommons", name
 
 
 def observed_ea(run: RunContext, van_id: str, messaging_id: str | None, previous: EaObservation | None,

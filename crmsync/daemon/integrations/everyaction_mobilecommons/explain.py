@@ -170,13 +170,15 @@ async def explain_ea_to_mc(kind: Any, person: VanPerson, profile: Profile | None
                           _yes(owner is None), ea_to_mc.SHARED_PHONE if owner else None))
     fp = rules.fingerprint(rules.ea_payload(contact, ea_status, van_id))
     unchanged = known.fingerprint == fp and profile is not None
-    steps.append(_mapping(contact, rules.contact_from_profile(profile) if profile else None, unchanged,
-                          "mobilecommons"))
+    mapping = _mapping(contact, rules.contact_from_profile(profile) if profile else None, unchanged, "mobilecommons")
+    steps.append(mapping)
     plan = rules.plan_ea_to_mc(
         contact=contact, ea=obs.fact(), profile=rules.contact_from_profile(profile) if profile else None, mc=mc,
         van_id=van_id, profile_constituent_id=profile.constituent_id if profile else None,
         liberal=cfg.liberal_sync, required=cfg.required_fields(), opt_in_path=cfg.default_opt_in_path_id,
         payload_unchanged=unchanged, missing_country_is_us=cfg.missing_country == "assume_us")
+    if plan.skip is not None:
+        mapping["note"] = f"nothing is written: the record is skipped ({plan.skip})"
     steps.append(rule("plan", {"skip": plan.skip, "data": plan.data, "Constituent ID": plan.link_id,
                                "subscribe (welcome message)": plan.subscribe, "opt out": plan.opt_out},
                       "skip" if plan.skip and not plan.opt_out else "write" if plan.writes else "nothing to write",
@@ -226,7 +228,7 @@ async def explain_record(kind: Any, record: str, ctx: ExplainContext) -> dict[st
             "messaging_id": profile.id if profile else None, "sections": sections}
 
 
-async def resolve_ids(kind: Any, record: str, ctx: ExplainContext) -> list[str]:
-    """The person's ids in both systems (for ``consent-history NAME PHONE|EMAIL``)."""
+async def resolve_ids(kind: Any, record: str, ctx: ExplainContext) -> tuple[str | None, str | None]:
+    """The person's (VAN ID, Mobile Commons profile id) (for ``consent-history NAME PHONE|EMAIL``)."""
     person, profile, _ = await find(kind, record, ctx)
-    return [i for i in (str(person.van_id) if person else None, profile.id if profile else None) if i]
+    return (str(person.van_id) if person else None), (profile.id if profile else None)
