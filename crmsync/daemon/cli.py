@@ -287,7 +287,7 @@ def _consent_csv(path: str, call_args: dict[str, Any], *, whole: bool) -> int:
     """Write the consent history as CSV to stdout; the whole trail is read page by page."""
     import csv
 
-    from crmsync.daemon.consent_trail import CSV_COLUMNS
+    from crmsync.daemon.consent_history import CSV_COLUMNS
     from crmsync.daemon.control import ControlClient
 
     out = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")

@@ -26,7 +26,7 @@ import structlog
 import trio
 
 from crmsync import __version__
-from crmsync.daemon import consent_trail, dead_letters, dry_run, explain
+from crmsync.daemon import consent_history, dead_letters, dry_run, explain
 from crmsync.daemon.config import ConfigError
 from crmsync.daemon.supervisor import CommandError, Supervisor
 
@@ -209,7 +209,7 @@ class ControlServer:
         if cmd == "explain":
             return await explain.explain(s, name, args.get("record"))
         if cmd == "consent_history":
-            return await consent_trail.consent_history(s, name, args.get("person"), int(args.get("limit", 1000)),
+            return await consent_history.consent_history(s, name, args.get("person"), int(args.get("limit", 1000)),
                                                        int(args.get("offset", 0)))
         raise CommandError("unknown_command", cmd)
 

@@ -9,7 +9,7 @@ import trio
 
 from crmsync.clock import WallClock
 from crmsync.connectors.apsis.records import CHANNEL_EMAIL
-from crmsync.daemon.consent_trail import consent_history
+from crmsync.daemon.consent_history import consent_history
 from tests.integrations.efficy_apsis.harness import NAME, NEWS, world
 
 

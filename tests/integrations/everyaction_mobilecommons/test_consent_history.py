@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from crmsync.connectors.everyaction import OptInStatus
-from crmsync.daemon.consent_trail import consent_history
+from crmsync.daemon.consent_history import consent_history
 from tests.integrations.everyaction_mobilecommons.harness import NAME, make_config, make_world
 
 
