@@ -59,8 +59,8 @@ def observed_ea(run: RunContext, van_id: str, messaging_id: str | None, previous
     seen = run.now_iso()
     if previous is None:
         return [ch.ConsentChange(EVERYACTION, SUBJECT, STATUS[now.status], "everyaction_edit", False, seen,
-                                 crm_id=van_id, messaging_id=messaging_id, changed_at=_iso(now.by),
-                                 run_id=run.run_id, detail="first seen by crmsync; set at some earlier time")]
+                                 crm_id=van_id, messaging_id=messaging_id, run_id=run.run_id,
+                                 detail="first seen by crmsync; set at some earlier, unknown time")]
     return [ch.ConsentChange(EVERYACTION, SUBJECT, STATUS[now.status], "everyaction_edit", False, seen,
                              crm_id=van_id, messaging_id=messaging_id, old_status=STATUS.get(previous.status),
                              changed_after=_iso(now.after), changed_at=_iso(now.by), run_id=run.run_id,
