@@ -25,7 +25,7 @@ import trio
 
 from crmsync import __version__
 from crmsync.daemon import render
-from crmsync.daemon.commands import COMMANDS, Arg, ArgumentError, Command
+from crmsync.daemon.commands import COMMANDS, Arg, ArgumentError, Command, validate
 from crmsync.daemon.config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -128,8 +128,11 @@ def _control_parser(sub: Any, command: Command, config_arg: Callable[[argparse.A
         if arg.type == "boolean":
             sp.add_argument("--" + arg.name.replace("_", "-"), dest=dest, action="store_true", **kw)
             continue
-        kw["type"] = partial(_cli_value, arg)
+        kw["type"] = partial(_cli_value, arg.element() if arg.type == "integer_list" else arg)
         kw["metavar"] = arg.metavar or arg.name.upper()
+        if arg.type == "integer_list":
+            sp.add_argument(dest, nargs="+" if arg.required else "*", **kw)
+            continue
         if arg.choices:
             kw["choices"] = arg.choices
             kw["help"] += f": {', '.join(arg.choices)}"
@@ -143,6 +146,9 @@ def _control_parser(sub: Any, command: Command, config_arg: Callable[[argparse.A
                         if command.name == "full_sync" else
                         "with NAME: attach to a running full sync, show its progress until it ends, and exit "
                         "with its outcome")
+    if command.name == "consent_history":
+        sp.add_argument("--csv", action="store_true", help="print CSV (with no PERSON: the whole trail, page by "
+                        "page, for a compliance request)")
     sp.add_argument("--json", action="store_true", help="print the raw JSON result (stable keys)")
     sp.add_argument("--socket", metavar="PATH", help="control socket (default: $CRMSYNC_SOCKET, then the "
                     "configured daemon.control_socket)")
@@ -366,7 +372,7 @@ def _call_args(command: Command, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for arg in command.args:
         value = getattr(args, ARG_DEST + arg.name, None)
-        if value is None or (arg.type == "boolean" and value is False):
+        if value is None or value == [] or (arg.type == "boolean" and value is False):
             continue  # omitted: the daemon applies the default
         out[arg.name] = value
     return out
@@ -377,15 +383,23 @@ def cmd_control(args: argparse.Namespace) -> int:
 
     command = COMMANDS[args.command.replace("-", "_")]
     call_args = _call_args(command, args)
+    try:
+        validate(command, call_args)  # the daemon's own check, before anything is sent
+    except ArgumentError as exc:
+        print(f"crmsync {command.cli_name}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     watch = bool(getattr(args, "watch", False))
     path = socket_path(args)
+    if command.name == "consent_history" and args.csv:
+        return _consent_csv(path, call_args, whole="person" not in call_args)
     outcome: dict[str, Any] = {}
 
     async def go() -> dict[str, Any]:
-        async with ControlClient(path, timeout=24 * 3600 if call_args.get("wait") else 60) as client:
+        long = call_args.get("wait") or call_args.get("dry_run")
+        async with ControlClient(path, timeout=24 * 3600 if long else 60) as client:
             reply = await client.call(command.name, **call_args)
             name = call_args.get("integration")
-            if watch and name and reply.get("ok"):
+            if watch and name and reply.get("ok") and not call_args.get("dry_run"):
                 if not args.json:  # what was started (or the status attached to) first, then the progress
                     print(render.render(command.name, reply["result"]), flush=True)
                 started = reply["result"].get("run_id") if command.name == "full_sync" else None
@@ -413,6 +427,42 @@ def cmd_control(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `crmsync status | head`: the reader left; not an error of ours
         sys.stderr.close()
         return EXIT_OK
+
+
+def _consent_csv(path: str, call_args: dict[str, Any], *, whole: bool) -> int:
+    """The consent history as CSV on stdout; the whole trail is read page by page."""
+    import csv
+
+    from crmsync.daemon.consent_history import CSV_COLUMNS
+    from crmsync.daemon.control import ControlClient
+
+    out = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+
+    async def go() -> dict[str, Any] | None:
+        async with ControlClient(path) as client:
+            offset, page = 0, 10_000 if whole else call_args.get("limit", 1000)
+            out.writeheader()
+            while True:
+                reply = await client.call("consent_history", **{**call_args, "limit": page, "offset": offset})
+                if not reply.get("ok"):
+                    return reply
+                entries = reply["result"]["entries"]
+                out.writerows(entries)
+                offset += len(entries)
+                if not whole or len(entries) < page:
+                    return None
+
+    try:
+        failed = trio.run(go)
+    except BrokenPipeError:  # `... --csv | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
+    except (OSError, ConnectionError) as exc:
+        print(f"crmsync: cannot reach the daemon at {path}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if failed is not None:
+        return _print_reply("consent_history", failed, False)
+    return EXIT_OK
 
 
 def _local_help(only: str | None, as_json: bool, why: str) -> int:

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-ArgType = Literal["string", "integer", "boolean"]
+ArgType = Literal["string", "integer", "boolean", "integer_list"]
+MAX_LIST = 10_000  # ids in one request (requeue, drop)
 
 # SQLite integers are signed 64-bit: a larger run id can name no run, and would overflow the query
 MAX_ID = 2**63 - 1
@@ -49,7 +50,13 @@ class Arg:
     def keyword(self) -> str:
         return self.param or self.name
 
+    def element(self) -> Arg:
+        """One item of an integer_list, checked as an integer with this argument's bounds."""
+        return Arg(self.name, "integer", self.help, minimum=self.minimum, maximum=self.maximum)
+
     def describe_type(self) -> str:
+        if self.type == "integer_list":
+            return f"list of {self.element().describe_type()}"
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.type == "integer":
@@ -62,6 +69,10 @@ class Arg:
     def check(self, command: str, value: Any) -> Any:
         """The value, converted and checked; raises :class:`ArgumentError` naming this argument."""
         where = f"args.{self.name} of {command}"
+        if self.type == "integer_list":
+            if not isinstance(value, list) or not 0 < len(value) <= MAX_LIST:
+                raise ArgumentError(f"{where} must be a list of 1..{MAX_LIST} integers, not {_shown(value)}")
+            return [self.element().check(command, v) for v in value]
         if self.type == "boolean":
             if not isinstance(value, bool):
                 raise ArgumentError(f"{where} must be true or false, not {_shown(value)}")
@@ -108,6 +119,7 @@ class Command:
     args: tuple[Arg, ...] = ()
     mutating: bool = False  # logged with the caller's uid and pid
     cli: bool = True  # a ``crmsync`` sub-command of the same name (dashes for underscores)
+    exactly_one_of: tuple[str, ...] = ()  # arguments of which exactly one must be given (requeue: ids or all)
 
     @property
     def cli_name(self) -> str:
@@ -142,6 +154,10 @@ INTEGRATION = Arg("integration", "string", "integration name, as in [integration
 INTEGRATION_OPTIONAL = Arg("integration", "string", "integration name (omit for the daemon and a line per "
                            "integration)", aliases=("name",), param="name", positional=True, metavar="NAME")
 OUTCOMES = ("created", "updated", "unchanged", "rejected", "skipped")
+DRY_RUN = Arg("dry_run", "boolean", "read both systems as a real run would and answer its report, without any "
+              "write call, link, cursor or fingerprint change (answers when the run ends)", default=False)
+DEAD_LETTER_IDS = Arg("ids", "integer_list", "dead-letter ids (from dead-letters)", minimum=1, maximum=MAX_ID,
+                      positional=True, metavar="ID")
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("hello", "the protocol version, the daemon's version and the command names", cli=False),
@@ -157,7 +173,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "unchanged, else starts over", args=(
                 INTEGRATION,
                 Arg("from_start", "boolean", "start over even when a cancelled full sync could resume",
-                    default=False)), mutating=True),
+                    default=False),
+                DRY_RUN), mutating=True),
     Command("cancel", "cancel the running full sync and flows of an integration, or only FLOW", args=(
         INTEGRATION,
         Arg("flow", "string", "only this flow (e.g. full_sync, ea_to_mc)", positional=True, metavar="FLOW")),
@@ -165,7 +182,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("run_flow", "run one flow now", args=(
         INTEGRATION,
         Arg("flow", "string", "flow name, e.g. ea_to_mc", required=True, positional=True, metavar="FLOW"),
-        Arg("wait", "boolean", "answer when the run ends, with its result", default=False)), mutating=True),
+        Arg("wait", "boolean", "answer when the run ends, with its result", default=False),
+        DRY_RUN), mutating=True),
     Command("runs", "recent runs of an integration, newest first", args=(
         INTEGRATION,
         Arg("limit", "integer", "runs to list", default=20, minimum=1, maximum=1000),
@@ -180,6 +198,33 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
         Arg("limit", "integer", "rows to show", default=1000, minimum=1, maximum=100_000),
         Arg("offset", "integer", "rows to skip first", default=0, minimum=0, maximum=MAX_ID))),
     Command("reload", "re-read the config file; only changed integrations restart", mutating=True),
+    Command("pause", "pause an integration: hold its timers, real-time queue and full sync; webhooks are still "
+            "accepted and kept (survives restarts)", args=(INTEGRATION,), mutating=True),
+    Command("resume", "resume a paused integration: the queue drains in arrival order, a missed timer slot fires "
+            "once", args=(INTEGRATION,), mutating=True),
+    Command("dead_letters", "the real-time events set aside after failing too often (error, first and last "
+            "attempt)", args=(
+                INTEGRATION,
+                Arg("limit", "integer", "rows to show", default=1000, minimum=1, maximum=100_000),
+                Arg("offset", "integer", "rows to skip first", default=0, minimum=0, maximum=MAX_ID))),
+    Command("requeue", "put dead letters back at the end of the real-time queue (ids, or all)", args=(
+        INTEGRATION, DEAD_LETTER_IDS, Arg("all", "boolean", "every dead letter", default=False)), mutating=True,
+        exactly_one_of=("ids", "all")),
+    Command("drop", "remove dead letters for good (logged with the caller's uid)", args=(
+        INTEGRATION, Arg("ids", "integer_list", "dead-letter ids (from dead-letters)", required=True, minimum=1,
+                         maximum=MAX_ID, positional=True, metavar="ID")), mutating=True),
+    Command("explain", "why a record is (not) synced: every rule with the values it looked at and its verdict, "
+            "what a sync would write, its last report rows (writes nothing)", args=(
+                INTEGRATION,
+                Arg("record", "string", "either system's id (van:ID / mc:ID to disambiguate), a phone number or "
+                    "an email address", required=True, positional=True, metavar="RECORD"))),
+    Command("consent_history", "a person's consent history, oldest first (every change crmsync made or saw); "
+            "without PERSON, the whole trail", args=(
+                INTEGRATION,
+                Arg("person", "string", "the person's id in either system, a phone number or an email",
+                    positional=True, metavar="PERSON"),
+                Arg("limit", "integer", "entries to show", default=1000, minimum=1, maximum=100_000),
+                Arg("offset", "integer", "entries to skip first", default=0, minimum=0, maximum=MAX_ID))),
 )}
 
 # Every error code the control socket answers, with its meaning: the documented, stable list.
@@ -200,6 +245,9 @@ ERROR_CODES: dict[str, str] = {
     "invalid_config": "reload: the new config is invalid; the running one is kept (problems lists each key)",
     "line_too_long": "the request line is over 64 KiB; the connection closes",
     "idle_timeout": "no request within the idle timeout; the connection closes",
+    "paused": "the integration is paused; resume it first",
+    "unknown_dead_letter": "none of the ids given is a dead letter of the integration",
+    "not_found": "explain: no record in either system matches",
     "internal_error": "a bug: the command failed unexpectedly; the daemon carries on (see its log)",
 }
 
@@ -222,6 +270,10 @@ def validate(command: Command, args: Mapping[str, Any]) -> dict[str, Any]:
         if value is None and not found.required:
             continue  # null: as if omitted
         out[found.keyword] = found.check(command.name, value)
+    if command.exactly_one_of:
+        given = [name for name in command.exactly_one_of if out.get(name) not in (None, False, [])]
+        if len(given) != 1:
+            raise ArgumentError(f"{command.name} takes exactly one of {' or '.join(command.exactly_one_of)}")
     for arg in command.args:
         if arg.keyword not in out:
             if arg.required:

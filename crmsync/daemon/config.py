@@ -126,6 +126,7 @@ class DaemonConfig(StrictModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     report_retention_days: int = Field(default=30, ge=1)
     report_retention_runs: int = Field(default=200, ge=1)
+    consent_history_retention_days: int = Field(default=0, ge=0)  # 0: keep (an audit trail)
     plugins: list[str] = Field(default_factory=list)
 
     _tz = field_validator("timezone")(_check_timezone)

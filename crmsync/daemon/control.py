@@ -28,8 +28,10 @@ import structlog
 import trio
 
 from crmsync import __version__
+from crmsync.daemon import consent_history, dead_letters, explain
 from crmsync.daemon.commands import COMMANDS, ArgumentError, Command, help_result, lookup, validate
 from crmsync.daemon.config import ConfigError
+from crmsync.daemon.dry_run import run_dry
 from crmsync.daemon.supervisor import CommandError, Supervisor
 
 log = structlog.get_logger("crmsync.daemon.control")
@@ -147,7 +149,10 @@ class ControlServer:
             pid, uid, gid = creds if creds else (None, None, None)
             log.info("control_command", cmd=cmd, args=args, peer_pid=pid, peer_uid=uid, peer_gid=gid)
         try:
-            result = await self._call(command, kwargs)
+            # every log line of a state-changing command carries who asked (e.g. dropping a dead letter)
+            who = {"peer_uid": creds[1], "peer_pid": creds[0]} if creds and command.mutating else {}
+            with structlog.contextvars.bound_contextvars(**who):
+                result = await self._call(command, kwargs)
         except CommandError as exc:
             self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
             return _error(rid, exc.code, exc.message)
@@ -184,6 +189,34 @@ class ControlServer:
 
     async def cmd_reload(self) -> dict[str, Any]:
         return await self.reload_config()
+
+    # -- dry runs and the issue-11 commands: their substance lives in their own modules ---------------------
+
+    async def cmd_run_flow(self, name: str, flow: str, wait: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        if dry_run:
+            return await run_dry(self.supervisor, name, flow)
+        return await self.supervisor.run_flow(name, flow, wait=wait)
+
+    async def cmd_full_sync(self, name: str, from_start: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        if dry_run:
+            return await run_dry(self.supervisor, name, "full_sync")
+        return await self.supervisor.full_sync(name, from_start=from_start)
+
+    async def cmd_dead_letters(self, name: str, limit: int, offset: int) -> dict[str, Any]:
+        return await dead_letters.list_dead_letters(self.supervisor, name, limit, offset)
+
+    async def cmd_requeue(self, name: str, ids: list[int] | None = None, all: bool = False) -> dict[str, Any]:
+        return await dead_letters.requeue(self.supervisor, name, ids, all_=all)
+
+    async def cmd_drop(self, name: str, ids: list[int]) -> dict[str, Any]:
+        return await dead_letters.drop(self.supervisor, name, ids)
+
+    async def cmd_explain(self, name: str, record: str) -> dict[str, Any]:
+        return await explain.explain(self.supervisor, name, record)
+
+    async def cmd_consent_history(self, name: str, limit: int, offset: int, person: str | None = None
+                                  ) -> dict[str, Any]:
+        return await consent_history.consent_history(self.supervisor, name, person, limit, offset)
 
 
 def _error(rid: Any, code: str, message: str) -> dict[str, Any]:

@@ -155,6 +155,10 @@ class Metrics:
             "(retrying after an outage), error (crashed, restarting with backoff), inactive",
             ["integration", "state"], registry=r,
         )
+        self.paused = Gauge(
+            "crmsync_integration_paused", "1 when the integration is paused (crmsync pause)", ["integration"],
+            registry=r,
+        )
         self.control_commands = Counter(
             "crmsync_control_commands_total", "Control-socket commands by command and result",
             ["cmd", "result"], registry=r,

@@ -197,6 +197,7 @@ def render_status(result: dict[str, Any]) -> str:
     for i in result["integrations"]:
         fs = i.get("full_sync") or {}
         state = ("error" if i.get("error") else "active") if i["active"] else "inactive"
+        state += ", paused" if i.get("paused") else ""
         full_sync = fs.get("state") or "-"
         if fs.get("state") == "running":
             full_sync = f"running {fs.get('done', 0)}/{fs.get('total') or '?'}"
@@ -229,6 +230,9 @@ def render_integration(i: dict[str, Any]) -> str:
         + (f" since {local_time(i.get('since'), tz)}" if i.get("since") else ""),
         f"  times in {i.get('timezone') or 'UTC'}",
     ]
+    if i.get("paused"):
+        lines.append(f"  PAUSED since {local_time(i.get('paused_since'), tz)}: timers and the real-time queue are "
+                     f"held (webhooks still queued); 'crmsync resume {i['name']}' releases them")
     if i.get("notes"):
         lines.append(f"  notes: {i['notes']}")
     if i.get("error"):
@@ -249,7 +253,8 @@ def render_integration(i: dict[str, Any]) -> str:
         what = "resumes from its checkpoint" if nxt["action"] == "resume" else "starts from the beginning"
         lines.append(f"  next full sync: {what} ({nxt['reason']})")
     lines.append(f"  real-time queue: {i.get('queue_depth', 0)} waiting"
-                 + (f", {i['dead_letters']} dead letters (see the log; a full sync reconciles them)"
+                 + (f", {i['dead_letters']} dead letters (oldest received "
+                    f"{local_time(i.get('dead_letters_oldest'), tz)}; 'crmsync dead-letters {i['name']}')"
                     if i.get("dead_letters") else ""))
     rows = []
     failures = []
@@ -292,8 +297,9 @@ def render_report(result: dict[str, Any]) -> str:
     tz = zone(result.get("timezone"))
     run = result["run"]
     c = result["counts"]
+    dry = " [DRY RUN: nothing was written]" if run.get("trigger") == "dry_run" else ""
     lines = [
-        f"Synchronization report: {result['integration']}, run {run['id']} ({run['flow']}), {run['status']}",
+        f"Synchronization report: {result['integration']}, run {run['id']} ({run['flow']}), {run['status']}{dry}",
         f"  started {local_time(run['started_at'], tz)}, finished {local_time(run.get('finished_at'), tz)}",
     ]
     if run.get("error"):
@@ -420,6 +426,118 @@ def render_fields(result: dict[str, Any], indent: str = "") -> str:
     return "\n".join(lines)
 
 
+# -- pause, dead letters, consent history, dry runs, explain -----------------------------------------------
+
+
+def render_pause(result: dict[str, Any]) -> str:
+    name = result["integration"]
+    if result["paused"]:
+        text = (f"{name}: paused since {result.get('since')}: timers and the real-time queue are held; webhooks "
+                "are still accepted and kept")
+    else:
+        text = f"{name}: resumed: the real-time queue drains in arrival order"
+    return text + ("" if result.get("changed") else " (no change)")
+
+
+def render_dead_letters(result: dict[str, Any]) -> str:
+    tz = zone(result.get("timezone"))
+    rows = [[d["id"], local_time(d.get("received_at"), tz), local_time(d.get("first_attempt_at"), tz),
+             local_time(d.get("last_attempt_at"), tz), (d.get("error") or "")[:60],
+             ", ".join(f"{k}={v}" for k, v in (d.get("payload") or {}).items())[:50]]
+            for d in result["dead_letters"]]
+    if not rows:
+        return f"{result['integration']}: no dead letters"
+    head = (f"{result['integration']}: {result['total']} dead letters, oldest received "
+            f"{local_time(result['oldest'], tz)}")
+    return head + "\n" + table(["id", "received", "first attempt", "last attempt", "error", "event"], rows)
+
+
+def render_dead_letters_moved(result: dict[str, Any]) -> str:
+    verb, done = ("requeued", result["requeued"]) if "requeued" in result else ("dropped", result["dropped"])
+    ids = [str(d["id"] if isinstance(d, dict) else d) for d in done]
+    return (f"{result['integration']}: {verb} {len(ids)} dead letter(s)" + (f": {', '.join(ids)}" if ids else "")
+            + (f"; not found: {', '.join(map(str, result['not_found']))}" if result.get("not_found") else ""))
+
+
+def render_consent_history(result: dict[str, Any]) -> str:
+    tz = zone(result.get("timezone"))
+    who = f"person {result['person']}" if result.get("person") else "every person"
+    if not result["entries"]:
+        return f"{result['integration']}: no consent changes recorded for {who}"
+    rows = []
+    for e in result["entries"]:
+        when = local_time(e.get("changed_at"), tz)
+        if e.get("changed_after"):
+            when = f"{local_time(e['changed_after'], tz)} .. {when}"
+        rows.append([e["id"], e["system"], e.get("crm_id") or "", e.get("messaging_id") or "", e["subject"][:40],
+                     f"{e.get('old_status') or '?'} -> {e['new_status']}",
+                     ("crmsync, from " if e["by_crmsync"] else "") + e.get("source_label", e["source"]),
+                     when, local_time(e.get("seen_at"), tz), e.get("run_id") or ""])
+    head = f"Consent history: {result['integration']}, {who}, oldest first ({result['total']} changes)"
+    return head + "\n" + table(["#", "system", "crm id", "messaging id", "consent", "change", "source",
+                                 "at source", "seen", "run"], rows)
+
+
+def render_dry_run(result: dict[str, Any]) -> str:
+    lines = [render_report(result), "",
+             f"Dry run: {result['intended_writes_total']} write call(s) withheld; no link, cursor or fingerprint "
+             "changed."]
+    writes = result.get("intended_writes") or []
+    if writes:
+        rows = [[w["system"], w["call"], w.get("target") or "", w["summary"][:90]] for w in writes[:200]]
+        lines.append(table(["system", "call", "target", "would write"], rows))
+        if result["intended_writes_total"] > len(rows):
+            lines.append(f"... {result['intended_writes_total'] - len(rows)} more (--json shows the first 1000)")
+    return "\n".join(lines)
+
+
+def _looked(value: Any, limit: int = 70) -> str:
+    if isinstance(value, dict):
+        text = ", ".join(f"{k}={_looked(v, 40)}" for k, v in value.items())
+    elif value is None:
+        text = "-"
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def render_explain(result: dict[str, Any]) -> str:
+    tz = zone(result.get("timezone"))
+    lines = [f"Explain: {result['integration']} ({result['kind']}), record {result['record']}"
+             + (f" (found by {result['found_by']})" if result.get("found_by") else ""),
+             f"  crm id: {result.get('crm_id') or '-'}   messaging id: {result.get('messaging_id') or '-'}"]
+    for section in result["sections"]:
+        frm, to = section["from"], section["to"]
+        lines += ["", f"{section['flow']}: {frm['system']} {frm['id']} -> {to['system']} {to['id'] or '(none yet)'}"]
+        rows = []
+        for r in section["rules"]:
+            looked = r["looked_at"]
+            if isinstance(looked, dict) and looked and (all(isinstance(v, dict) for v in looked.values())
+                                                        or len(_looked(looked, 1000)) > 70):
+                for n, (k, v) in enumerate(looked.items()):  # one line per field, side or value
+                    rows.append([r["rule"] if n == 0 else "", f"{k}: {_looked(v, 70)}", r["verdict"] if n == 0 else ""])
+            else:
+                rows.append([r["rule"], _looked(looked), r["verdict"]])
+            if r.get("note"):
+                rows.append(["", f"  ({r['note']})", ""])
+        lines.append(table(["rule", "looked at", "verdict"], rows))
+        v = section["verdict"]
+        lines.append(f"  VERDICT: {v['outcome']}" + (f" ({v['reason']})" if v.get("reason") else "")
+                     + (f": {v['message']}" if v.get("message") else ""))
+        if v.get("would_write"):
+            lines.append("  a sync would write:")
+            lines += [f"    {w['system']} {w['call']} {w.get('target') or ''}: {w['summary']}"
+                      for w in v["would_write"]]
+        else:
+            lines.append("  a sync would write nothing")
+    rows = [[r["run_id"], r["flow"] + (" (dry)" if r.get("trigger") == "dry_run" else ""), local_time(r["at"], tz),
+             r["outcome"], r.get("reason") or "", (r.get("message") or "")[:60]] for r in result["report_rows"]]
+    lines.append("")
+    lines.append(table(["run", "flow", "at", "outcome", "reason", "message"], rows) if rows
+                 else "no report rows for this record yet")
+    return "\n".join(lines)
+
+
 Renderer = Callable[[dict[str, Any]], str]
 RENDERERS: dict[str, Renderer] = {
     "status": render_status,
@@ -432,8 +550,17 @@ RENDERERS: dict[str, Renderer] = {
     "report": render_report,
     "reload": render_reload,
     "help": render_help,
+    "pause": render_pause,
+    "resume": render_pause,
+    "dead_letters": render_dead_letters,
+    "requeue": render_dead_letters_moved,
+    "drop": render_dead_letters_moved,
+    "consent_history": render_consent_history,
+    "explain": render_explain,
 }
 
 
 def render(command: str, result: dict[str, Any]) -> str:
+    if result.get("dry_run"):
+        return render_dry_run(result)
     return RENDERERS.get(command, render_fields)(result)

@@ -33,8 +33,10 @@ from crmsync.connectors.errors import ApiError, AuthError, RetriableApiError
 from crmsync.daemon.intake import QueueDepth
 from crmsync.daemon.integrations.base import FlowError, IntegrationKind
 from crmsync.daemon.metrics import Metrics
+from crmsync.daemon.pause import PauseGate, paused_since
 from crmsync.daemon.runs import RunContext
 from crmsync.daemon.schedule import Schedule, next_fire
+from crmsync.state import consent_history
 from crmsync.state import queries as q
 
 log = structlog.get_logger("crmsync.daemon.runtime")
@@ -80,6 +82,8 @@ class IntegrationRuntime:
         self.activated_at: datetime | None = None
         self.in_backoff = False  # the real-time consumer waits out an outage (integration state "backoff")
         self.on_healthy: Callable[[], None] | None = None
+        self.consent_history_retention_days = 0  # 0: keep the consent history (an audit trail)
+        self.pause_gate = PauseGate()  # shut while paused: timers, the queue and full-sync pages wait
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -90,6 +94,8 @@ class IntegrationRuntime:
                 status = await self.db.tx(q.get_status, self.name)
                 if status:
                     self.activated_at = datetime.fromisoformat(status["since"])
+                if await self.db.tx(paused_since, self.name):
+                    self.pause_gate.pause()
                 async with self.kind.open(), trio.open_nursery() as nursery:
                     self.nursery = nursery
                     for flow, schedule in self.schedules.items():
@@ -224,11 +230,17 @@ class IntegrationRuntime:
         counts = run.counts.as_dict()
         older = datetime.fromtimestamp(now_dt.timestamp() - self.retention_days * 86400, now_dt.tzinfo).isoformat()
 
+        keep_consents = self.consent_history_retention_days
+        consent_cutoff = (datetime.fromtimestamp(now_dt.timestamp() - keep_consents * 86400, now_dt.tzinfo)
+                          .isoformat() if keep_consents else None)
+
         def finish(c: Any) -> None:
             q.finish_run(c, run.run_id, status, counts, run.error, now)
             if status in ("success", "partial"):
                 q.record_last_success(c, self.name, run.flow, now)
             q.prune(c, self.name, run.flow, older, self.retention_runs)
+            if consent_cutoff is not None:  # the consent history has its own retention (default: kept)
+                consent_history.prune(c, self.name, consent_cutoff)
 
         try:
             await run.flush(finish)
@@ -265,6 +277,8 @@ class IntegrationRuntime:
                 self.next_runs[flow] = fire_at
                 if not await self._interruptible_wait(partial(self.clock.sleep_until, fire_at)):
                     return
+                if not await self._interruptible_wait(self.pause_gate.wait_open):
+                    return  # a slot due while paused fires once, on resume
                 try:
                     await self._execute(flow, "schedule", self._flow_body(flow))
                 except FlowBusy:
@@ -316,6 +330,9 @@ class IntegrationRuntime:
             self.metrics.full_sync_running.labels(self.name).set(1)
             log.info("full_sync_page_loop", resume=resume, position=position, done=done)
             while True:
+                if self.pause_gate.paused and not await self._interruptible_wait(self.pause_gate.wait_open):
+                    run.interrupted = True  # stopping while paused: resumes from the checkpoint
+                    return
                 step = await self.kind.full_sync_step(position, run)
                 done += step.processed
                 position = step.next_position
@@ -379,6 +396,8 @@ class IntegrationRuntime:
         isolate = False
         with structlog.contextvars.bound_contextvars(integration=self.name, flow=REALTIME_FLOW):
             while not self.stopping:
+                if not await self._interruptible_wait(self.pause_gate.wait_open):
+                    return
                 if not await self._interruptible_wait(self.full_sync_idle.wait):
                     return
                 wakeup = self._queue_wakeup = trio.Event()
@@ -417,13 +436,13 @@ class IntegrationRuntime:
                         continue
                     event = events[0]
                     if not failure.get("transient", True) and event.attempts + 1 >= REALTIME_MAX_EVENT_ATTEMPTS:
-                        await self.db.tx(q.dead_letter, self.name, event.seq, error)
+                        await self.db.tx(q.dead_letter, self.name, event.seq, error, self.clock.now().isoformat())
                         self.queue_depth.change(self.name, -1)
                         self.metrics.dead_letters.labels(self.name).inc()
                         log.error("realtime_event_dead_lettered", seq=event.seq, error=error,
                                   attempts=event.attempts + 1, payload=event.payload)
                         continue
-                    await self.db.tx(q.fail_queue, self.name, event.seq, error)
+                    await self.db.tx(q.fail_queue, self.name, event.seq, error, self.clock.now().isoformat())
                     log.warning("realtime_event_retry", delay_s=backoff, seq=event.seq, error=error)
                     self.in_backoff = True
                     if not await self._interruptible_wait(partial(trio.sleep, backoff)):

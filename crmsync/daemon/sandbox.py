@@ -151,6 +151,10 @@ def _banner(out: Any, directory: Path, daemon: Any, parts: dict[str, SandboxPart
         lines.append(f"  {cmd} report {name}{f' --flow {first}' if first else ''} --socket {sock}")
         for line in part.description:
             lines.append(f"    {line}")
+        if part.explain_example:
+            lines.append(f"  {cmd} explain {name} {part.explain_example} --socket {sock}")
+            if part.explain_note:
+                lines.append(f"    {part.explain_note}")
     if not parts:
         lines.append("  (no integration kinds provide a sandbox part)")
     print("\n".join(lines), file=out, flush=True)

@@ -26,6 +26,7 @@ from crmsync.daemon.intake import IntakeResult, QueueDepth, WebhookIntake
 from crmsync.daemon.integrations import registry
 from crmsync.daemon.integrations.base import FlowError, IntegrationContext, IntegrationKind, WebhookRejected
 from crmsync.daemon.metrics import Metrics
+from crmsync.daemon.pause import paused_since, set_paused
 from crmsync.daemon.runtime import (
     FULL_SYNC_FLOW,
     FULL_SYNC_MAPPINGS_KEY,
@@ -38,6 +39,7 @@ from crmsync.daemon.runtime import (
 from crmsync.daemon.store_metrics import init_integration_metrics, refresh_store_metrics
 from crmsync.state import Database
 from crmsync.state import queries as q
+from crmsync.state.dead_letters import oldest_dead
 
 log = structlog.get_logger("crmsync.daemon.supervisor")
 
@@ -99,6 +101,7 @@ class Supervisor:
             queue_depth=self.queue_depth,
         )
         runtime.on_healthy = partial(self._clear_error, name)
+        runtime.consent_history_retention_days = self.config.daemon.consent_history_retention_days
         return runtime
 
     def _clear_error(self, name: str) -> None:
@@ -120,6 +123,7 @@ class Supervisor:
                 active = bool(statuses.get(name, {}).get("active"))
                 await init_integration_metrics(self.db, self.metrics, name, self.kinds[name])
                 self.metrics.active.labels(name).set(int(active))
+                self.metrics.paused.labels(name).set(int(bool(await self.db.tx(paused_since, name))))
                 if active:
                     await self._start(name)
             task_status.started()
@@ -221,6 +225,40 @@ class Supervisor:
             self.metrics.active.labels(name).set(0)
         return {"integration": name, "active": False, "changed": changed}
 
+    async def pause(self, name: str) -> dict[str, Any]:
+        """Hold timers, the real-time queue and full-sync pages; webhooks are still accepted and kept."""
+        self._kind(name)
+        async with self._lock:
+            since = self.clock.now().isoformat()
+            changed = await self.db.tx(set_paused, name, since)
+            runtime = self.runtimes.get(name)
+            if runtime is not None:
+                runtime.pause_gate.pause()
+            self.metrics.paused.labels(name).set(1)
+            if changed:
+                log.info("integration_paused", integration=name)
+            held_since = await self.db.tx(paused_since, name)
+        return {"integration": name, "paused": True, "since": held_since, "changed": changed}
+
+    async def resume(self, name: str) -> dict[str, Any]:
+        """Release what pause held: the queue drains in arrival order, a timer slot missed fires once."""
+        self._kind(name)
+        async with self._lock:
+            changed = await self.db.tx(set_paused, name, None)
+            runtime = self.runtimes.get(name)
+            if runtime is not None:
+                runtime.pause_gate.resume()
+                runtime.wake_queue()
+            self.metrics.paused.labels(name).set(0)
+            if changed:
+                log.info("integration_resumed", integration=name)
+        return {"integration": name, "paused": False, "changed": changed}
+
+    def _refuse_if_paused(self, name: str) -> None:
+        runtime = self.runtimes.get(name)
+        if runtime is not None and runtime.pause_gate.paused:
+            raise CommandError("paused", f"integration {name!r} is paused; 'crmsync resume {name}' first")
+
     async def full_sync(self, name: str, from_start: bool = False) -> dict[str, Any]:
         """Start a full sync: resume a cancelled or failed one from its checkpoint when its mappings are
         unchanged (see ``full_sync_plan``), or start over (always with ``from_start``)."""
@@ -228,6 +266,7 @@ class Supervisor:
         if not kind.supports_full_sync:
             raise CommandError("unsupported", f"{kind.kind} has no full sync")
         runtime = self._active_runtime(name)
+        self._refuse_if_paused(name)
         if runtime.full_sync_running():
             raise CommandError("already_running", f"a full sync is already running for {name}")
         plan = await self._full_sync_plan(name)
@@ -291,6 +330,7 @@ class Supervisor:
                 raise CommandError("unknown_flow", f"{kind.kind} has no flow {flow!r} to run; "
                                    f"it has {', '.join(self._runnable(kind)) or 'none'}")
             runtime = self._active_runtime(name)
+            self._refuse_if_paused(name)
             try:
                 run_id = await runtime.start_flow(flow, "command")
             except FlowBusy as exc:
@@ -447,11 +487,13 @@ class Supervisor:
                 flows[flow] = {"last_run": _run_brief(last)}
             return {
                 "status": st,
+                "paused_since": paused_since(c, name),
                 "flows": flows,
                 "full_sync": q.get_full_sync(c, name),
                 "full_sync_mappings": q.kv_get(c, name, FULL_SYNC_MAPPINGS_KEY) if kind.supports_full_sync else None,
                 "queue_depth": q.queue_depth(c, name) if kind.supports_webhooks else 0,
                 "dead_letters": q.count_dead_letters(c, name) if kind.supports_webhooks else 0,
+                "dead_letters_oldest": oldest_dead(c, name) if kind.supports_webhooks else None,
                 "cursors": q.list_cursors(c, name) if full else None,
                 "links": q.count_links(c, name) if full else None,
             }
@@ -478,6 +520,8 @@ class Supervisor:
             "active": bool(st.get("active")),
             "since": st.get("since"),
             "timezone": str(self.config.timezone_of(name)),
+            "paused": data["paused_since"] is not None,
+            "paused_since": data["paused_since"],
             "notes": kind.config.notes,
             "running": runtime is not None and name not in self.errors,
             "error": self.errors.get(name),
@@ -489,6 +533,7 @@ class Supervisor:
             "full_sync": full_sync,
             "queue_depth": data["queue_depth"],
             "dead_letters": data["dead_letters"],
+            "dead_letters_oldest": data["dead_letters_oldest"],
             "flows": data["flows"],
         }
         if full:

@@ -116,6 +116,34 @@ MIGRATIONS: list[str] = [
     CREATE INDEX realtime_queue_pending ON realtime_queue (integration, seq) WHERE attempts >= 0;
     CREATE INDEX realtime_queue_dead_letters ON realtime_queue (integration) WHERE attempts = -2;
     """,
+    # 5: dead letters handled (issue 11): when a queued event was first and last tried and failed
+    """
+    ALTER TABLE realtime_queue ADD COLUMN first_failed_at TEXT;
+    ALTER TABLE realtime_queue ADD COLUMN last_failed_at TEXT;
+    """,
+    # 6: consent history (issue 11): every consent change crmsync makes or observes; an audit trail with its own
+    # retention (daemon.consent_history_retention_days, default: kept). No foreign key to runs: runs are pruned.
+    """
+    CREATE TABLE consent_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        integration TEXT NOT NULL,
+        system TEXT NOT NULL,            -- where the status changed: everyaction, mobilecommons, efficy, apsis
+        crm_id TEXT,                     -- the person in the CRM (VAN ID, K_CONTACT)
+        messaging_id TEXT,               -- the person in the messaging platform (profile id, profile key)
+        subject TEXT NOT NULL,           -- what the consent is for: "sms", "topic/channel", "crm_profile:ID"
+        old_status TEXT,                 -- NULL: not known before
+        new_status TEXT NOT NULL,
+        source TEXT NOT NULL,            -- where the change came from (see crmsync/state/consent_history.py)
+        by_crmsync INTEGER NOT NULL,     -- 1: crmsync wrote it; 0: crmsync observed it
+        changed_at TEXT,                 -- when it happened at the source (NULL: unknown)
+        changed_after TEXT,              -- when only an interval is known: it happened after this
+        seen_at TEXT NOT NULL,           -- when crmsync saw (or made) it
+        run_id INTEGER,
+        detail TEXT
+    );
+    CREATE INDEX consent_history_by_crm ON consent_history (integration, crm_id, id);
+    CREATE INDEX consent_history_by_messaging ON consent_history (integration, messaging_id, id);
+    """,
 ]
 
 

@@ -213,19 +213,22 @@ def ack_queue(c: sqlite3.Connection, integration: str, seqs: Sequence[int]) -> N
     )
 
 
-def fail_queue(c: sqlite3.Connection, integration: str, seq: int, error: str) -> None:
+def fail_queue(c: sqlite3.Connection, integration: str, seq: int, error: str, now: str | None = None) -> None:
     c.execute(
-        "UPDATE realtime_queue SET attempts = attempts + 1, last_error = ? WHERE integration = ? AND seq = ?",
-        (error[:1000], integration, seq),
+        "UPDATE realtime_queue SET attempts = attempts + 1, last_error = ?, "
+        "first_failed_at = COALESCE(first_failed_at, ?), last_failed_at = COALESCE(?, last_failed_at) "
+        "WHERE integration = ? AND seq = ?",
+        (error[:1000], now, now, integration, seq),
     )
 
 
-def dead_letter(c: sqlite3.Connection, integration: str, seq: int, error: str) -> None:
+def dead_letter(c: sqlite3.Connection, integration: str, seq: int, error: str, now: str | None = None) -> None:
     """Set an event aside that failed for a non-transient reason too often: kept (never deleted), counted
     in status, skipped by the consumer so the queue moves on. A full sync reconciles what it was about."""
     c.execute(
-        "UPDATE realtime_queue SET attempts = -2, last_error = ? WHERE integration = ? AND seq = ?",
-        (error[:1000], integration, seq),
+        "UPDATE realtime_queue SET attempts = -2, last_error = ?, first_failed_at = COALESCE(first_failed_at, ?), "
+        "last_failed_at = COALESCE(?, last_failed_at) WHERE integration = ? AND seq = ?",
+        (error[:1000], now, now, integration, seq),
     )
 
 
@@ -370,14 +373,17 @@ def list_runs(
 
 
 def last_run(c: sqlite3.Connection, integration: str, flow: str, status: str | None = None) -> dict[str, Any] | None:
+    """The flow's newest real run (dry runs, trigger ``dry_run``, changed nothing and are left out)."""
     if status:
         row = c.execute(
-            "SELECT * FROM runs WHERE integration = ? AND flow = ? AND status = ? ORDER BY id DESC LIMIT 1",
+            "SELECT * FROM runs WHERE integration = ? AND flow = ? AND status = ? AND trigger != 'dry_run' "
+            "ORDER BY id DESC LIMIT 1",
             (integration, flow, status),
         ).fetchone()
     else:
         row = c.execute(
-            "SELECT * FROM runs WHERE integration = ? AND flow = ? ORDER BY id DESC LIMIT 1", (integration, flow)
+            "SELECT * FROM runs WHERE integration = ? AND flow = ? AND trigger != 'dry_run' ORDER BY id DESC "
+            "LIMIT 1", (integration, flow)
         ).fetchone()
     return _run_dict(row) if row else None
 

@@ -166,7 +166,7 @@ async def test_help_lists_each_command_with_its_arguments_and_types(tmp_path: Pa
             for cmd in listed["commands"]:
                 assert cmd["help"]
                 for arg in cmd["args"]:
-                    assert arg["type"] in ("string", "integer", "boolean") and arg["help"]
+                    assert arg["type"] in ("string", "integer", "boolean", "integer_list") and arg["help"]
             one = (await c.call("help", command="run_flow"))["result"]["commands"]
             assert [x["name"] for x in one] == ["run_flow"]
             assert _error(await c.call("help", command="nope"))[0] == "unknown_command"
@@ -203,31 +203,31 @@ def test_the_command_table_is_complete() -> None:
 async def test_a_new_command_is_one_declarative_entry(
     tmp_path: Path, db: Any, sim_clock: Any, monkeypatch: Any
 ) -> None:
-    """The issue 11 commands (pause, requeue, ...) arrive as table entries: validation, help, dispatch to the
+    """A new command arrives as table entries: validation, help, dispatch to the
     Supervisor method of the same name, and the CLI sub-command all follow from the entry."""
     from crmsync.daemon import cli, render
     from crmsync.daemon.commands import INTEGRATION, Arg, Command
     from crmsync.daemon.supervisor import Supervisor
 
-    monkeypatch.setitem(COMMANDS, "pause", Command("pause", "pause a flow", args=(
-        INTEGRATION, Arg("flow", "string", "the flow to pause", required=True, positional=True, metavar="FLOW"),
+    monkeypatch.setitem(COMMANDS, "snooze", Command("snooze", "snooze a flow", args=(
+        INTEGRATION, Arg("flow", "string", "the flow to snooze", required=True, positional=True, metavar="FLOW"),
         Arg("minutes", "integer", "for how long", default=60, minimum=1, maximum=1440)), mutating=True))
 
-    async def pause(self: Supervisor, name: str, flow: str, minutes: int) -> dict[str, Any]:
+    async def snooze(self: Supervisor, name: str, flow: str, minutes: int) -> dict[str, Any]:
         self._kind(name)
-        return {"integration": name, "flow": flow, "paused_for_minutes": minutes}
+        return {"integration": name, "flow": flow, "snoozed_for_minutes": minutes}
 
-    monkeypatch.setattr(Supervisor, "pause", pause, raising=False)
+    monkeypatch.setattr(Supervisor, "snooze", snooze, raising=False)
     async with trio.open_nursery() as nursery:
         path, _ = await _serve(tmp_path, db, sim_clock, nursery)
         async with ControlClient(path) as c:
-            reply = await c.call("pause", integration="a", flow="once")
-            assert reply["result"] == {"integration": "a", "flow": "once", "paused_for_minutes": 60}
-            assert _error(await c.call("pause", integration="a", flow="once", minutes=0))[0] == "bad_request"
-            assert _error(await c.call("pause", integration="a"))[0] == "bad_request"  # flow is required
+            reply = await c.call("snooze", integration="a", flow="once")
+            assert reply["result"] == {"integration": "a", "flow": "once", "snoozed_for_minutes": 60}
+            assert _error(await c.call("snooze", integration="a", flow="once", minutes=0))[0] == "bad_request"
+            assert _error(await c.call("snooze", integration="a"))[0] == "bad_request"  # flow is required
             names = [x["name"] for x in (await c.call("help"))["result"]["commands"]]
-            assert "pause" in names
+            assert "snooze" in names
         nursery.cancel_scope.cancel()
-    parsed = cli.build_parser().parse_args(["pause", "a", "once", "--minutes", "5"])
-    assert cli._call_args(COMMANDS["pause"], parsed) == {"integration": "a", "flow": "once", "minutes": 5}
-    assert "paused for minutes  60" in render.render("pause", reply["result"])
+    parsed = cli.build_parser().parse_args(["snooze", "a", "once", "--minutes", "5"])
+    assert cli._call_args(COMMANDS["snooze"], parsed) == {"integration": "a", "flow": "once", "minutes": 5}
+    assert "snoozed for minutes  60" in render.render("snooze", reply["result"])

@@ -103,6 +103,11 @@ def test_every_command_has_a_rendering_without_python_dumps() -> None:
         "reload": {"added": [], "removed": ["old"], "changed": ["x"], "unchanged": [],
                    "restart_required_for": ["http"]},
         "run_flow": {"integration": "x", "flow": "once", "run_id": 6},
+        "pause": {"integration": "x", "paused": True, "since": "2026-01-01T00:00:00+00:00", "changed": True},
+        "resume": {"integration": "x", "paused": False, "changed": False},
+        "requeue": {"integration": "x", "requeued": [{"id": 3, "new_id": 9}], "not_found": [4]},
+        "drop": {"integration": "x", "dropped": [5], "not_found": []},
+        "dead_letters": {"integration": "x", "total": 0, "oldest": None, "dead_letters": []},
         "help": {"commands": [{"name": "runs", "help": "recent runs", "mutating": False, "args": [
             {"name": "limit", "type": "integer", "required": False, "help": "runs to list", "default": 20,
              "minimum": 1, "maximum": 1000}]}], "error_codes": {"bad_request": "bad"}},
@@ -115,13 +120,15 @@ def test_every_command_has_a_rendering_without_python_dumps() -> None:
     assert "cancelled full_sync (run 5)" in texts["cancel"] and "next full sync resumes" in texts["cancel"]
     assert "removed: old" in texts["reload"] and "not applied until crmsync restarts: http" in texts["reload"]
     assert "limit (integer 1..1000, default 20): runs to list" in texts["help"]
+    assert texts["requeue"] == "x: requeued 1 dead letter(s): 3; not found: 4"
+    assert texts["drop"] == "x: dropped 1 dead letter(s): 5" and texts["resume"].endswith("(no change)")
     run = {"id": 6, "flow": "once", "status": "failed", "started_at": "2026-01-01T00:00:00+00:00",
            "finished_at": "2026-01-01T00:00:03+00:00", "counts": {"fetched": 1, "skipped": {}}, "error": "boom"}
     end = render.render("run_flow", {"integration": "x", "flow": "once", "run_id": 6, "run": run, "timezone": "UTC"})
     assert "x: run 6 (once) failed after 3s" in end and "error: boom" in end
     _no_python(end)
-    # a command with no rendering of its own yet (issue 11's, before theirs lands): fields, not a dump
-    generic = render.render("requeue", {"integration": "x", "requeued": 3, "seqs": [1, 2, 3], "done": True,
+    # a command with no rendering of its own yet: fields, not a dump
+    generic = render.render("some_new_command", {"integration": "x", "requeued": 3, "seqs": [1, 2, 3], "done": True,
                                         "events": [{"seq": 1, "error": "x"}]})
     _no_python(generic)
     assert re.search(r"^requeued +3$", generic, re.M) and re.search(r"^seqs +1, 2, 3$", generic, re.M)

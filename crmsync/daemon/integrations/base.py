@@ -96,6 +96,9 @@ class SandboxPart:
     kickoff: list[str] = field(default_factory=list)
     after_start: Callable[[str], Awaitable[None]] | None = None
     description: list[str] = field(default_factory=list)
+    #: a record the demo data skips, for the banner's ``crmsync explain NAME RECORD`` example (issue 11)
+    explain_example: str | None = None
+    explain_note: str | None = None
 
 
 class IntegrationKind:
@@ -108,6 +111,9 @@ class IntegrationKind:
     systems: ClassVar[tuple[str, ...]] = ()  # external systems' names, as in crmsync_api_* metrics labels
     realtime_batch_size: ClassVar[int] = 100
     realtime_coalesce_s: ClassVar[float] = 0.5  # after a wake-up, wait this long to batch a burst of webhooks
+    #: attributes holding API clients while open, and their system ("everyaction", "apsis", ...): dry runs and
+    #: ``explain`` wrap them in a write recorder (crmsync/daemon/write_recorder.py); empty: not supported
+    client_attributes: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, ctx: IntegrationContext, config: IntegrationConfig):
         self.ctx = ctx

@@ -34,7 +34,7 @@ from crmsync.connectors.apsis.problems import ApsisNotFoundError, ConsentReportE
 from crmsync.connectors.apsis.records import ConsentKey
 from crmsync.connectors.efficy import EfficyClient
 from crmsync.connectors.errors import AuthError, FatalApiError, NotFoundError
-from crmsync.daemon.integrations.efficy_apsis import store
+from crmsync.daemon.integrations.efficy_apsis import consent_trail, store
 from crmsync.daemon.integrations.efficy_apsis.rules import (
     OPT_OUT,
     ConsentRule,
@@ -44,6 +44,7 @@ from crmsync.daemon.integrations.efficy_apsis.rules import (
 )
 from crmsync.daemon.integrations.efficy_apsis.writer import Written, bounded_map
 from crmsync.daemon.runs import RunContext
+from crmsync.state import consent_history
 from crmsync.state import queries as q
 
 log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.consent_backflow")
@@ -232,13 +233,17 @@ async def _act(cid: str, consents: Sequence[Consent], state: store.ContactState,
     version = contact.modified_at if (contact is not None and confirmed) else None
     tx: list[store.TxFn] = []
     consents_sent = dict(state.current.consents) if state.current is not None else {}
-    for rule, consent in found:
-        tx.append(store.put_optout(integration, OptOutRecord(cid, rule.profile_id, rule.slot,
-                                                             parse_apsis_time(consent.modified_at), version)))
-        consents_sent[rule.slot] = OPT_OUT
+    records = [OptOutRecord(cid, rule.profile_id, rule.slot, parse_apsis_time(consent.modified_at), version)
+               for rule, consent in found]
+    for record in records:
+        tx.append(store.put_optout(integration, record))
+        consents_sent[record.slot] = OPT_OUT
     if state.current is not None:  # APSIS holds the opt-out now: remember it as the state of the slot
         updated = ApsisProfile(cid, state.current.attributes, consents_sent, state.current.tags)
-        tx.append(store.written(integration, updated, state.written_version, now))
+        tx.append(store.written(integration, updated, state.written_version, now, standing=records))
+    tx.append(consent_history.recorder(  # the consent history: the CRM Profiles crmsync removed in Efficy
+        integration, (consent_trail.apsis_observed(records, now) if state.current is None else [])
+        + consent_trail.efficy_unlinked(records, now, confirmed)))
     names = ", ".join(f"{r.slot.topic}/{r.slot.channel}" for r, _ in found)
     log.debug("apsis_optout_flowed_back", contact_id=cid, profiles=profiles, confirmed=confirmed)
     message = (f"opted out in APSIS ({names}); CRM Profile {', '.join(profiles)} removed in Efficy"

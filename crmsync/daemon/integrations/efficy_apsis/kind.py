@@ -62,6 +62,7 @@ class EfficyApsisKind(IntegrationKind):
     supports_full_sync = True
     supports_webhooks = True
     systems = ("efficy", "apsis")
+    client_attributes = {"_efficy": "efficy", "_apsis": "apsis"}  # dry runs wrap these (issue 11)
 
     def __init__(self, ctx: IntegrationContext, config: IntegrationConfig):
         super().__init__(ctx, config)

@@ -19,12 +19,14 @@ from typing import Any
 import structlog
 
 from crmsync.connectors.apsis.records import ApsisProfile, ConsentKey
+from crmsync.daemon.integrations.efficy_apsis import consent_trail
 from crmsync.daemon.integrations.efficy_apsis.rules import (
     ConsentRule,
     OptOutRecord,
     fingerprint,
     profile_from_fingerprint,
 )
+from crmsync.state import consent_history
 from crmsync.state import queries as q
 
 log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.store")
@@ -64,10 +66,15 @@ def load_states(c: sqlite3.Connection, integration: str, contact_ids: Iterable[s
     return out
 
 
-def written(integration: str, profile: ApsisProfile, version: str | None, now: str) -> TxFn:
-    """Link the profile and remember the payload sent (and the Efficy version it came from)."""
+def written(integration: str, profile: ApsisProfile, version: str | None, now: str, *,
+            standing: Sequence[OptOutRecord] = ()) -> TxFn:
+    """Link the profile and remember the payload sent (and the Efficy version it came from). Consent changes
+    against the previous payload go to the consent history; ``standing``: APSIS opt-outs behind some of them."""
 
     def tx(c: sqlite3.Connection) -> None:
+        before = q.get_fingerprint(c, integration, profile.key)
+        previous = profile_from_fingerprint(profile.key, before[0]) if before is not None else None
+        consent_history.add(c, integration, consent_trail.apsis_changes(previous, profile, version, now, standing))
         q.put_link(c, integration, profile.key, profile.key, now)
         q.put_fingerprint(c, integration, profile.key, fingerprint(profile), version, now)
 

@@ -132,7 +132,7 @@ async def write_one(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec
     except FatalApiError as exc:
         log.warning("apsis_rejected", contact_id=plan.contact_id, error=exc.message)
         return Written("rejected", plan.contact_id, message=exc.message)
-    tx = [store.written(integration, desired, version_str(contact.modified_at), now)]
+    tx = [store.written(integration, desired, version_str(contact.modified_at), now, standing=records)]
     tx += [store.put_optout(integration, r) for r in records]
     tx += [store.drop_optout(integration, r) for r in plan.obsolete_optouts]
     if plan.current is None:

@@ -21,7 +21,7 @@ import structlog
 from crmsync.connectors.errors import FatalApiError, NotFoundError
 from crmsync.connectors.everyaction import ContactChange, EveryActionClient
 from crmsync.connectors.mobilecommons import MobileCommonsClient, Profile, ProfileUpdate
-from crmsync.daemon.integrations.everyaction_mobilecommons import rules, store
+from crmsync.daemon.integrations.everyaction_mobilecommons import consent_trail, rules, store
 from crmsync.daemon.integrations.everyaction_mobilecommons.config import (
     EA_MAX_LOOKBACK,
     EveryActionMobileCommonsConfig,
@@ -151,6 +151,8 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
     if plan.opt_out:
         await mc.profile_opt_out(contact.phone)
         wrote = True
+    writes.append(consent_trail.after_ea_to_mc(run, van_id, messaging_id, profile, rules.mc_consent(profile),
+                                               known.observation, obs, plan))  # the consent history
     if plan.skip is not None:
         if plan.opt_out:  # the opt-out travelled; the data did not
             run.record("updated", crm_id=van_id, messaging_id=messaging_id,

@@ -53,6 +53,7 @@ class EveryActionMobileCommons(IntegrationKind):
     systems = ("everyaction", "mobilecommons")
     config_model = EveryActionMobileCommonsConfig
     scheduled_flows = (EA_TO_MC, MC_TO_EA)
+    client_attributes = {"ea": "everyaction", "mc": "mobilecommons"}  # dry runs wrap these (issue 11)
 
     def __init__(self, ctx: Any, config: Any):
         super().__init__(ctx, config)

@@ -22,7 +22,7 @@ from crmsync.connectors.errors import FatalApiError, NotFoundError
 from crmsync.connectors.everyaction import EveryActionClient, OptInStatus, VanPerson, match_candidate
 from crmsync.connectors.everyaction.records import identifier_update, phone_opt_in_update
 from crmsync.connectors.mobilecommons import MobileCommonsClient, Profile, ProfileUpdate
-from crmsync.daemon.integrations.everyaction_mobilecommons import rules, store
+from crmsync.daemon.integrations.everyaction_mobilecommons import consent_trail, rules, store
 from crmsync.daemon.integrations.everyaction_mobilecommons.config import EveryActionMobileCommonsConfig
 from crmsync.daemon.runs import RunContext
 from crmsync.state import queries as q
@@ -109,12 +109,14 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
     mc_fact = rules.mc_consent(profile)
     person = await _match(config, ea, profile, contact, known.link)
     writes: list[store.TxFn] = []
-    obs = None
+    obs = previous = None
     if person is not None:
         van_id = str(person.van_id)
         previous = await run.db.tx(store.read_observation, name, van_id)
         obs = rules.observe_ea(previous, rules.van_consent(person, contact.phone), now)
         writes.append(store.put_observation(name, van_id, obs))
+    writes.append(consent_trail.observed_in_mc_to_ea(run, str(person.van_id) if person else None, profile, mc_fact,
+                                                     previous, obs))  # the consent history
     payload_fp = rules.fingerprint(rules.mc_payload(contact, mc_fact.status, pid))
     id_type = config.everyaction.identifier_type
     plan = rules.plan_mc_to_ea(
@@ -157,6 +159,9 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
         # the VAN ID into the profile's Constituent ID: both records stay linked
         await mc.profile_update(ProfileUpdate(phone_number=contact.phone, constituent_id=van_id))
         wrote = True
+    writes.append(consent_trail.written_by_mc_to_ea(  # the consent history
+        run, van_id, profile, mc_fact, obs,
+        rules.Consent.IN if person is None or plan.opt_in else rules.Consent.OUT if plan.opt_out else None))
     if plan.skip is not None:
         run.record("updated", crm_id=van_id, messaging_id=pid,
                    message=f"opt-out set in EveryAction; profile data not synced ({plan.skip})")

@@ -73,7 +73,10 @@ async def build_sandbox(*, name: str, clock: WallClock, contacts: int, secrets_d
     (secrets_dir / "mobilecommons-password").write_text(mc.password + "\n")
     for f in ("everyaction-api-key", "mobilecommons-password"):
         (secrets_dir / f).chmod(0o600)
+    skipped = next(p for p in ea.people() if p.first_name is None)  # Required? first name: skipped
     return SandboxPart(
+        explain_example=str(skipped.van_id),
+        explain_note="why this record is skipped (required_field_empty:first_name), rule by rule",
         config={
             "kind": "everyaction_mobilecommons",
             "notes": "sandbox: simulated EveryAction and Mobile Commons",
