@@ -59,6 +59,11 @@ class EfficySettings(SecretsModel):
     profile_key_field: str = "K_PROFILE"
     profile_table: str = "PROFILE"
     profile_link_table: str = "CONT_PROF"
+    # [U] the link's own change-time column on the Cont-Prof relation (e.g. "D_CHANGE"); unset: crmsync
+    # judges a link's age only from what its own reads saw
+    profile_link_changed_field: str | None = None
+    # [U] the contact's creation-time column; no link is older than its contact ("" to not use it)
+    created_field: str = "D_CREATE"
     # column -> type, for custom columns used in conditions or mappings (only OPENED is a known flag)
     field_types: dict[str, FieldTypeName] = Field(default_factory=dict)
     max_concurrency: int = Field(default=4, ge=1, le=32)

@@ -51,6 +51,7 @@ def sync_spec(config: EfficyApsisConfig) -> SyncSpec:
                        for m in config.consents.values()),
         tag_profiles={tag: str(pid) for tag, pid in config.tags.profiles.items()},
         query_tags=frozenset(config.tags.queries),
+        created_field=config.efficy.created_field or None,
     )
 
 
@@ -83,7 +84,8 @@ class EfficyApsisKind(IntegrationKind):
             language=e.language, page_size=self.cfg.full_sync.page_size,
             schema=EfficySchema(contact_table=e.contact_table, profile_detail=e.profile_detail,
                                 profile_key_field=e.profile_key_field, profile_table=e.profile_table,
-                                profile_link_table=e.profile_link_table),
+                                profile_link_table=e.profile_link_table,
+                                profile_link_changed_field=e.profile_link_changed_field or None),
             field_types=FieldTypes(flags=frozenset({"OPENED"}), overrides=dict(e.field_types)),
             timezone=ZoneInfo(e.timezone), transport=self.ctx.transports.get("efficy"),
             observer=self.ctx.observer, timeout=self.ctx.http_timeout, max_concurrency=e.max_concurrency,

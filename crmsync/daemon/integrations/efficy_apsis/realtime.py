@@ -84,6 +84,7 @@ async def process(events: list[QueuedEvent], run: RunContext, *, efficy: EfficyC
             # the seed syncs creations and updates; a deletion leaves the APSIS profile and its consents be
             run.skip("deleted_in_efficy", crm_id=cid)
             continue
+        read_at = run.clock.now()  # the read happens at or after this: what it shows holds then
         try:
             contact = await efficy.get_contact(cid)
         except NotFoundError:
@@ -91,8 +92,10 @@ async def process(events: list[QueuedEvent], run: RunContext, *, efficy: EfficyC
             continue
         state = states[cid]
         plan = plan_contact(contact, spec, current=state.current, written_version=state.written_version,
-                            linked=state.linked, optouts=state.optouts)
+                            linked=state.linked, optouts=state.optouts, observations=state.observations,
+                            read_at=read_at)
         result = await write_one(apsis, plan, contact, spec, integration, run.now_iso())
         result.report(run)
+        tx.append(store.plan_sightings(integration, plan))
         tx.extend(result.tx)
     await run.flush(*tx)

@@ -5,6 +5,8 @@
 * fingerprints: per profile, the canonical JSON of the last payload sent, with ``source_version`` = the
   Efficy modification time it came from (the stale-write guard);
 * kv ``optout:{contact}:{profile}:{topic}|{channel}``: durable records of opt-outs made in APSIS;
+* table ``link_observations``: per (contact, CRM Profile), when crmsync's reads last saw the link absent
+  and first saw it present again (the evidence that a link is newer than an opt-out);
 * kv ``tag_members:{tag}``: the contacts crmsync tagged from a query (to untag those who leave it).
 """
 
@@ -14,6 +16,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -21,8 +24,11 @@ import structlog
 from crmsync.connectors.apsis.records import ApsisProfile, ConsentKey
 from crmsync.daemon.integrations.efficy_apsis.rules import (
     ConsentRule,
+    LinkObservation,
     OptOutRecord,
+    Plan,
     fingerprint,
+    observe_link,
     profile_from_fingerprint,
 )
 from crmsync.state import queries as q
@@ -40,6 +46,7 @@ class ContactState:
     written_version: str | None = None  # Efficy modification time of that payload
     linked: bool = False
     optouts: dict[tuple[str, ConsentKey], OptOutRecord] = field(default_factory=dict)
+    observations: dict[str, LinkObservation] = field(default_factory=dict)  # by CRM Profile id
 
 
 def optout_key(contact_id: str, profile_id: str, slot: ConsentKey) -> str:
@@ -60,8 +67,52 @@ def load_states(c: sqlite3.Connection, integration: str, contact_ids: Iterable[s
             raw = q.kv_get(c, integration, optout_key(cid, rule.profile_id, rule.slot))
             if raw:
                 state.optouts[(rule.profile_id, rule.slot)] = OptOutRecord.from_json(raw)
+        state.observations = get_observations(c, integration, cid)
         out[cid] = state
     return out
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def get_observations(c: sqlite3.Connection, integration: str, contact_id: str) -> dict[str, LinkObservation]:
+    rows = c.execute("SELECT profile_id, present_since, absent_at FROM link_observations "
+                     "WHERE integration = ? AND contact_id = ?", (integration, contact_id)).fetchall()
+    return {str(r[0]): LinkObservation(_time(r[1]), _time(r[2])) for r in rows}
+
+
+def record_sightings(integration: str, contact_id: str, sightings: Iterable[tuple[str, bool]],
+                     at: datetime | None) -> TxFn:
+    """Merge link sightings made by one read at ``at`` into the store, inside the transaction (flows that
+    run side by side, e.g. the backflow and real-time, never lose each other's sightings)."""
+    seen = list(sightings)
+
+    def tx(c: sqlite3.Connection) -> None:
+        if at is None or not seen:
+            return
+        have = get_observations(c, integration, contact_id)
+        for pid, present in seen:
+            before = have.get(pid)
+            after = observe_link(before, present, at)
+            if after == before:
+                continue
+            c.execute(
+                "INSERT INTO link_observations (integration, contact_id, profile_id, present_since, absent_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (integration, contact_id, profile_id) DO UPDATE SET "
+                "present_since = excluded.present_since, absent_at = excluded.absent_at",
+                (integration, contact_id, pid, _iso(after.present_since), _iso(after.absent_at)))
+
+    return tx
+
+
+def plan_sightings(integration: str, plan: Plan) -> TxFn:
+    """Record what the read behind ``plan`` saw of the contact's CRM Profile links."""
+    return record_sightings(integration, plan.contact_id, plan.sightings, plan.read_at)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def written(integration: str, profile: ApsisProfile, version: str | None, now: str) -> TxFn:

@@ -2,14 +2,17 @@
 
 Order per profile, as the seed's middle layer does it: create the profile if unknown, patch attributes,
 then consents, then tags (``ApsisClient.upsert_profile``). Before an opt-in is *written* (never for one
-already sent), the profile's consents are read from APSIS: an opt-out there that is newer than (or as old
-as) the Efficy change stands, is not written over, and is recorded so that it flows back to Efficy.
+already sent), the profile's consents are read from APSIS: an opt-out there stands unless the CRM Profile
+link is certainly newer (:func:`~.rules.resolve_link_consent`: the link's own time, or an absence crmsync
+saw after the opt-out; never the contact's change time), is not written over, and is recorded so that it
+flows back to Efficy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 import structlog
@@ -26,9 +29,10 @@ from crmsync.daemon.integrations.efficy_apsis.rules import (
     OptOutRecord,
     Plan,
     SyncSpec,
-    apsis_optout_wins,
+    link_not_before,
     optin_candidates,
     parse_apsis_time,
+    resolve_link_consent,
     version_str,
 )
 from crmsync.daemon.runs import RunContext
@@ -81,7 +85,8 @@ def settled(plan: Plan, contact: EfficyContact, integration: str, now: str) -> W
                    tx=[store.written(integration, plan.desired, version_str(contact.modified_at), now)])
 
 
-async def check_apsis_optouts(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec: SyncSpec
+async def check_apsis_optouts(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec: SyncSpec,
+                              seen_now: datetime | None = None
                               ) -> tuple[ApsisProfile, ApsisProfile | None, list[OptOutRecord]]:
     """Resolve opt-ins about to be written against APSIS's current consents.
 
@@ -106,10 +111,16 @@ async def check_apsis_optouts(apsis: ApsisClient, plan: Plan, contact: EfficyCon
         existing = have.get(ck)
         if existing is None:
             continue
-        if existing.type == OPT_OUT and apsis_optout_wins(parse_apsis_time(existing.modified_at), contact.modified_at):
+        pid = profile_of[ck]
+        opted_out_at = parse_apsis_time(existing.modified_at)
+        if existing.type == OPT_OUT and resolve_link_consent(
+                link_present=True, opted_out=True, opted_out_at=opted_out_at,
+                link_changed_at=link_not_before(contact, pid, spec.created_field),
+                observation=plan.observations.get(pid),
+                read_at=plan.read_at) == OPT_OUT:
             new_consents[ck] = OPT_OUT
             seen[ck] = OPT_OUT  # already so in APSIS: no write
-            records.append(OptOutRecord(desired.key, profile_of[ck], ck, parse_apsis_time(existing.modified_at)))
+            records.append(OptOutRecord(desired.key, pid, ck, opted_out_at, seen_at=seen_now))
             log.info("apsis_optout_stands", contact_id=desired.key, topic=ck.topic, channel=ck.channel)
         elif existing.type in (OPT_IN, "confirmed-opt-in"):
             seen[ck] = OPT_IN
@@ -125,7 +136,8 @@ async def write_one(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec
     if plan.action != "write":
         return settled(plan, contact, integration, now)
     try:
-        desired, current, records = await check_apsis_optouts(apsis, plan, contact, spec)
+        desired, current, records = await check_apsis_optouts(apsis, plan, contact, spec,
+                                                              datetime.fromisoformat(now))
         result = await apsis.upsert_profile(desired, current, managed_tags=spec.managed_tags)
     except AuthError:
         raise  # credentials or permissions: the whole run is wrong, not this record
