@@ -18,7 +18,7 @@ import trio
 
 from crmsync.clock import WallClock
 from crmsync.connectors.apsis import ApsisClient, ConsentKey
-from crmsync.connectors.apsis.records import TagEncoding
+from crmsync.connectors.apsis.records import ATTR_EMAIL, CHANNEL_EMAIL, CHANNEL_SMS, TagEncoding
 from crmsync.connectors.efficy import EfficyClient, EfficySchema, FieldTypes
 from crmsync.daemon.config import IntegrationConfig
 from crmsync.daemon.integrations.base import (
@@ -52,6 +52,10 @@ def sync_spec(config: EfficyApsisConfig) -> SyncSpec:
         tag_profiles={tag: str(pid) for tag, pid in config.tags.profiles.items()},
         query_tags=frozenset(config.tags.queries),
         created_field=config.efficy.created_field or None,
+        attribute_types=config.apsis.resolved_attribute_types(),
+        country_field=config.efficy.country_field or None,
+        default_region=config.efficy.default_region,
+        address_attributes={CHANNEL_EMAIL: ATTR_EMAIL, CHANNEL_SMS: config.apsis.sms_address_attribute},
     )
 
 

@@ -14,14 +14,24 @@ Everything that decides *what* is written lives here (the flows only fetch, call
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+import phonenumbers
 import structlog
 
-from crmsync.connectors.apsis.records import ATTR_CRMID, ATTR_EMAIL, ApsisProfile, ConsentKey
+from crmsync.connectors.apsis.records import (
+    ATTR_CRMID,
+    ATTR_EMAIL,
+    ATTR_MOBILE,
+    CHANNEL_EMAIL,
+    CHANNEL_SMS,
+    ApsisProfile,
+    ConsentKey,
+)
 from crmsync.connectors.efficy.records import EfficyContact, parse_flag, parse_number
 
 log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.rules")
@@ -105,6 +115,83 @@ def map_attributes(contact: EfficyContact, mappings: Sequence[tuple[str, str]],
     for column, attribute in mappings:
         attributes[attribute] = attribute_value(fields.get(column.upper()))
     return attributes
+
+
+# -- values APSIS validates -------------------------------------------------------------------------------
+
+TYPE_PHONE = "phone"
+TYPE_EMAIL = "email"
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+
+
+def contact_region(fields: Mapping[str, Any], country_field: str | None, default_region: str | None) -> str | None:
+    """The region phone numbers of a contact are read in: its country as an ISO 3166 alpha-2 code when it is
+    one phonenumbers knows, else the configured default (None: only numbers already international)."""
+    if country_field:
+        raw = {k.upper(): v for k, v in fields.items()}.get(country_field.upper())
+        code = str(raw).strip().upper() if raw is not None else ""
+        if code in phonenumbers.SUPPORTED_REGIONS:
+            return code
+    return default_region.upper() if default_region else None
+
+
+def normalise_phone(value: Any, region: str | None) -> str | None:
+    """A phone number in E.164 (``+32470123456``), read in ``region`` when it is in national form; None
+    when it is not a valid number."""
+    if isinstance(value, bool) or value is None:
+        return None
+    text = f"+{value}" if isinstance(value, int) else str(value).strip()
+    if not text:
+        return None
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_email(value: Any) -> str | None:
+    text = str(value).strip() if isinstance(value, str) else ""
+    return text if _EMAIL_RE.match(text) else None
+
+
+def normalise_attributes(attributes: Mapping[str, Any], types: Mapping[str, str], region: str | None,
+                         columns: Mapping[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Values of typed attributes made valid for APSIS; a value that cannot be is cleared (``None``: left
+    out of the profile) with a note naming its Efficy column. Untyped attributes pass unchanged."""
+    names = columns or {}
+    out = dict(attributes)
+    notes: list[str] = []
+    for attribute, value in attributes.items():
+        kind = types.get(attribute)
+        if value is None or kind not in (TYPE_PHONE, TYPE_EMAIL):
+            continue
+        fixed = normalise_phone(value, region) if kind == TYPE_PHONE else normalise_email(value)
+        if fixed is None:
+            what = (f"not a valid phone number (region {region})" if region else
+                    "not a valid international phone number (no country to read it in)"
+                    ) if kind == TYPE_PHONE else "not a valid email address"
+            notes.append(f"{names.get(attribute, attribute)} is {what}: left out of the APSIS profile")
+        out[attribute] = fixed
+    return out, notes
+
+
+def gate_consents(consents: Mapping[ConsentKey, str], attributes: Mapping[str, Any],
+                  address_attributes: Mapping[str, str]) -> tuple[dict[ConsentKey, str], list[str]]:
+    """Opt-ins on a channel whose address attribute is empty are not written (no SMS consent without a
+    valid mobile); opt-outs always are (they are always safe)."""
+    out: dict[ConsentKey, str] = {}
+    notes: list[str] = []
+    for ck, kind in consents.items():
+        address = address_attributes.get(ck.channel)
+        if kind == OPT_IN and address is not None and attributes.get(address) in (None, ""):
+            notes.append(f"consent {ck.topic} on {ck.channel.rsplit('.', 1)[-1]} not written: no valid "
+                         f"address in {address}")
+            continue
+        out[ck] = kind
+    return out, notes
 
 
 # -- consent -----------------------------------------------------------------------------------------------
@@ -405,6 +492,18 @@ class SyncSpec:
     tag_profiles: Mapping[str, str] = field(default_factory=dict)
     query_tags: frozenset[str] = frozenset()
     created_field: str | None = "D_CREATE"  # the contact's creation time: a bound on its links' age
+    # attribute discriminator -> "phone" | "email": values normalised (or left out) before sending
+    attribute_types: Mapping[str, str] = field(
+        default_factory=lambda: {ATTR_MOBILE: TYPE_PHONE, ATTR_EMAIL: TYPE_EMAIL})
+    country_field: str | None = "COUNTRY"  # the contact's country (ISO alpha-2): the region of its phones
+    default_region: str | None = None
+    # channel -> the attribute holding its address
+    address_attributes: Mapping[str, str] = field(
+        default_factory=lambda: {CHANNEL_EMAIL: ATTR_EMAIL, CHANNEL_SMS: ATTR_MOBILE})
+
+    def attribute_columns(self) -> dict[str, str]:
+        """Attribute discriminator -> the Efficy column it comes from (for report notes)."""
+        return {ATTR_EMAIL: self.email_field.upper(), **{a: c.upper() for c, a in self.attributes}}
 
     @property
     def managed_tags(self) -> frozenset[str]:
@@ -424,6 +523,7 @@ class Plan:
     read_at: datetime | None = None  # when the Efficy read behind this plan was made
     observations: Mapping[str, LinkObservation] = field(default_factory=dict)  # this read included
     sightings: tuple[tuple[str, bool], ...] = ()  # (profile id, present) seen by this read, to record
+    notes: tuple[str, ...] = ()  # values left out, consents not written: for the report row
 
 
 def plan_contact(contact: EfficyContact, spec: SyncSpec, *, current: ApsisProfile | None,
@@ -446,8 +546,13 @@ def plan_contact(contact: EfficyContact, spec: SyncSpec, *, current: ApsisProfil
                   for rule in spec.consents}
     consents, obsolete = desired_consents(holds, spec.consents, optouts, link_changed_at=link_times,
                                           observations=seen, read_at=read_at)
-    desired = ApsisProfile(key=cid, attributes=map_attributes(contact, spec.attributes, spec.email_field),
-                           consents=consents, tags=profile_tags(holds, spec.tag_profiles))
+    region = contact_region(contact.fields, spec.country_field, spec.default_region)
+    attributes, notes = normalise_attributes(map_attributes(contact, spec.attributes, spec.email_field),
+                                             spec.attribute_types, region, spec.attribute_columns())
+    consents, gated = gate_consents(consents, attributes, spec.address_attributes)
+    evidence["notes"] = tuple(notes + gated)
+    desired = ApsisProfile(key=cid, attributes=attributes, consents=consents,
+                           tags=profile_tags(holds, spec.tag_profiles))
     desired = with_query_tags(desired, current, spec.query_tags)
     if linked and current is not None and fingerprint(desired) == fingerprint(current) and not obsolete:
         return Plan("unchanged", cid, desired=desired, current=current, **evidence)

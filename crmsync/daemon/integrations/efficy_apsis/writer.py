@@ -19,7 +19,9 @@ import structlog
 import trio
 
 from crmsync.connectors.apsis import ApsisClient, ApsisProfile, ConsentKey
+from crmsync.connectors.apsis.client import UpsertResult
 from crmsync.connectors.apsis.problems import ApsisNotFoundError
+from crmsync.connectors.apsis.records import attributes_patch
 from crmsync.connectors.efficy import EfficyContact
 from crmsync.connectors.errors import AuthError, FatalApiError
 from crmsync.daemon.integrations.efficy_apsis import store
@@ -29,6 +31,7 @@ from crmsync.daemon.integrations.efficy_apsis.rules import (
     OptOutRecord,
     Plan,
     SyncSpec,
+    gate_consents,
     link_not_before,
     optin_candidates,
     parse_apsis_time,
@@ -74,6 +77,11 @@ async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Sequence[T], limit
     return [results[i] for i in range(len(items))]
 
 
+def _note(*parts: str | None) -> str | None:
+    text = "; ".join(p for p in parts if p)
+    return text or None
+
+
 def settled(plan: Plan, contact: EfficyContact, integration: str, now: str) -> Written:
     """Outcome of a plan that needs no APSIS call: a skip, or an unchanged profile (whose fingerprint is
     refreshed with the newer Efficy version, so the stale guard keeps up)."""
@@ -81,8 +89,53 @@ def settled(plan: Plan, contact: EfficyContact, integration: str, now: str) -> W
         assert plan.reason is not None
         return Written("skipped", plan.contact_id, reason=plan.reason)
     assert plan.desired is not None
-    return Written("unchanged", plan.contact_id,
+    return Written("unchanged", plan.contact_id, message=_note(*plan.notes),
                    tx=[store.written(integration, plan.desired, version_str(contact.modified_at), now)])
+
+
+async def refused_attributes(apsis: ApsisClient, desired: ApsisProfile, current: ApsisProfile | None
+                             ) -> dict[str, str]:
+    """After a 400: which attribute values APSIS refuses, each tried alone (attribute -> APSIS's message).
+
+    Only runs when a whole upsert was refused, so a value crmsync could not foresee costs that value, never
+    the profile. The profile is created first if needed (v2 attribute writes never create).
+    """
+    if current is None:
+        await apsis.create_profile(desired.key)
+    patch = attributes_patch(desired.attributes, current.attributes if current is not None else None)
+    refused: dict[str, str] = {}
+    for name, value in patch.items():
+        try:
+            await apsis.patch_attributes(desired.key, {name: value})
+        except AuthError:
+            raise
+        except FatalApiError as exc:
+            refused[name] = exc.message
+    return refused
+
+
+async def _upsert(apsis: ApsisClient, desired: ApsisProfile, current: ApsisProfile | None, spec: SyncSpec
+                  ) -> tuple[ApsisProfile, UpsertResult, list[str]]:
+    """Create, attributes, consents, tags (that order: a failure part-way leaves no fingerprint, so the next
+    attempt writes the whole profile again). A 400 is narrowed to the values APSIS refuses: those are left
+    out (cleared), opt-ins losing their address with them, and the rest is written."""
+    try:
+        return desired, await apsis.upsert_profile(desired, current, managed_tags=spec.managed_tags), []
+    except FatalApiError as exc:
+        if isinstance(exc, AuthError) or exc.status != 400:
+            raise
+        refused = await refused_attributes(apsis, desired, current)
+        if not refused:
+            raise
+    columns = spec.attribute_columns()
+    notes = [f"{columns.get(name, name)} left out of the APSIS profile: {message}"
+             for name, message in sorted(refused.items())]
+    attributes = {k: (None if k in refused else v) for k, v in desired.attributes.items()}
+    consents, gated = gate_consents(desired.consents, attributes, spec.address_attributes)
+    narrowed = ApsisProfile(desired.key, attributes, consents, desired.tags)
+    log.warning("apsis_refused_values", contact_id=desired.key, attributes=sorted(refused))
+    result = await apsis.upsert_profile(narrowed, current, managed_tags=spec.managed_tags)
+    return narrowed, result, notes + gated
 
 
 async def check_apsis_optouts(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec: SyncSpec,
@@ -138,12 +191,12 @@ async def write_one(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec
     try:
         desired, current, records = await check_apsis_optouts(apsis, plan, contact, spec,
                                                               datetime.fromisoformat(now))
-        result = await apsis.upsert_profile(desired, current, managed_tags=spec.managed_tags)
+        desired, result, notes = await _upsert(apsis, desired, current, spec)
     except AuthError:
         raise  # credentials or permissions: the whole run is wrong, not this record
     except FatalApiError as exc:
         log.warning("apsis_rejected", contact_id=plan.contact_id, error=exc.message)
-        return Written("rejected", plan.contact_id, message=exc.message)
+        return Written("rejected", plan.contact_id, message=_note(exc.message, *plan.notes))
     tx = [store.written(integration, desired, version_str(contact.modified_at), now)]
     tx += [store.put_optout(integration, r) for r in records]
     tx += [store.drop_optout(integration, r) for r in plan.obsolete_optouts]
@@ -151,5 +204,5 @@ async def write_one(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec
         outcome = "created"
     else:
         outcome = "updated" if result.writes else "unchanged"
-    return Written(outcome, plan.contact_id, tx=tx)
+    return Written(outcome, plan.contact_id, message=_note(*plan.notes, *notes), tx=tx)
 
