@@ -26,6 +26,7 @@ from crmsync.connectors.apsis.records import (
     CHANNEL_EMAIL,
     CHANNEL_SMS,
     KEYSPACE_CRM_ID,
+    KEYSPACE_EMAIL,
     MAX_BODY_BYTES,
     SECTION_DEFAULT,
     ConsentReportColumns,
@@ -114,6 +115,10 @@ class ApsisSettings(SecretsModel):
     # valid (E.164 numbers) or left out before sending. Defaults: the mobile and SMS address attributes are
     # phones, the email attribute an email; "string" sends a value untouched.
     attribute_types: dict[str, Literal["phone", "email", "string"]] = Field(default_factory=dict)
+    # on a contact's first sync, merge its profile with the email-keyspace profile of the same address
+    # (a form signup; P9), so one person is one marketing profile
+    merge_email_profiles: bool = True
+    email_keyspace: str = KEYSPACE_EMAIL  # where form signups' profiles live
 
     def resolved_attribute_types(self) -> dict[str, str]:
         types: dict[str, str] = {ATTR_MOBILE: "phone", self.sms_address_attribute: "phone", ATTR_EMAIL: "email"}

@@ -63,7 +63,8 @@ class FullSync:
         plans = [plan_contact(c, self.spec, current=states[c.contact_id].current,
                               written_version=states[c.contact_id].written_version,
                               linked=states[c.contact_id].linked, optouts=states[c.contact_id].optouts,
-                              observations=states[c.contact_id].observations, read_at=read_at)
+                              observations=states[c.contact_id].observations, read_at=read_at,
+                              merge_refused=states[c.contact_id].merge_refused)
                  for c in contacts]
         now = run.now_iso()
         by_id = {c.contact_id: c for c in contacts}

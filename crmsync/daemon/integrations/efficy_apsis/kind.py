@@ -56,6 +56,8 @@ def sync_spec(config: EfficyApsisConfig) -> SyncSpec:
         country_field=config.efficy.country_field or None,
         default_region=config.efficy.default_region,
         address_attributes={CHANNEL_EMAIL: ATTR_EMAIL, CHANNEL_SMS: config.apsis.sms_address_attribute},
+        merge_email_profiles=config.apsis.merge_email_profiles,
+        email_keyspace=config.apsis.email_keyspace,
     )
 
 

@@ -93,7 +93,7 @@ async def process(events: list[QueuedEvent], run: RunContext, *, efficy: EfficyC
         state = states[cid]
         plan = plan_contact(contact, spec, current=state.current, written_version=state.written_version,
                             linked=state.linked, optouts=state.optouts, observations=state.observations,
-                            read_at=read_at)
+                            read_at=read_at, merge_refused=state.merge_refused)
         result = await write_one(apsis, plan, contact, spec, integration, run.now_iso())
         result.report(run)
         tx.append(store.plan_sightings(integration, plan))

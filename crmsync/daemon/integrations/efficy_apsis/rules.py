@@ -29,6 +29,7 @@ from crmsync.connectors.apsis.records import (
     ATTR_MOBILE,
     CHANNEL_EMAIL,
     CHANNEL_SMS,
+    KEYSPACE_EMAIL,
     ApsisProfile,
     ConsentKey,
 )
@@ -501,6 +502,9 @@ class SyncSpec:
     address_attributes: Mapping[str, str] = field(
         default_factory=lambda: {CHANNEL_EMAIL: ATTR_EMAIL, CHANNEL_SMS: ATTR_MOBILE})
 
+    merge_email_profiles: bool = True  # merge with an email-keyspace profile of the address on first sync
+    email_keyspace: str = KEYSPACE_EMAIL
+
     def attribute_columns(self) -> dict[str, str]:
         """Attribute discriminator -> the Efficy column it comes from (for report notes)."""
         return {ATTR_EMAIL: self.email_field.upper(), **{a: c.upper() for c, a in self.attributes}}
@@ -524,18 +528,20 @@ class Plan:
     observations: Mapping[str, LinkObservation] = field(default_factory=dict)  # this read included
     sightings: tuple[tuple[str, bool], ...] = ()  # (profile id, present) seen by this read, to record
     notes: tuple[str, ...] = ()  # values left out, consents not written: for the report row
+    merge_refused: str | None = None  # APSIS refused merging this contact's profile before (never retried)
 
 
 def plan_contact(contact: EfficyContact, spec: SyncSpec, *, current: ApsisProfile | None,
                  written_version: str | None, linked: bool,
                  optouts: Mapping[tuple[str, ConsentKey], OptOutRecord],
                  observations: Mapping[str, LinkObservation] | None = None,
-                 read_at: datetime | None = None) -> Plan:
+                 read_at: datetime | None = None, merge_refused: str | None = None) -> Plan:
     """Link sightings first (a fact whatever happens next), then conditions, the stale guard, mapping +
     consent + profile tags, then the fingerprint test. ``read_at`` is when the Efficy read was made."""
     cid = contact.contact_id
     seen, sightings = observe_contact(contact, spec.consents, observations or {}, read_at)
-    evidence: dict[str, Any] = {"read_at": read_at, "observations": seen, "sightings": sightings}
+    evidence: dict[str, Any] = {"read_at": read_at, "observations": seen, "sightings": sightings,
+                                "merge_refused": merge_refused}
     reason = failed_condition(contact_fields(contact, spec.email_field), spec.conditions)
     if reason is not None:
         return Plan("skip", cid, reason=reason, **evidence)

@@ -7,6 +7,8 @@
 * kv ``optout:{contact}:{profile}:{topic}|{channel}``: durable records of opt-outs made in APSIS;
 * table ``link_observations``: per (contact, CRM Profile), when crmsync's reads last saw the link absent
   and first saw it present again (the evidence that a link is newer than an opt-out);
+* kv ``merge_refused:{contact}``: APSIS's 409 on merging the contact's profile with the email-keyspace
+  profile of its address (reported, never retried);
 * kv ``tag_members:{tag}``: the contacts crmsync tagged from a query (to untag those who leave it).
 """
 
@@ -47,6 +49,11 @@ class ContactState:
     linked: bool = False
     optouts: dict[tuple[str, ConsentKey], OptOutRecord] = field(default_factory=dict)
     observations: dict[str, LinkObservation] = field(default_factory=dict)  # by CRM Profile id
+    merge_refused: str | None = None  # APSIS's 409 on merging with the email-keyspace profile
+
+
+def merge_key(contact_id: str) -> str:
+    return f"merge_refused:{contact_id}"
 
 
 def optout_key(contact_id: str, profile_id: str, slot: ConsentKey) -> str:
@@ -68,6 +75,7 @@ def load_states(c: sqlite3.Connection, integration: str, contact_ids: Iterable[s
             if raw:
                 state.optouts[(rule.profile_id, rule.slot)] = OptOutRecord.from_json(raw)
         state.observations = get_observations(c, integration, cid)
+        state.merge_refused = q.kv_get(c, integration, merge_key(cid))
         out[cid] = state
     return out
 

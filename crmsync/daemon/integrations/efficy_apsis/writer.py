@@ -20,8 +20,8 @@ import trio
 
 from crmsync.connectors.apsis import ApsisClient, ApsisProfile, ConsentKey
 from crmsync.connectors.apsis.client import UpsertResult
-from crmsync.connectors.apsis.problems import ApsisNotFoundError
-from crmsync.connectors.apsis.records import attributes_patch
+from crmsync.connectors.apsis.problems import ApsisMergeConflictError, ApsisNotFoundError
+from crmsync.connectors.apsis.records import ATTR_EMAIL, attributes_patch
 from crmsync.connectors.efficy import EfficyContact
 from crmsync.connectors.errors import AuthError, FatalApiError
 from crmsync.daemon.integrations.efficy_apsis import store
@@ -183,12 +183,44 @@ async def check_apsis_optouts(apsis: ApsisClient, plan: Plan, contact: EfficyCon
     return desired, current, records
 
 
+async def merge_email_profile(apsis: ApsisClient, plan: Plan, spec: SyncSpec, integration: str
+                              ) -> tuple[str | None, list[store.TxFn]]:
+    """On a contact's first sync: merge its CRM-id profile with the email-keyspace profile of the same
+    address, if APSIS has one (a form signup), so one person is one marketing profile and an opt-out given
+    on either stays in force (research §9.5, P9). A 409 is reported and remembered: never tried again.
+
+    Returns the report note and the store writes."""
+    desired = plan.desired
+    assert desired is not None
+    email = desired.attributes.get(ATTR_EMAIL)
+    if not spec.merge_email_profiles or plan.current is not None or not isinstance(email, str) or not email:
+        return None, []
+    if plan.merge_refused:
+        return f"not merged with the email-keyspace profile of its address: {plan.merge_refused}", []
+    try:
+        await apsis.get_consents(email, keyspace=spec.email_keyspace)
+    except ApsisNotFoundError:
+        return None, []  # no such profile: nothing to merge
+    try:
+        await apsis.merge_profiles((apsis.keyspace, desired.key), (spec.email_keyspace, email))
+    except ApsisMergeConflictError as exc:
+        refused = f"APSIS refused the merge (409): {exc.detail or exc.message}"
+        log.warning("apsis_merge_refused", contact_id=desired.key, error=exc.message)
+        return (f"not merged with the email-keyspace profile of its address: {refused}",
+                [store.kv_set(integration, store.merge_key(desired.key), refused)])
+    log.info("apsis_profiles_merged", contact_id=desired.key, keyspace=spec.email_keyspace)
+    return "merged with the email-keyspace profile of its address", []
+
+
 async def write_one(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec: SyncSpec,
                     integration: str, now: str) -> Written:
     """Upsert one planned profile. API refusals become ``rejected`` rows (with APSIS's message)."""
     if plan.action != "write":
         return settled(plan, contact, integration, now)
+    merged: str | None = None
+    merge_tx: list[store.TxFn] = []
     try:
+        merged, merge_tx = await merge_email_profile(apsis, plan, spec, integration)
         desired, current, records = await check_apsis_optouts(apsis, plan, contact, spec,
                                                               datetime.fromisoformat(now))
         desired, result, notes = await _upsert(apsis, desired, current, spec)
@@ -196,13 +228,14 @@ async def write_one(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec
         raise  # credentials or permissions: the whole run is wrong, not this record
     except FatalApiError as exc:
         log.warning("apsis_rejected", contact_id=plan.contact_id, error=exc.message)
-        return Written("rejected", plan.contact_id, message=_note(exc.message, *plan.notes))
-    tx = [store.written(integration, desired, version_str(contact.modified_at), now)]
+        return Written("rejected", plan.contact_id, message=_note(exc.message, merged, *plan.notes),
+                       tx=merge_tx)
+    tx = [store.written(integration, desired, version_str(contact.modified_at), now), *merge_tx]
     tx += [store.put_optout(integration, r) for r in records]
     tx += [store.drop_optout(integration, r) for r in plan.obsolete_optouts]
     if plan.current is None:
         outcome = "created"
     else:
         outcome = "updated" if result.writes else "unchanged"
-    return Written(outcome, plan.contact_id, message=_note(*plan.notes, *notes), tx=tx)
+    return Written(outcome, plan.contact_id, message=_note(merged, *plan.notes, *notes), tx=tx)
 
