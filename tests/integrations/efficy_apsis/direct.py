@@ -96,7 +96,8 @@ class Flows:
 @asynccontextmanager
 async def flows(tmp_path: Path, clock: WallClock, *, config: Config | None = None,
                 efficy: EfficySimulator | None = None, apsis: ApsisSimulator | None = None,
-                db_path: Path | None = None) -> AsyncIterator[Flows]:
+                db_path: Path | None = None,
+                transports: dict[str, httpx.AsyncBaseTransport] | None = None) -> AsyncIterator[Flows]:
     """Both simulators (CRM Profiles 1 Newsletter and 2 Offers), a store, and the kind's clients open."""
     efficy = efficy or EfficySimulator(clock, api_key="efficy-test-key")
     apsis = apsis or ApsisSimulator(clock, client_id="crmsync", client_secret="apsis-test-secret",
@@ -109,9 +110,10 @@ async def flows(tmp_path: Path, clock: WallClock, *, config: Config | None = Non
     icfg = config.integrations[NAME]
     assert isinstance(icfg, EfficyApsisConfig)
     db = await Database.open(db_path or tmp_path / "crmsync.db", inline=True)
+    transports = transports or {"efficy": httpx.ASGITransport(app=efficy),  # type: ignore[arg-type]
+                                "apsis": httpx.ASGITransport(app=apsis)}  # type: ignore[arg-type]
     ctx = IntegrationContext(name=NAME, db=db, clock=clock, observer=Metrics(), state_dir=tmp_path,
-                             transports={"efficy": httpx.ASGITransport(app=efficy),  # type: ignore[arg-type]
-                                         "apsis": httpx.ASGITransport(app=apsis)})  # type: ignore[arg-type]
+                             transports=transports)
     kind = EfficyApsisKind(ctx, icfg)
     try:
         async with kind.open():

@@ -172,3 +172,40 @@ async def test_a_link_made_in_the_same_second_as_the_unsubscribe_loses_to_it(
         at(clock, datetime(2024, 4, 2, 10, 5, tzinfo=UTC))
         await f.full_sync()
         assert f.apsis.consents_of(str(cid))[NEWS] == "opt-out"
+
+
+async def test_crmsyncs_own_optout_is_no_persons_optout_and_a_readded_link_resubscribes(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """Found by the stateful test: a CRM user removes the profile (crmsync writes the opt-out), then
+    re-adds it; the APSIS opt-out is crmsync's own, not the person's, so the link wins and stays."""
+    clock = WallClock(start=datetime(2024, 2, 1, 9, 0, tzinfo=UTC))
+    async with flows(tmp_path, clock) as f:
+        cid = f.efficy.add_contact(name="Peeters", first_name="Jane", email="jane@example.be",
+                                   MOBILE="+32470123456", COUNTRY="BE", ROBINSON=False)  # no profile yet
+        await f.full_sync()
+        assert f.apsis.consents_of(str(cid))[NEWS] == "opt-out"  # written by crmsync
+        f.efficy.add_profile_to_contact(cid, 1)  # the same second as that write
+        await f.push(cid)
+        await f.realtime()
+        assert f.apsis.consents_of(str(cid))[NEWS] == "opt-in"
+        await f.backflow()
+        assert 1 in f.efficy.contact(cid)["profile_ids"]
+        assert f.apsis.consents_of(str(cid))[NEWS] == "opt-in"
+
+
+async def test_an_sms_optout_crmsync_wrote_is_not_flowed_back_when_the_mobile_is_invalid(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """Found by the stateful test: the SMS opt-in is not written without a valid mobile, so the payload
+    last sent lacks that slot; the SMS opt-out crmsync wrote earlier is still its own, not the person's."""
+    clock = WallClock(start=datetime(2024, 2, 1, 9, 0, tzinfo=UTC))
+    async with flows(tmp_path, clock) as f:
+        cid = f.efficy.add_contact(name="Peeters", first_name="Jane", email="jane@example.be",
+                                   MOBILE="0470 12 34 56", COUNTRY="", ROBINSON=False)
+        await f.full_sync()
+        assert f.apsis.consents_of(str(cid))[NEWS_SMS] == "opt-out"
+        f.efficy.add_profile_to_contact(cid, 1)
+        await f.push(cid)
+        await f.realtime()
+        await f.backflow()
+        assert 1 in f.efficy.contact(cid)["profile_ids"]  # no one opted out: the link stays
+        assert f.apsis.consents_of(str(cid))[NEWS] == "opt-in"

@@ -209,6 +209,10 @@ def _to_unlink(consents: Sequence[Consent], state: store.ContactState, rules: tu
         record = state.optouts.get((rule.profile_id, rule.slot))
         if sent == OPT_OUT and (record is None or record.unlinked_version is not None):
             continue  # ours, or already flowed back
+        own = state.own_optouts.get(rule.slot)
+        at = parse_apsis_time(consent.modified_at)
+        if record is None and own is not None and at is not None and at <= own:
+            continue  # crmsync's own write put it in force, and no one opted out since
         out.append((rule, consent))
     return out
 

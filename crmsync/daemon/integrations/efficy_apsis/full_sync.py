@@ -60,12 +60,7 @@ class FullSync:
         contacts = list(page.records)
         states = await run.db.tx(store.load_states, self.integration, [c.contact_id for c in contacts],
                                  self.spec.consents)
-        plans = [plan_contact(c, self.spec, current=states[c.contact_id].current,
-                              written_version=states[c.contact_id].written_version,
-                              linked=states[c.contact_id].linked, optouts=states[c.contact_id].optouts,
-                              observations=states[c.contact_id].observations, read_at=read_at,
-                              merge_refused=states[c.contact_id].merge_refused)
-                 for c in contacts]
+        plans = [plan_contact(c, self.spec, known=states[c.contact_id], read_at=read_at) for c in contacts]
         now = run.now_iso()
         by_id = {c.contact_id: c for c in contacts}
         results: dict[str, Written] = {}

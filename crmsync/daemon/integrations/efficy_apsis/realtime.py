@@ -91,9 +91,7 @@ async def process(events: list[QueuedEvent], run: RunContext, *, efficy: EfficyC
             run.skip("not_found_in_efficy", crm_id=cid)
             continue
         state = states[cid]
-        plan = plan_contact(contact, spec, current=state.current, written_version=state.written_version,
-                            linked=state.linked, optouts=state.optouts, observations=state.observations,
-                            read_at=read_at, merge_refused=state.merge_refused)
+        plan = plan_contact(contact, spec, known=state, read_at=read_at)
         result = await write_one(apsis, plan, contact, spec, integration, run.now_iso())
         result.report(run)
         tx.append(store.plan_sightings(integration, plan))

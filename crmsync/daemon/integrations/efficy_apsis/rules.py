@@ -514,6 +514,19 @@ class SyncSpec:
         return frozenset(self.tag_profiles) | self.query_tags
 
 
+@dataclass
+class Known:
+    """What crmsync knows of one contact before syncing it (read from the store in one transaction)."""
+
+    current: ApsisProfile | None = None  # the last payload sent (None: never, or unknown)
+    written_version: str | None = None  # Efficy modification time of that payload
+    linked: bool = False
+    optouts: dict[tuple[str, ConsentKey], OptOutRecord] = field(default_factory=dict)
+    observations: dict[str, LinkObservation] = field(default_factory=dict)  # by CRM Profile id
+    merge_refused: str | None = None  # APSIS's 409 on merging with the email-keyspace profile
+    own_optouts: dict[ConsentKey, datetime] = field(default_factory=dict)  # when crmsync's opt-out took effect
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to do with one contact: ``skip`` (with ``reason``), ``unchanged`` or ``write``."""
@@ -529,19 +542,24 @@ class Plan:
     sightings: tuple[tuple[str, bool], ...] = ()  # (profile id, present) seen by this read, to record
     notes: tuple[str, ...] = ()  # values left out, consents not written: for the report row
     merge_refused: str | None = None  # APSIS refused merging this contact's profile before (never retried)
+    own_optouts: Mapping[ConsentKey, datetime] = field(default_factory=dict)
 
 
-def plan_contact(contact: EfficyContact, spec: SyncSpec, *, current: ApsisProfile | None,
-                 written_version: str | None, linked: bool,
-                 optouts: Mapping[tuple[str, ConsentKey], OptOutRecord],
-                 observations: Mapping[str, LinkObservation] | None = None,
-                 read_at: datetime | None = None, merge_refused: str | None = None) -> Plan:
+def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None = None,
+                 read_at: datetime | None = None, current: ApsisProfile | None = None,
+                 written_version: str | None = None, linked: bool = False,
+                 optouts: Mapping[tuple[str, ConsentKey], OptOutRecord] | None = None) -> Plan:
     """Link sightings first (a fact whatever happens next), then conditions, the stale guard, mapping +
-    consent + profile tags, then the fingerprint test. ``read_at`` is when the Efficy read was made."""
+    consent + profile tags, then the fingerprint test. ``read_at`` is when the Efficy read was made;
+    ``known`` is what the store holds on the contact (or give ``current`` ... ``optouts`` one by one)."""
+    if known is None:
+        known = Known(current=current, written_version=written_version, linked=linked,
+                      optouts=dict(optouts or {}))
+    current, written_version, linked, optouts = known.current, known.written_version, known.linked, known.optouts
     cid = contact.contact_id
-    seen, sightings = observe_contact(contact, spec.consents, observations or {}, read_at)
+    seen, sightings = observe_contact(contact, spec.consents, known.observations, read_at)
     evidence: dict[str, Any] = {"read_at": read_at, "observations": seen, "sightings": sightings,
-                                "merge_refused": merge_refused}
+                                "merge_refused": known.merge_refused, "own_optouts": dict(known.own_optouts)}
     reason = failed_condition(contact_fields(contact, spec.email_field), spec.conditions)
     if reason is not None:
         return Plan("skip", cid, reason=reason, **evidence)

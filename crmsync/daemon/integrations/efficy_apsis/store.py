@@ -7,6 +7,7 @@
 * kv ``optout:{contact}:{profile}:{topic}|{channel}``: durable records of opt-outs made in APSIS;
 * table ``link_observations``: per (contact, CRM Profile), when crmsync's reads last saw the link absent
   and first saw it present again (the evidence that a link is newer than an opt-out);
+* kv ``own_optout:{contact}:{topic}|{channel}``: when crmsync's own write put an opt-out in force there;
 * kv ``merge_refused:{contact}``: APSIS's 409 on merging the contact's profile with the email-keyspace
   profile of its address (reported, never retried);
 * kv ``tag_members:{tag}``: the contacts crmsync tagged from a query (to untag those who leave it).
@@ -16,8 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ import structlog
 from crmsync.connectors.apsis.records import ApsisProfile, ConsentKey
 from crmsync.daemon.integrations.efficy_apsis.rules import (
     ConsentRule,
+    Known,
     LinkObservation,
     OptOutRecord,
     Plan,
@@ -40,20 +41,32 @@ log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.store")
 TxFn = Callable[[sqlite3.Connection], Any]
 
 
-@dataclass
-class ContactState:
-    """What crmsync knows of one contact's profile before syncing it."""
-
-    current: ApsisProfile | None = None  # the last payload sent (None: never, or unknown)
-    written_version: str | None = None  # Efficy modification time of that payload
-    linked: bool = False
-    optouts: dict[tuple[str, ConsentKey], OptOutRecord] = field(default_factory=dict)
-    observations: dict[str, LinkObservation] = field(default_factory=dict)  # by CRM Profile id
-    merge_refused: str | None = None  # APSIS's 409 on merging with the email-keyspace profile
+#: What crmsync knows of one contact before syncing it (plain data, defined with the rules).
+ContactState = Known
 
 
 def merge_key(contact_id: str) -> str:
     return f"merge_refused:{contact_id}"
+
+
+def own_optout_key(contact_id: str, slot: ConsentKey) -> str:
+    return f"own_optout:{contact_id}:{slot.topic}|{slot.channel}"
+
+
+def consents_written(integration: str, contact_id: str, changed: Mapping[ConsentKey, tuple[str, datetime]]
+                     ) -> TxFn:
+    """Remember the opt-outs crmsync's own writes put in force (APSIS answered created/changed), and forget
+    them when it writes an opt-in: an APSIS opt-out not newer than crmsync's own is no person's opt-out."""
+
+    def tx(c: sqlite3.Connection) -> None:
+        for slot, (kind, at) in changed.items():
+            key = own_optout_key(contact_id, slot)
+            if kind == "opt-out":
+                q.kv_set(c, integration, key, at.isoformat())
+            else:
+                q.kv_delete(c, integration, key)
+
+    return tx
 
 
 def optout_key(contact_id: str, profile_id: str, slot: ConsentKey) -> str:
@@ -76,6 +89,10 @@ def load_states(c: sqlite3.Connection, integration: str, contact_ids: Iterable[s
                 state.optouts[(rule.profile_id, rule.slot)] = OptOutRecord.from_json(raw)
         state.observations = get_observations(c, integration, cid)
         state.merge_refused = q.kv_get(c, integration, merge_key(cid))
+        for rule in rules:
+            own = q.kv_get(c, integration, own_optout_key(cid, rule.slot))
+            if own:
+                state.own_optouts[rule.slot] = datetime.fromisoformat(own)
         out[cid] = state
     return out
 

@@ -166,6 +166,10 @@ async def check_apsis_optouts(apsis: ApsisClient, plan: Plan, contact: EfficyCon
             continue
         pid = profile_of[ck]
         opted_out_at = parse_apsis_time(existing.modified_at)
+        own = plan.own_optouts.get(ck)
+        if existing.type == OPT_OUT and own is not None and opted_out_at is not None and opted_out_at <= own:
+            # crmsync's own opt-out (a link seen absent), and nothing newer since: no person opted out
+            continue
         if existing.type == OPT_OUT and resolve_link_consent(
                 link_present=True, opted_out=True, opted_out_at=opted_out_at,
                 link_changed_at=link_not_before(contact, pid, spec.created_field),
@@ -230,7 +234,8 @@ async def write_one(apsis: ApsisClient, plan: Plan, contact: EfficyContact, spec
         log.warning("apsis_rejected", contact_id=plan.contact_id, error=exc.message)
         return Written("rejected", plan.contact_id, message=_note(exc.message, merged, *plan.notes),
                        tx=merge_tx)
-    tx = [store.written(integration, desired, version_str(contact.modified_at), now), *merge_tx]
+    tx = [store.written(integration, desired, version_str(contact.modified_at), now), *merge_tx,
+          store.consents_written(integration, desired.key, result.consents_changed)]
     tx += [store.put_optout(integration, r) for r in records]
     tx += [store.drop_optout(integration, r) for r in plan.obsolete_optouts]
     if plan.current is None:
