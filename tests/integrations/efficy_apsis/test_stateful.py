@@ -161,9 +161,11 @@ class Portal:
 
 class EfficyApsisMachine(RuleBasedStateMachine):
     portal: Portal
+    examples = 0
 
     def __init__(self) -> None:
         super().__init__()
+        EfficyApsisMachine.examples += 1
         self.tmp = Path(tempfile.mkdtemp(prefix="efap-stateful-"))
         self.f: Flows | None = None
         self.stack: AsyncExitStack | None = None
@@ -493,10 +495,12 @@ def quiet_logs() -> Iterator[None]:
 def test_efficy_apsis_consent_rules_hold_in_every_generated_history(quiet_logs: None) -> None:
     portal = Portal()
     EfficyApsisMachine.portal = portal
+    EfficyApsisMachine.examples = 0
     try:
         run_state_machine_as_test(EfficyApsisMachine, settings=settings(
             settings.default, stateful_step_count=15,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
     finally:
         portal.close()
+        print(f"efficy_apsis stateful test: {EfficyApsisMachine.examples} examples")
 
