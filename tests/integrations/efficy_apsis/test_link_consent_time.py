@@ -8,6 +8,7 @@ goes to the opt-out. An unrelated edit of the contact is no consent change at al
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -209,3 +210,39 @@ async def test_an_sms_optout_crmsync_wrote_is_not_flowed_back_when_the_mobile_is
         await f.backflow()
         assert 1 in f.efficy.contact(cid)["profile_ids"]  # no one opted out: the link stays
         assert f.apsis.consents_of(str(cid))[NEWS] == "opt-in"
+
+
+async def test_a_second_change_in_the_same_second_is_not_dropped_as_a_redelivery(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """Native Efficy webhooks carry no event id and a date to the second: a removal made in the same second
+    as an addition already processed is a new change, and real-time must carry it (not drop it as a
+    replay). Replays stay harmless: real-time reads the contact fresh and writes nothing unchanged."""
+    clock = WallClock(start=datetime(2024, 2, 1, 9, 0, 0, 100000, tzinfo=UTC))
+
+    def native(change: object) -> bytes:
+        c = change  # a ChangeRecord
+        record = {"table": c.table, "key": c.key, "operation": c.operation, "user": c.user,  # type: ignore[attr-defined]
+                  "subject": c.subject, "fields": {},  # type: ignore[attr-defined]
+                  "date": c.date.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}  # type: ignore[attr-defined]
+        return json.dumps({"database": "EFFICY_SIM", "version": "12.1", "records": [record]}).encode()
+
+    async with flows(tmp_path, clock) as f:
+        cid = news_contact(f)
+        await f.full_sync()
+        f.efficy.drain_outbox()
+        f.efficy.update_contact(cid, first_name="Janet")  # 09:00:00.1
+        for change in f.efficy.drain_outbox():
+            await f.deliver(native(change))
+        await f.realtime()
+        clock.advance_origin(0.5)
+        f.efficy.remove_profile_from_contact(cid, 1)  # 09:00:00.6, the same second: an opt-out
+        bodies = [native(change) for change in f.efficy.drain_outbox()]
+        for body in bodies:
+            await f.deliver(body)
+        await f.realtime()
+        assert f.apsis.consents_of(str(cid))[NEWS] == "opt-out"
+        writes, profiles = f.apsis.write_calls, len(f.apsis.profiles())
+        for body in bodies + bodies:  # redelivered twice
+            await f.deliver(body)
+        await f.realtime()
+        assert f.apsis.write_calls == writes and len(f.apsis.profiles()) == profiles

@@ -184,7 +184,8 @@ def test_import_ready() -> None:
 def test_parse_webhook_forms() -> None:
     native = parse_body(b'{"database":"D","version":"12","records":[{"table":11000,"key":"7","operation":"Update",'
                         b'"date":"2026-03-02T09:00:00Z"},{"table":5000,"key":1,"operation":"Create"}]}')
-    assert [e.payload["contact_id"] for e in native] == ["7"] and native[0].dedupe_key
+    # no dedupe key: two changes in one second look alike (test_link_consent_time); redeliveries are harmless
+    assert [e.payload["contact_id"] for e in native] == ["7"] and native[0].dedupe_key is None
     contract = parse_body(b'[{"record_id":"8","operation":"created"},'
                           b'{"record_id":"9","consent_base_id":"1","has_consented":false}]')
     assert [(e.payload["contact_id"], e.payload["operation"]) for e in contract] == [("8", "created"),

@@ -175,6 +175,7 @@ class EfficyApsisMachine(RuleBasedStateMachine):
         self.synced_fields: dict[str, list[Any]] = {}  # a contact's fields as each completed sync read them
         self.checked = 0
         self.history: list[bytes] = []
+        self.told_since_sync: set[str] = set()  # contacts whose changes were delivered since the last realtime
         self.budget: list[int | None] = [None]
         self.exposed = False
 
@@ -330,6 +331,7 @@ class EfficyApsisMachine(RuleBasedStateMachine):
         if replay and self.history:
             bodies.append(self.history[0].decode())
         assert self.f is not None
+        self.told_since_sync.update(str(change.key) for change in changes)
         for body in bodies:
             self.portal.run(self.f.deliver, body.encode())
             self.history.append(body.encode())
@@ -359,6 +361,7 @@ class EfficyApsisMachine(RuleBasedStateMachine):
         ok = self._run(lambda f: f.realtime())
         if ok:
             self._note_reads(cards, at)
+            self.told_since_sync.clear()
         return ok
 
     @rule(dt=st.sampled_from(STEPS))
@@ -408,9 +411,20 @@ class EfficyApsisMachine(RuleBasedStateMachine):
     def settle(self) -> None:
         self.apsis.faults.clear()
         self.efficy.faults.clear()
-        self._advance(1.0)
         self.deliver_webhooks(native=True, duplicate=False, reverse=False, replay=False)
+        told = set(self.told_since_sync)
         assert self._realtime()
+        # real-time alone (no full sync yet) has carried every removal it was told about: the seed's
+        # real-time sync sends "the contents of the created or updated persons"
+        now = self.now()
+        for cid in sorted(told):
+            if self.apsis.profile(cid) is None or not ref.passes_conditions(
+                    ref.fields_at(self.efficy.fields_log, cid, now), CONDITIONS):
+                continue
+            consents = {(ck.topic, ck.channel): kind for ck, kind in self.apsis.consents_of(cid).items()}
+            for slot, pid in SLOT_PROFILE.items():
+                if ref.link_since(self.efficy.link_log, cid, pid, now) is None:
+                    assert consents.get(slot) == "opt-out", (cid, slot, "removal not carried by real-time")
         self._advance(1.0)
         self.run_full_sync(0.0)
         self._advance(1.0)
