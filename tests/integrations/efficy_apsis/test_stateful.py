@@ -404,6 +404,13 @@ class EfficyApsisMachine(RuleBasedStateMachine):
         sim = self.apsis if system == "apsis" else self.efficy
         sim.faults.fail(status, times=times)
 
+    @rule(style=st.sampled_from(["exception", "efficy_u", "context_object", "function_flag"]),
+          message=st.sampled_from(["Transaction was deadlocked, try again", "Simulated Efficy error"]),
+          times=st.integers(1, 3))
+    def inject_efficy_error(self, style: str, message: str, times: int) -> None:
+        """Efficy's business errors come back as HTTP 200 with #error in the body (research 1.4)."""
+        self.efficy.inject_error(style, message, times=times)  # type: ignore[arg-type]
+
     # -- settling: every flow without faults, then the model decides ---------------------------------------
 
     @precondition(lambda self: self.f is not None)
@@ -411,6 +418,7 @@ class EfficyApsisMachine(RuleBasedStateMachine):
     def settle(self) -> None:
         self.apsis.faults.clear()
         self.efficy.faults.clear()
+        self.efficy._errors.clear()
         self.deliver_webhooks(native=True, duplicate=False, reverse=False, replay=False)
         told = set(self.told_since_sync)
         assert self._realtime()
