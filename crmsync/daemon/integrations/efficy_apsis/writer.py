@@ -197,7 +197,8 @@ async def merge_email_profile(apsis: ApsisClient, plan: Plan, spec: SyncSpec, in
     desired = plan.desired
     assert desired is not None
     email = desired.attributes.get(ATTR_EMAIL)
-    if not spec.merge_email_profiles or plan.current is not None or not isinstance(email, str) or not email:
+    if (not spec.merge_email_profiles or plan.current is not None or not isinstance(email, str) or not email
+            or apsis.keyspace == spec.email_keyspace):
         return None, []
     if plan.merge_refused:
         return f"not merged with the email-keyspace profile of its address: {plan.merge_refused}", []
