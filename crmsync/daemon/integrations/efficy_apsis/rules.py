@@ -257,11 +257,6 @@ def parse_apsis_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo is not None else None  # a time without a zone cannot be compared
 
 
-def newer(a: datetime | None, b: datetime | None) -> bool:
-    """Whether ``a`` is strictly newer than ``b``; an unknown time is never newer (ties are not newer)."""
-    return a is not None and (b is None or a > b)
-
-
 # -- when was a CRM Profile link made? -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
