@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from crmsync.daemon.intake import QueueDepth
 from crmsync.daemon.integrations.base import IntegrationKind
 from crmsync.daemon.metrics import Metrics, StoreState
 from crmsync.daemon.runtime import FULL_SYNC_FLOW, REALTIME_FLOW, IntegrationRuntime
@@ -58,7 +59,8 @@ def integration_state(active: bool, runtime: IntegrationRuntime | None, error: s
 
 
 async def refresh_store_metrics(db: Database, metrics: Metrics, kinds: Mapping[str, IntegrationKind],
-                                runtimes: Mapping[str, IntegrationRuntime], errors: Mapping[str, str]) -> None:
+                                runtimes: Mapping[str, IntegrationRuntime], errors: Mapping[str, str],
+                                queue_depth: QueueDepth | None = None) -> None:
     names = list(kinds)
 
     def read(c: Any) -> dict[str, tuple[dict[str, Any], tuple[int, str | None, int]]]:
@@ -66,6 +68,8 @@ async def refresh_store_metrics(db: Database, metrics: Metrics, kinds: Mapping[s
 
     for name, (status, (depth, oldest, dead)) in (await db.tx(read)).items():
         active = bool(status.get("active"))
+        if queue_depth is not None:  # the in-memory counter, re-synced: events queued by a flow count too
+            queue_depth.load({name: depth})
         metrics.set_store_state(name, StoreState(
             queue_depth=depth, oldest_queued_at=_timestamp(oldest), dead_letters=dead,
             full_sync_required=bool(status.get("full_sync_required")),

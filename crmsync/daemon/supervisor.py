@@ -434,7 +434,8 @@ class Supervisor:
 
     async def refresh_metrics(self) -> None:
         """Before a scrape: the gauges that describe the store, read from it (see store_metrics)."""
-        await refresh_store_metrics(self.db, self.metrics, self.kinds, self.runtimes, self.errors)
+        await refresh_store_metrics(self.db, self.metrics, self.kinds, self.runtimes, self.errors,
+                                    self.queue_depth)
 
     # -- webhooks ----------------------------------------------------------------------------------------
 

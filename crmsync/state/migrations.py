@@ -144,6 +144,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX consent_history_by_crm ON consent_history (integration, crm_id, id);
     CREATE INDEX consent_history_by_messaging ON consent_history (integration, messaging_id, id);
     """,
+    # 7: efficy_apsis: what crmsync has seen of each (contact, CRM Profile) link. Without the link's own change
+    # time, this interval is all that can show a link is newer than an APSIS opt-out (issue 7, item 7).
+    """
+    CREATE TABLE link_observations (
+        integration TEXT NOT NULL,
+        contact_id TEXT NOT NULL,        -- Efficy K_CONTACT
+        profile_id TEXT NOT NULL,        -- Efficy K_PROFILE (CRM Profile)
+        present_since TEXT,              -- first seen present, in the current run of sightings; NULL: absent
+        absent_at TEXT,                  -- last seen absent; NULL: never seen absent
+        PRIMARY KEY (integration, contact_id, profile_id)
+    );
+    """,
 ]
 
 

@@ -26,7 +26,8 @@ import codecs
 import zlib
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, cast
 from urllib.parse import quote
 
@@ -58,6 +59,7 @@ from crmsync.connectors.apsis.records import (
     ApsisProfile,
     AttributeDefinition,
     Consent,
+    ConsentKey,
     ConsentReportFormatError,
     ConsentReportParser,
     ConsentReportRow,
@@ -111,6 +113,9 @@ class UpsertResult:
     consents_written: int
     tag_requests: int
     create_requests: int
+    #: consents whose state the writes changed (APSIS answered created/changed): slot -> (type written,
+    #: when APSIS acknowledged it, by the client's clock)
+    consents_changed: Mapping[ConsentKey, tuple[str, datetime]] = field(default_factory=dict)
 
     @property
     def writes(self) -> int:
@@ -205,6 +210,7 @@ class ApsisClient(ApiClient):
                          timeout=timeout, max_concurrency=max_concurrency, rate_limit=rate_limit)
         self.section = section
         self.keyspace = keyspace
+        self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.tag_encoding = tag_encoding
         self.consent_source = consent_source
@@ -592,10 +598,12 @@ class ApsisClient(ApiClient):
         patch = attributes_patch(desired.attributes, current.attributes if current else None)
         attribute_requests = await self.patch_attributes(desired.key, patch) if patch else 0
         consents_written = 0
+        changed: dict[ConsentKey, tuple[str, datetime]] = {}
         for ck, kind in sorted(desired.consents.items(), key=lambda kv: (kv[0].topic, kv[0].channel)):
             if current is not None and current.consents.get(ck) == kind:
                 continue
-            await self.set_consent(desired.key, ck.topic, ck.channel, kind)
+            if await self.set_consent(desired.key, ck.topic, ck.channel, kind) != "unchanged":
+                changed[ck] = (kind, self.clock.now() if self.clock is not None else datetime.now(UTC))
             consents_written += 1
         have = current.tags if current is not None else frozenset()
         add = desired.tags - have
@@ -604,7 +612,7 @@ class ApsisClient(ApiClient):
         tag_requests = await self.patch_tags(desired.key, add, remove) if add or remove else 0
         return UpsertResult(created=created, attribute_requests=attribute_requests,
                             consents_written=consents_written, tag_requests=tag_requests,
-                            create_requests=create_requests)
+                            create_requests=create_requests, consents_changed=changed)
 
     # -- bulk imports (§7) ------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,20 @@ MAX_BODY_BYTES = 100_000
 MAX_IMPORT_FILE_BYTES = 50_000_000
 
 T = TypeVar("T")
+
+#: E.164: a plus, a country code that does not start with 0, at most 15 digits in all (research §9.4: APSIS
+#: wants phone numbers in international form, ``+46700…``).
+_INTERNATIONAL_PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+def is_international_phone(value: Any) -> bool:
+    """Whether APSIS takes ``value`` as a phone number: an E.164 string, or the same digits as a JSON number
+    (the help article's example sends ``32470000000``)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 10**6 <= value < 10**15
+    return isinstance(value, str) and _INTERNATIONAL_PHONE.match(value) is not None
 
 
 def dumps(body: Any) -> bytes:

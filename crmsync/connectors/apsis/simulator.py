@@ -8,7 +8,9 @@ passes against a lenient simulator is a bug waiting in production:
 * every other call needs ``Authorization: Bearer``; unknown tokens get 401, expired ones 401 (or 403 with
   ``expired_token_status=403``: APSIS has been seen answering expired tokens with 403);
 * 100 requests per second of clock time per account (429 beyond), bodies above 100 kB get 413;
-* profile create 201/409; v2 attributes merge-patch 204 and 404 for unknown profiles (v2 never creates);
+* profile create 201/409; v2 attributes merge-patch 204 and 404 for unknown profiles (v2 never creates),
+  400 "expects an international phone number" for a phone attribute (``phone_attributes``) not in E.164
+  form (research §9.4), the whole patch refused;
   Consent 2.0 writes 201 new / 204 changed / 409 same state, 403 on keyspaces without
   ``manage_subscriptions``; tags merge-patch; imports with their own limits (10 creations a minute, 3
   pending at once), a fake S3 pre-signed multipart upload, and a status that moves
@@ -70,6 +72,7 @@ from crmsync.connectors.apsis.records import (
     ApsisProfile,
     ConsentKey,
     ConsentReportColumns,
+    is_international_phone,
 )
 from crmsync.connectors.simkit import (
     Fault,
@@ -239,6 +242,7 @@ class ApsisSimulator(SimulatorApp):
         report_lifetime: float = 86400.0,
         report_columns: ConsentReportColumns = ConsentReportColumns(),
         report_chunk_rows: int = 200,
+        phone_attributes: Iterable[str] = (ATTR_MOBILE,),
     ):
         super().__init__()
         self.clock = clock or WallClock()
@@ -268,6 +272,8 @@ class ApsisSimulator(SimulatorApp):
         self.report_lifetime = report_lifetime
         self.report_columns = report_columns
         self.report_chunk_rows = report_chunk_rows
+        #: attributes APSIS validates as phone numbers: a value not in international form is refused (400)
+        self.phone_attributes = frozenset(phone_attributes)
 
         self._profiles: dict[tuple[str, str], dict[str, _SectionData]] = {}
         self._tokens: dict[str, float] = {}  # token -> expiry timestamp (clock)
@@ -610,6 +616,12 @@ class ApsisSimulator(SimulatorApp):
         unknown = [name for name in patch if name not in self.attributes]
         if unknown:
             raise _Problem(400, "Validation failed", f"Unknown attribute(s): {', '.join(sorted(unknown))}")
+        bad_phones = sorted(name for name, value in patch.items()
+                            if name in self.phone_attributes and value is not None
+                            and not is_international_phone(value))
+        if bad_phones:
+            raise _Problem(400, "Validation failed",
+                           f"Attribute {bad_phones[0]} expects an international phone number (e.g. +46700000000)")
         data = self._existing(keyspace, key, section)
         for name, value in patch.items():
             if value is None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, tzinfo
+from datetime import UTC, datetime, tzinfo
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, ClassVar
 
@@ -39,6 +39,7 @@ from crmsync.connectors.efficy.records import (
     EfficyProfile,
     FieldTypes,
     contact_from_row,
+    parse_datetime,
     parse_number,
     profile_from_row,
 )
@@ -96,6 +97,8 @@ class EfficySchema:
     profile_name_field: str = "NAME"
     profile_table: str = "PROFILE"
     profile_link_table: str = "CONT_PROF"
+    #: [U] the relation's own change-time column (``D_CHANGE``); None: Efficy is not asked for it
+    profile_link_changed_field: str | None = None
 
     def page_sql(self) -> str:
         k = self.contact_id_field
@@ -106,7 +109,8 @@ class EfficySchema:
 
     def links_sql(self) -> str:
         k, p = self.contact_id_field, self.profile_key_field
-        return (f"select {k}, {p} from {self.profile_link_table} where {k} > :p1 and {k} <= :p2 "
+        changed = f", {self.profile_link_changed_field}" if self.profile_link_changed_field else ""
+        return (f"select {k}, {p}{changed} from {self.profile_link_table} where {k} > :p1 and {k} <= :p2 "
                 f"order by {k}, {p}")
 
     def members_sql(self) -> str:
@@ -309,8 +313,9 @@ class EfficyClient(ApiClient):
         contacts = [self._contact(row) for row in rows]
         contacts.sort(key=lambda c: int(c.contact_id))
         if contacts and include_profiles:
-            links = await self._profile_links(after, int(contacts[-1].contact_id))
-            contacts = [c.with_profiles(links.get(c.contact_id, ())) for c in contacts]
+            links, times = await self._profile_links(after, int(contacts[-1].contact_id))
+            contacts = [c.with_profiles(links.get(c.contact_id, ()), times.get(c.contact_id))
+                        for c in contacts]
         next_position = encode_position(int(contacts[-1].contact_id)) if len(contacts) >= size else None
         log.debug("efficy_contacts_page", count=len(contacts),
                   last=contacts[-1].contact_id if contacts else None)
@@ -325,20 +330,31 @@ class EfficyClient(ApiClient):
                 return
             position = page.next_position
 
-    async def _profile_links(self, after: int, last: int) -> dict[str, list[str]]:
+    async def _profile_links(self, after: int, last: int
+                             ) -> tuple[dict[str, list[str]], dict[str, dict[str, datetime | None]]]:
+        """Links of the contacts in ``(after, last]``: contact -> profile ids, and contact -> profile -> the
+        link's own change time (only when ``profile_link_changed_field`` is set)."""
         s = self.schema
         ctx = envelope.context("api", [envelope.func(
             "executesqlquery", sql=s.links_sql(), queryparams=f"{after}\n{last}", recordCount=0,
             loadBlobs=False)])
         results = await self._call_one(ctx)
         links: dict[str, list[str]] = {}
+        times: dict[str, dict[str, datetime | None]] = {}
         for row in envelope.dataset(results[0]) if results else []:
             upper = {str(k).upper(): v for k, v in row.items()}
             cid = normalise_key(upper.get(s.contact_id_field.upper()))
             pid = normalise_key(upper.get(s.profile_key_field.upper()))
             if cid is not None and pid is not None:
                 links.setdefault(cid, []).append(pid)
-        return links
+                times.setdefault(cid, {})[pid] = self._link_changed(upper)
+        return links, times
+
+    def _link_changed(self, upper_row: Mapping[str, Any]) -> datetime | None:
+        field = self.schema.profile_link_changed_field
+        if not field:
+            return None
+        return parse_datetime(upper_row.get(field.upper()), tz=self.timezone)
 
     async def get_contact(self, contact_id: str | int) -> EfficyContact:
         """One contact with its CRM Profiles (the consent base); :class:`NotFoundError` if there is none."""
@@ -354,8 +370,14 @@ class EfficyClient(ApiClient):
         if not master:
             raise NotFoundError(self.system, f"contact {key} not found")
         profiles = envelope.dataset(results[1]) if len(results) > 1 else []
-        ids = [p.profile_id for p in (self._profile(r) for r in profiles) if p is not None]
-        return self._contact(master[0]).with_profiles(ids)
+        ids: list[str] = []
+        times: dict[str, datetime | None] = {}
+        for row in profiles:
+            profile = self._profile(row)
+            if profile is not None:
+                ids.append(profile.profile_id)
+                times[profile.profile_id] = self._link_changed({str(k).upper(): v for k, v in row.items()})
+        return self._contact(master[0]).with_profiles(ids, times)
 
     async def list_profiles(self) -> list[EfficyProfile]:
         """All CRM Profiles (consent bases), for mapping them to APSIS subscriptions."""

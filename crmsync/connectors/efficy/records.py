@@ -80,7 +80,10 @@ class EfficyContact:
     ``contact_id`` is ``K_CONTACT`` as a decimal string (the APSIS CRM-id profile key); ``fields`` holds every
     other column, typed; ``profile_ids`` are the CRM Profiles linked to the contact, i.e. its consents
     (seed 004: "CRM Profiles" are the consent base). ``profile_ids`` is ``None`` when the read did not
-    include profiles, which is different from "has none".
+    include profiles, which is different from "has none". ``profile_changed_at`` holds each link's own
+    change time (the relation's ``D_CHANGE``) when the deployment says Efficy exposes it ([U]); a link
+    missing there has no known time. The contact's ``modified_at`` is never a link's time: an unrelated
+    edit changes it too.
     """
 
     contact_id: str
@@ -90,16 +93,25 @@ class EfficyContact:
     fields: Mapping[str, FieldValue] = field(default_factory=dict, hash=False)
     profile_ids: tuple[str, ...] | None = None
     modified_at: datetime | None = None
+    profile_changed_at: Mapping[str, datetime] = field(default_factory=dict, hash=False)
 
     def has_profile(self, profile_id: str) -> bool:
         """Whether the contact is linked to (has consented via) a CRM Profile."""
         return self.profile_ids is not None and str(profile_id) in self.profile_ids
 
-    def with_profiles(self, profile_ids: Iterable[Any]) -> EfficyContact:
-        """A copy carrying ``profile_ids`` (normalised and sorted so equal sets compare equal)."""
+    def with_profiles(self, profile_ids: Iterable[Any],
+                      changed_at: Mapping[Any, datetime | None] | None = None) -> EfficyContact:
+        """A copy carrying ``profile_ids`` (normalised and sorted so equal sets compare equal) and, when
+        known, each link's own change time."""
+        ids = normalise_profile_ids(profile_ids)
+        times: dict[str, datetime] = {}
+        for key, when in (changed_at or {}).items():
+            pid = normalise_key(key)
+            if pid is not None and pid in ids and when is not None:
+                times[pid] = when
         return EfficyContact(
-            self.contact_id, self.email, self.first_name, self.last_name, self.fields,
-            normalise_profile_ids(profile_ids), self.modified_at,
+            self.contact_id, self.email, self.first_name, self.last_name, self.fields, ids, self.modified_at,
+            times,
         )
 
 

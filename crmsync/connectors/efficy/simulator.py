@@ -171,12 +171,16 @@ class EfficySimulator(SimulatorApp):
         # how an expired or unknown session is refused (see EXPIRED_SESSION_ANSWERS)
         self.expired_session_answer: ExpiredSessionAnswer = "database_connection"
         self.allow_sql = True
+        #: [U] whether (and under which column) a Cont-Prof link carries its own change time; the research
+        #: verifies no relation field, so by default the simulator exposes none
+        self.link_changed_field: str | None = None
         self.sessions: dict[str, datetime] = {}
         self.sessions_created = 0
         self.outbox: list[ChangeRecord] = []
         self.rpc_log: list[list[dict[str, Any]]] = []  # request bodies as parsed, for tests
         self._contacts: dict[int, dict[str, Any]] = {}
         self._links: dict[int, set[int]] = {}
+        self._link_changed: dict[tuple[int, int], datetime] = {}
         self._profiles: dict[int, str] = {}
         self._queries: dict[int, SavedQuery] = {}
         self._next_contact = first_contact_id
@@ -236,6 +240,7 @@ class EfficySimulator(SimulatorApp):
             self.add_profile(f"Profile {profile_id}", profile_id)
         if profile_id not in self._links[contact_id]:
             self._links[contact_id].add(profile_id)
+            self._link_changed[(contact_id, profile_id)] = self.clock.now()
             self._touch(contact_id)
             self._record(contact_id, "Update", {}, consent=(profile_id, True))
 
@@ -244,6 +249,7 @@ class EfficySimulator(SimulatorApp):
         self._row(contact_id)
         if profile_id in self._links[contact_id]:
             self._links[contact_id].discard(profile_id)
+            self._link_changed.pop((contact_id, profile_id), None)
             self._touch(contact_id)
             self._record(contact_id, "Update", {}, consent=(profile_id, False))
 
@@ -338,6 +344,12 @@ class EfficySimulator(SimulatorApp):
         self.outbox.append(change)
 
     # -- internals: rendering ----------------------------------------------------------------------------
+
+    def _link_row(self, contact_id: int, profile_id: int, row: dict[str, Any]) -> dict[str, Any]:
+        if self.link_changed_field:
+            when = self._link_changed.get((contact_id, profile_id))
+            row[self.link_changed_field.upper()] = self._render_value("D_CHANGE", when)
+        return row
 
     @staticmethod
     def _render_value(column: str, value: Any) -> Any:
@@ -532,7 +544,8 @@ class EfficySimulator(SimulatorApp):
             return self._dataset(f, [self._render_contact(key, key_as_string=False)])
         if name == "detail":
             if f.get("detail") == "Prof":
-                rows = [{"K_PROFILE": str(p), "NAME": self._profiles.get(p, ""), "K_CONTACT": str(key)}
+                rows = [self._link_row(key, p, {"K_PROFILE": str(p), "NAME": self._profiles.get(p, ""),
+                                                "K_CONTACT": str(key)})
                         for p in sorted(self._links[key])]
                 return self._dataset(f, rows)
             return self._dataset(f, [])
@@ -711,7 +724,7 @@ class EfficySimulator(SimulatorApp):
                 ids = sorted(ids)
             return (self._render_contact(cid, key_as_string=True) for cid in ids)
         if table == "CONT_PROF":
-            return ({"K_CONTACT": str(cid), "K_PROFILE": str(pid)}
+            return (self._link_row(cid, pid, {"K_CONTACT": str(cid), "K_PROFILE": str(pid)})
                     for cid, pids in list(self._links.items()) for pid in sorted(pids))
         if table == "PROFILE":
             return ({"K_PROFILE": str(pid), "NAME": name} for pid, name in list(self._profiles.items()))

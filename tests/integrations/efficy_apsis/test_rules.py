@@ -48,27 +48,79 @@ def test_field_mapping_maps_id_and_email_automatically() -> None:
                      "a.city": None}
 
 
-def test_consent_decision() -> None:
-    record = r.OptOutRecord("42", "1", NEWS, T0, None)
-    unlinked = r.OptOutRecord("42", "1", NEWS, T0, T0 + timedelta(minutes=1))
-    assert r.decide_consent(True, T0, None) == ("opt-in", False)
-    assert r.decide_consent(False, T0, None) == ("opt-out", False)
-    # an APSIS opt-out not yet confirmed removed in Efficy: the profile's presence is older news
-    assert r.decide_consent(True, T0 + timedelta(days=1), record) == ("opt-out", False)
-    # after the removal: a read not newer than it is stale (tie -> opt-out) ...
-    assert r.decide_consent(True, T0 + timedelta(minutes=1), unlinked) == ("opt-out", False)
-    assert r.decide_consent(True, T0, unlinked) == ("opt-out", False)
-    # ... and a later one is a CRM user re-adding the profile: newer wins
-    assert r.decide_consent(True, T0 + timedelta(minutes=2), unlinked) == ("opt-in", True)
-    assert r.decide_consent(False, T0 + timedelta(minutes=2), unlinked) == ("opt-out", False)
+def resolve(present: bool = True, optout: datetime | bool | None = T0, **kw: object) -> str:
+    opted_out = optout is not False
+    return r.resolve_link_consent(link_present=present, opted_out=opted_out,
+                                  opted_out_at=optout if isinstance(optout, datetime) else None,
+                                  **kw)  # type: ignore[arg-type]
 
 
-def test_apsis_optout_wins_when_newer_or_tied() -> None:
-    assert r.apsis_optout_wins(T0, T0)
-    assert r.apsis_optout_wins(T0 + timedelta(seconds=1), T0)
-    assert not r.apsis_optout_wins(T0, T0 + timedelta(seconds=1))
-    assert r.apsis_optout_wins(T0, None)  # unknown Efficy time: never re-subscribe on doubt
-    assert not r.apsis_optout_wins(None, T0)
+def test_no_link_is_opt_out_and_a_link_without_apsis_optout_is_opt_in() -> None:
+    assert resolve(present=False, optout=False) == "opt-out"
+    assert resolve(present=False, optout=T0, link_changed_at=T0 + timedelta(days=9)) == "opt-out"
+    assert resolve(present=True, optout=False) == "opt-in"
+
+
+def test_first_seeing_a_link_says_nothing_about_when_it_was_made() -> None:
+    first = r.observe_link(None, True, T0 + timedelta(days=30))
+    assert first == r.LinkObservation(T0 + timedelta(days=30), None)
+    assert resolve(observation=first, read_at=T0 + timedelta(days=30)) == "opt-out"
+    assert resolve(optout=True) == "opt-out"  # an opt-out of unknown time: doubt
+
+
+def test_a_link_seen_absent_after_the_optout_and_present_since_is_newer() -> None:
+    absent = r.observe_link(None, False, T0 + timedelta(days=5))
+    again = r.observe_link(absent, True, T0 + timedelta(days=18))
+    assert again == r.LinkObservation(T0 + timedelta(days=18), T0 + timedelta(days=5))
+    assert resolve(observation=again, read_at=T0 + timedelta(days=18)) == "opt-in"
+    # seen absent only before the opt-out: no proof
+    early = r.observe_link(r.observe_link(None, False, T0 - timedelta(days=1)), True, T0 + timedelta(days=2))
+    assert resolve(observation=early, read_at=T0 + timedelta(days=2)) == "opt-out"
+    # a read made before that absence (a full-sync page written late) is stale: no proof
+    assert resolve(observation=again, read_at=T0 + timedelta(days=4)) == "opt-out"
+
+
+def test_the_same_second_goes_to_the_optout() -> None:
+    optout = T0.replace(microsecond=700000)
+    assert resolve(optout=optout, link_changed_at=T0.replace(microsecond=100000)) == "opt-out"
+    assert resolve(optout=optout, link_changed_at=T0 + timedelta(seconds=1)) == "opt-in"
+    absent = r.LinkObservation(None, T0.replace(microsecond=900000))
+    assert resolve(optout=optout, observation=absent, read_at=T0 + timedelta(seconds=5)) == "opt-out"
+
+
+def test_sightings_recorded_out_of_order_never_undo_newer_ones() -> None:
+    later_absent = r.observe_link(None, False, T0 + timedelta(hours=2))
+    assert r.observe_link(later_absent, True, T0 + timedelta(hours=1)) == later_absent
+    assert r.observe_link(later_absent, False, T0 + timedelta(hours=1)) == later_absent
+    present = r.observe_link(None, True, T0 + timedelta(hours=3))
+    assert r.observe_link(present, False, T0 + timedelta(hours=1)) == r.LinkObservation(
+        T0 + timedelta(hours=3), T0 + timedelta(hours=1))
+
+
+def test_the_contact_change_time_is_no_link_time_but_its_creation_is_a_bound() -> None:
+    edited = EfficyContact("42", "j@x.be", None, None, {"D_CREATE": T0 - timedelta(days=9)}, ("1",),
+                           T0 + timedelta(days=60))
+    assert r.link_not_before(edited, "1") == T0 - timedelta(days=9)
+    created_later = EfficyContact("42", "j@x.be", None, None, {"D_CREATE": T0 + timedelta(days=1)}, ("1",), T0)
+    assert r.link_not_before(created_later, "1") == T0 + timedelta(days=1)
+    assert r.link_not_before(created_later, "1", None) is None
+    linked = created_later.with_profiles(["1"], {"1": T0 + timedelta(days=3)})
+    assert r.link_not_before(linked, "1") == T0 + timedelta(days=3)
+
+
+def test_desired_consents_drop_a_record_only_when_the_link_is_newer() -> None:
+    record = r.OptOutRecord("42", "1", NEWS, T0, None, seen_at=T0 + timedelta(minutes=1))
+    kinds, obsolete = r.desired_consents(["1"], [RULE], {("1", NEWS): record})
+    assert kinds == {NEWS: "opt-out"} and obsolete == []
+    absent = r.LinkObservation(None, T0 + timedelta(days=1))
+    kinds, obsolete = r.desired_consents(["1"], [RULE], {("1", NEWS): record}, observations={"1": absent},
+                                         read_at=T0 + timedelta(days=2))
+    assert kinds == {NEWS: "opt-in"} and obsolete == [record]
+    # an opt-out of unknown APSIS time is bounded by when crmsync first saw it
+    unknown = r.OptOutRecord("42", "1", NEWS, None, None, seen_at=T0 + timedelta(days=1, hours=1))
+    kinds, _ = r.desired_consents(["1"], [RULE], {("1", NEWS): unknown}, observations={"1": absent},
+                                  read_at=T0 + timedelta(days=2))
+    assert kinds == {NEWS: "opt-out"}
 
 
 def test_optin_candidates_are_only_optins_not_already_sent() -> None:
@@ -132,7 +184,8 @@ def test_import_ready() -> None:
 def test_parse_webhook_forms() -> None:
     native = parse_body(b'{"database":"D","version":"12","records":[{"table":11000,"key":"7","operation":"Update",'
                         b'"date":"2026-03-02T09:00:00Z"},{"table":5000,"key":1,"operation":"Create"}]}')
-    assert [e.payload["contact_id"] for e in native] == ["7"] and native[0].dedupe_key
+    # no dedupe key: two changes in one second look alike (test_link_consent_time); redeliveries are harmless
+    assert [e.payload["contact_id"] for e in native] == ["7"] and native[0].dedupe_key is None
     contract = parse_body(b'[{"record_id":"8","operation":"created"},'
                           b'{"record_id":"9","consent_base_id":"1","has_consented":false}]')
     assert [(e.payload["contact_id"], e.payload["operation"]) for e in contract] == [("8", "created"),

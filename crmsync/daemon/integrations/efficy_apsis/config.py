@@ -26,6 +26,7 @@ from crmsync.connectors.apsis.records import (
     CHANNEL_EMAIL,
     CHANNEL_SMS,
     KEYSPACE_CRM_ID,
+    KEYSPACE_EMAIL,
     MAX_BODY_BYTES,
     SECTION_DEFAULT,
     ConsentReportColumns,
@@ -59,6 +60,25 @@ class EfficySettings(SecretsModel):
     profile_key_field: str = "K_PROFILE"
     profile_table: str = "PROFILE"
     profile_link_table: str = "CONT_PROF"
+    # [U] the link's own change-time column on the Cont-Prof relation (e.g. "D_CHANGE"); unset: crmsync
+    # judges a link's age only from what its own reads saw
+    profile_link_changed_field: str | None = None
+    # [U] the contact's creation-time column; no link is older than its contact ("" to not use it)
+    created_field: str = "D_CREATE"
+    # [U] the contact's country column (ISO 3166 alpha-2): the region national phone numbers are read in
+    country_field: str = "COUNTRY"
+    default_region: str | None = None  # region for contacts without a usable country ("BE"); none: no guess
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        import phonenumbers
+
+        if v.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{v!r} is not an ISO 3166 alpha-2 region phonenumbers knows (e.g. BE, SE)")
+        return v.upper()
     # column -> type, for custom columns used in conditions or mappings (only OPENED is a known flag)
     field_types: dict[str, FieldTypeName] = Field(default_factory=dict)
     max_concurrency: int = Field(default=4, ge=1, le=32)
@@ -91,6 +111,19 @@ class ApsisSettings(SecretsModel):
     import_timeout: Duration = timedelta(hours=24)  # [U] when a stuck import counts as failed
     sms_address_attribute: str = ATTR_MOBILE  # the attribute holding the SMS address
     consent_source: str | None = None  # "source" on consent writes (APSIS default: "One API")
+    # [U] attribute discriminator -> "phone" | "email" | "string": values of phone/email attributes are made
+    # valid (E.164 numbers) or left out before sending. Defaults: the mobile and SMS address attributes are
+    # phones, the email attribute an email; "string" sends a value untouched.
+    attribute_types: dict[str, Literal["phone", "email", "string"]] = Field(default_factory=dict)
+    # on a contact's first sync, merge its profile with the email-keyspace profile of the same address
+    # (a form signup; P9), so one person is one marketing profile
+    merge_email_profiles: bool = True
+    email_keyspace: str = KEYSPACE_EMAIL  # where form signups' profiles live
+
+    def resolved_attribute_types(self) -> dict[str, str]:
+        types: dict[str, str] = {ATTR_MOBILE: "phone", self.sms_address_attribute: "phone", ATTR_EMAIL: "email"}
+        types.update(self.attribute_types)
+        return types
 
 
 class ConsentMapping(StrictModel):

@@ -15,8 +15,8 @@ APSIS, and crmsync
 1. records it durably (``OptOutRecord``) so that no later sync re-subscribes the person, even from a stale
    Efficy read that still shows the CRM Profile;
 2. removes the CRM Profile from the contact card in Efficy (idempotent);
-3. reads the contact back: its new modification time is the moment after which a CRM user re-adding the
-   profile counts as a newer change (``unlinked_version``).
+3. reads the contact back: the link seen absent then (after the opt-out) is what lets a CRM user's later
+   re-adding of the profile count as a newer change (a link sighting, see ``rules.observe_link``).
 
 The flow never writes an opt-in to APSIS.
 """
@@ -24,23 +24,28 @@ The flow never writes an opt-in to APSIS.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import aclosing
+from datetime import datetime
 
 import structlog
 
 from crmsync.connectors.apsis import ApsisClient, ApsisProfile, Consent
 from crmsync.connectors.apsis.problems import ApsisNotFoundError, ConsentReportExpiredError
 from crmsync.connectors.apsis.records import ConsentKey
-from crmsync.connectors.efficy import EfficyClient
+from crmsync.connectors.efficy import EfficyClient, EfficyContact
 from crmsync.connectors.errors import AuthError, FatalApiError, NotFoundError
 from crmsync.daemon.integrations.efficy_apsis import consent_trail, store
 from crmsync.daemon.integrations.efficy_apsis.rules import (
+    OPT_IN,
     OPT_OUT,
     ConsentRule,
     OptOutRecord,
     SyncSpec,
+    link_not_before,
+    observe_contact,
     parse_apsis_time,
+    resolve_link_consent,
 )
 from crmsync.daemon.integrations.efficy_apsis.writer import Written, bounded_map
 from crmsync.daemon.runs import RunContext
@@ -88,7 +93,7 @@ async def _run_poll(run: RunContext, *, efficy: EfficyClient, apsis: ApsisClient
             except ApsisNotFoundError:
                 return None
             return await _act(cid, consents, states[cid], efficy=efficy, spec=spec, integration=integration,
-                              now=run.now_iso())
+                              now=run.now_iso(), clock_now=run.clock.now)
 
         results = await bounded_map(one, ids, concurrency)
         await _flush(run, results)
@@ -176,7 +181,7 @@ async def _handle_chunk(run: RunContext, pending: dict[str, list[Consent]], *, e
 
     async def one(cid: str) -> Written | None:
         return await _act(cid, consents[cid], states[cid], efficy=efficy, spec=spec, integration=integration,
-                          now=run.now_iso())
+                          now=run.now_iso(), clock_now=run.clock.now)
 
     await _flush(run, await bounded_map(one, ids, concurrency))
 
@@ -205,47 +210,122 @@ def _to_unlink(consents: Sequence[Consent], state: store.ContactState, rules: tu
         record = state.optouts.get((rule.profile_id, rule.slot))
         if sent == OPT_OUT and (record is None or record.unlinked_version is not None):
             continue  # ours, or already flowed back
+        own = state.own_optouts.get(rule.slot)
+        at = parse_apsis_time(consent.modified_at)
+        if record is None and own is not None and at is not None and at <= own:
+            continue  # crmsync's own write put it in force, and no one opted out since
         out.append((rule, consent))
     return out
 
 
 async def _act(cid: str, consents: Sequence[Consent], state: store.ContactState, *, efficy: EfficyClient,
-               spec: SyncSpec, integration: str, now: str) -> Written | None:
-    """Given a linked contact's APSIS opt-outs, flow the ones APSIS made back to Efficy."""
+               spec: SyncSpec, integration: str, now: str, clock_now: Callable[[], datetime]) -> Written | None:
+    """Given a linked contact's APSIS opt-outs, flow the ones APSIS made back to Efficy.
+
+    The contact is read first: an opt-out older than the CRM Profile link on the card (the link certainly
+    made after it, :func:`~.rules.resolve_link_consent`) is not flowed back; the newer link wins and the
+    contact is queued for a real-time sync, which re-subscribes it. Every other opt-out removes the CRM
+    Profile, and a read-back confirms the removal.
+    """
     found = _to_unlink(consents, state, spec.consents)
     if not found:
         return None
-    profiles = sorted({rule.profile_id for rule, _ in found}, key=int)
+    seen_at = datetime.fromisoformat(now)
+    before_at = clock_now()
     try:
-        for pid in profiles:
-            await efficy.unlink_profile(cid, pid)
-        contact = await efficy.get_contact(cid)
+        before: EfficyContact | None = await efficy.get_contact(cid)
     except NotFoundError:
-        contact = None
+        before = None
     except AuthError:
         raise
     except FatalApiError as exc:
-        # keep the durable record anyway: the opt-out must hold in later syncs while Efficy refuses
-        keep = [store.put_optout(integration, OptOutRecord(cid, rule.profile_id, rule.slot,
-                                                           parse_apsis_time(c.modified_at))) for rule, c in found]
-        return Written("rejected", cid, message=exc.message, tx=keep)
+        return _refused(cid, found, exc, integration, seen_at)
+    tx: list[store.TxFn] = []
+    overtaken: list[tuple[ConsentRule, Consent]] = []
+    if before is not None:
+        seen, sightings = observe_contact(before, spec.consents, state.observations, before_at)
+        tx.append(store.record_sightings(integration, cid, sightings, before_at))
+        kept: list[tuple[ConsentRule, Consent]] = []
+        for rule, consent in found:
+            pid = rule.profile_id
+            kind = resolve_link_consent(
+                link_present=before.has_profile(pid), opted_out=True,
+                opted_out_at=parse_apsis_time(consent.modified_at),
+                link_changed_at=link_not_before(before, pid, spec.created_field),
+                observation=seen.get(pid), read_at=before_at)
+            (overtaken if kind == OPT_IN else kept).append((rule, consent))
+        found = kept
+    profiles = sorted({rule.profile_id for rule, _ in found
+                       if before is not None and before.has_profile(rule.profile_id)}, key=int)
+    # a profile that must go takes every mapping of it along (one link, several slots)
+    overtaken = [(rule, c) for rule, c in overtaken if rule.profile_id not in profiles]
+    contact = before
+    read_at: datetime | None = before_at
+    if profiles:
+        try:
+            for pid in profiles:
+                await efficy.unlink_profile(cid, pid)
+            read_at = clock_now()  # the read-back happens after the unlinks, at or after this moment
+            contact = await efficy.get_contact(cid)
+        except NotFoundError:
+            contact = None
+        except AuthError:
+            raise
+        except FatalApiError as exc:
+            return _refused(cid, found, exc, integration, seen_at, tx)
+        if contact is not None:  # what the read-back shows of every mapped link is a sighting like any other
+            _, sightings = observe_contact(contact, spec.consents, {}, read_at)
+            tx.append(store.record_sightings(integration, cid, sightings, read_at))
     confirmed = contact is not None and not any(contact.has_profile(p) for p in profiles)
     version = contact.modified_at if (contact is not None and confirmed) else None
-    tx: list[store.TxFn] = []
     consents_sent = dict(state.current.consents) if state.current is not None else {}
-    records = [OptOutRecord(cid, rule.profile_id, rule.slot, parse_apsis_time(consent.modified_at), version)
-               for rule, consent in found]
-    for record in records:
-        tx.append(store.put_optout(integration, record))
-        consents_sent[record.slot] = OPT_OUT
+    records = []
+    for rule, consent in found:
+        earlier = state.optouts.get((rule.profile_id, rule.slot))
+        first_seen = earlier.seen_at if earlier is not None and earlier.seen_at is not None else seen_at
+        records.append(OptOutRecord(cid, rule.profile_id, rule.slot, parse_apsis_time(consent.modified_at), version,
+                                    seen_at=first_seen))
+    tx.extend(store.put_optout(integration, record) for record in records)
+    for rule, _ in found + overtaken:
+        consents_sent[rule.slot] = OPT_OUT  # what APSIS holds now
     if state.current is not None:  # APSIS holds the opt-out now: remember it as the state of the slot
         updated = ApsisProfile(cid, state.current.attributes, consents_sent, state.current.tags)
         tx.append(store.written(integration, updated, state.written_version, now, standing=records))
     tx.append(consent_history.recorder(  # the consent history: the CRM Profiles crmsync removed in Efficy
         integration, (consent_trail.apsis_observed(records, now) if state.current is None else [])
-        + consent_trail.efficy_unlinked(records, now, confirmed)))
-    names = ", ".join(f"{r.slot.topic}/{r.slot.channel}" for r, _ in found)
-    log.debug("apsis_optout_flowed_back", contact_id=cid, profiles=profiles, confirmed=confirmed)
-    message = (f"opted out in APSIS ({names}); CRM Profile {', '.join(profiles)} removed in Efficy"
-               if confirmed else f"opted out in APSIS ({names}); removal in Efficy not confirmed yet")
-    return Written("updated", cid, message=message, tx=tx)
+        + consent_trail.efficy_unlinked([r for r in records if r.profile_id in profiles], now, confirmed)))
+    parts = []
+    if found:
+        names = ", ".join(f"{r.slot.topic}/{r.slot.channel}" for r, _ in found)
+        removed = ", ".join(profiles)
+        parts.append(f"opted out in APSIS ({names}); CRM Profile {removed} removed in Efficy" if confirmed and
+                     profiles else f"opted out in APSIS ({names}); removal in Efficy not confirmed yet"
+                     if profiles else f"opted out in APSIS ({names}); the CRM Profile was already gone")
+    if overtaken:
+        names = ", ".join(f"{r.slot.topic}/{r.slot.channel}" for r, _ in overtaken)
+        parts.append(f"opt-out in APSIS ({names}) is older than the CRM Profile link in Efficy: link kept, "
+                     "queued for re-subscription")
+        tx.append(_queue_contact(integration, cid, now))
+    log.debug("apsis_optout_flowed_back", contact_id=cid, profiles=profiles, confirmed=confirmed,
+             overtaken=len(overtaken))
+    return Written("updated", cid, message="; ".join(parts), tx=tx)
+
+
+def _refused(cid: str, found: Sequence[tuple[ConsentRule, Consent]], exc: FatalApiError, integration: str,
+             seen_at: datetime, tx: Sequence[store.TxFn] = ()) -> Written:
+    # keep the durable record anyway: the opt-out must hold in later syncs while Efficy refuses
+    keep = [store.put_optout(integration, OptOutRecord(cid, rule.profile_id, rule.slot,
+                                                       parse_apsis_time(c.modified_at), seen_at=seen_at))
+            for rule, c in found]
+    return Written("rejected", cid, message=exc.message, tx=[*tx, *keep])
+
+
+def _queue_contact(integration: str, contact_id: str, now: str) -> store.TxFn:
+    """A real-time event for the contact, as if Efficy had pushed it: the real-time flow writes the opt-in
+    (this flow never does)."""
+
+    def tx(c: sqlite3.Connection) -> None:
+        q.enqueue(c, integration, [(None, {"contact_id": contact_id, "operation": "updated", "changed_at": None})],
+                  now)
+
+    return tx

@@ -50,6 +50,8 @@ def apsis_changes(previous: ApsisProfile | None, sent: ApsisProfile, efficy_vers
 
 def efficy_unlinked(records: Sequence[OptOutRecord], seen: str, confirmed: bool) -> list[ch.ConsentChange]:
     """The consent backflow removed these CRM Profiles in Efficy (an APSIS opt-out flowing back)."""
+    if not records:
+        return []
     run_id = ch.current_run_id()
     slots: dict[str, list[str]] = {}
     for r in records:  # one removal per CRM Profile, however many topics/channels it maps to

@@ -10,6 +10,7 @@ own code run once for this contact against recording clients.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from crmsync.connectors.apsis.problems import ApsisNotFoundError
@@ -22,16 +23,17 @@ from crmsync.daemon.integrations.efficy_apsis.rules import (
     OPT_IN,
     OPT_OUT,
     SyncSpec,
-    apsis_optout_wins,
     attribute_value,
     condition_reason,
     contact_fields,
-    decide_consent,
     is_stale,
+    link_not_before,
     map_attributes,
+    observe_contact,
     parse_apsis_time,
     plan_contact,
     profile_tags,
+    resolve_link_consent,
     typed_equal,
 )
 from crmsync.state import QueuedEvent
@@ -92,29 +94,46 @@ def condition_rules(contact: EfficyContact, spec: SyncSpec) -> list[dict[str, An
 
 
 def consent_rules(contact: EfficyContact, spec: SyncSpec, state: store.ContactState,
-                  live: dict[Any, Consent] | None) -> list[dict[str, Any]]:
+                  live: dict[Any, Consent] | None, read_at: datetime) -> list[dict[str, Any]]:
+    """Each consent mapping decided as the flows decide it (:func:`resolve_link_consent`), with the evidence."""
     out = []
+    seen, _ = observe_contact(contact, spec.consents, state.observations, read_at)
     for mapping in spec.consents:
         slot = mapping.slot
         holds = contact.has_profile(mapping.profile_id)
         record = state.optouts.get((mapping.profile_id, slot))
-        decided, _ = decide_consent(holds, contact.modified_at, record)
+        link_time = link_not_before(contact, mapping.profile_id, spec.created_field)
+        observation = seen.get(mapping.profile_id)
+        decided = resolve_link_consent(
+            link_present=holds, opted_out=record is not None,
+            opted_out_at=record.latest_time() if record is not None else None,
+            link_changed_at=link_time, observation=observation, read_at=read_at)
         if not holds:
             why = "the CRM Profile is not on the contact card: opt-out"
         elif record is None:
             why = "the CRM Profile is on the contact card and APSIS has no opt-out on record: opt-in"
         elif decided == OPT_IN:
-            why = "a CRM user re-added the CRM Profile after crmsync removed it for an APSIS opt-out: newer, opt-in"
+            why = ("the CRM Profile link is certainly newer than the APSIS opt-out (its own time, or seen absent "
+                   "after the opt-out): opt-in")
         else:
-            why = "an opt-out made in APSIS stands: Efficy's state is not newer (a tie goes to the opt-out)"
+            why = ("an opt-out made in APSIS stands: the link is not certainly newer (the contact's own change "
+                   "time is no consent; doubt and ties mean opt-out)")
         existing = live.get(slot) if live is not None else None
         sent = state.current.consents.get(slot) if state.current is not None else None
-        if decided == OPT_IN and sent != OPT_IN and existing is not None and existing.type == OPT_OUT and \
-                apsis_optout_wins(parse_apsis_time(existing.modified_at), contact.modified_at):
-            decided, why = OPT_OUT, "APSIS holds an opt-out not older than Efficy's change: it stands (tie: opt-out)"
+        live_optout_at = parse_apsis_time(existing.modified_at) if existing is not None else None
+        own = state.own_optouts.get(slot)
+        if (decided == OPT_IN and sent != OPT_IN and existing is not None and existing.type == OPT_OUT
+                and not (own is not None and live_optout_at is not None and live_optout_at <= own)
+                and resolve_link_consent(link_present=True, opted_out=True, opted_out_at=live_optout_at,
+                                         link_changed_at=link_time, observation=observation,
+                                         read_at=read_at) == OPT_OUT):
+            # what the writer checks before any opt-in: an opt-out made in APSIS meanwhile
+            decided, why = OPT_OUT, ("an opt-out made in APSIS stands: the CRM Profile link is not certainly "
+                                     "newer than it (doubt and ties mean opt-out)")
         looked = {
             "CRM Profile on the contact card": f"{mapping.profile_id}: {'held' if holds else 'not held'}",
-            "Efficy modified": _iso(contact.modified_at),
+            "link made no earlier than": _iso(link_time),
+            "link seen absent at": _iso(observation.absent_at) if observation else None,
             "APSIS now": f"{existing.type} at {existing.modified_at}" if existing else
                          ("no profile" if live is None else "no consent"),
             "APSIS opt-out on record": (f"at {_iso(record.opted_out_at)}, CRM Profile removed at "
@@ -154,12 +173,12 @@ async def explain_record(kind: Any, record: str, ctx: ExplainContext) -> dict[st
                       "fail" if stale else "pass", "stale_read" if stale else None))
     mapping = mapping_rule(contact, spec, state)
     steps.append(mapping)
-    steps += consent_rules(contact, spec, state, live)
+    read_at = ctx.clock.now()
+    steps += consent_rules(contact, spec, state, live, read_at)
     holds = contact.profile_ids or ()
     steps.append(rule("tags from CRM Profiles", {"CRM Profiles held": list(holds)}, "info",
                       ", ".join(sorted(profile_tags(holds, spec.tag_profiles))) or "no tag"))
-    plan = plan_contact(contact, spec, current=state.current, written_version=state.written_version,
-                        linked=state.linked, optouts=state.optouts)
+    plan = plan_contact(contact, spec, known=state, read_at=read_at)
     if plan.action == "skip":
         mapping["note"] = f"nothing is written: the contact is skipped ({plan.reason})"
     steps.append(rule("plan", {"action": plan.action, "reason": plan.reason, "linked": state.linked,

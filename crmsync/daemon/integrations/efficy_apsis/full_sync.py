@@ -52,6 +52,7 @@ class FullSync:
         self.pages_read = 0
 
     async def step(self, position: str | None, run: RunContext) -> FullSyncStep:
+        read_at = run.clock.now()  # the page is read at or after this moment
         page = await self.efficy.list_contacts(position, page_size=self.page_size, include_profiles=True)
         self.pages_read += 1
         run.fetched(len(page.records))
@@ -59,10 +60,7 @@ class FullSync:
         contacts = list(page.records)
         states = await run.db.tx(store.load_states, self.integration, [c.contact_id for c in contacts],
                                  self.spec.consents)
-        plans = [plan_contact(c, self.spec, current=states[c.contact_id].current,
-                              written_version=states[c.contact_id].written_version,
-                              linked=states[c.contact_id].linked, optouts=states[c.contact_id].optouts)
-                 for c in contacts]
+        plans = [plan_contact(c, self.spec, known=states[c.contact_id], read_at=read_at) for c in contacts]
         now = run.now_iso()
         by_id = {c.contact_id: c for c in contacts}
         results: dict[str, Written] = {}
@@ -85,7 +83,7 @@ class FullSync:
 
         for w in await bounded_map(one, per_profile, self.concurrency):
             results[w.contact_id] = w
-        tx: list[store.TxFn] = []
+        tx: list[store.TxFn] = [store.plan_sightings(self.integration, plan) for plan in plans]
         for contact in contacts:  # report in Efficy order
             w = results[contact.contact_id]
             w.report(run)

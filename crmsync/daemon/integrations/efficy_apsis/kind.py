@@ -18,7 +18,7 @@ import trio
 
 from crmsync.clock import WallClock
 from crmsync.connectors.apsis import ApsisClient, ConsentKey
-from crmsync.connectors.apsis.records import TagEncoding
+from crmsync.connectors.apsis.records import ATTR_EMAIL, CHANNEL_EMAIL, CHANNEL_SMS, TagEncoding
 from crmsync.connectors.efficy import EfficyClient, EfficySchema, FieldTypes
 from crmsync.daemon.config import IntegrationConfig
 from crmsync.daemon.integrations.base import (
@@ -51,6 +51,13 @@ def sync_spec(config: EfficyApsisConfig) -> SyncSpec:
                        for m in config.consents.values()),
         tag_profiles={tag: str(pid) for tag, pid in config.tags.profiles.items()},
         query_tags=frozenset(config.tags.queries),
+        created_field=config.efficy.created_field or None,
+        attribute_types=config.apsis.resolved_attribute_types(),
+        country_field=config.efficy.country_field or None,
+        default_region=config.efficy.default_region,
+        address_attributes={CHANNEL_EMAIL: ATTR_EMAIL, CHANNEL_SMS: config.apsis.sms_address_attribute},
+        merge_email_profiles=config.apsis.merge_email_profiles,
+        email_keyspace=config.apsis.email_keyspace,
     )
 
 
@@ -85,7 +92,8 @@ class EfficyApsisKind(IntegrationKind):
             language=e.language, page_size=self.cfg.full_sync.page_size,
             schema=EfficySchema(contact_table=e.contact_table, profile_detail=e.profile_detail,
                                 profile_key_field=e.profile_key_field, profile_table=e.profile_table,
-                                profile_link_table=e.profile_link_table),
+                                profile_link_table=e.profile_link_table,
+                                profile_link_changed_field=e.profile_link_changed_field or None),
             field_types=FieldTypes(flags=frozenset({"OPENED"}), overrides=dict(e.field_types)),
             timezone=ZoneInfo(e.timezone), transport=self.ctx.transports.get("efficy"),
             observer=self.ctx.observer, timeout=self.ctx.http_timeout, max_concurrency=e.max_concurrency,

@@ -40,23 +40,17 @@ def parse_body(body: bytes) -> list[WebhookEvent]:
     try:
         if isinstance(data, Mapping):
             changes = parse_native_webhook(data)
-            form = "native"
         elif isinstance(data, list):
             # the signature was verified by the HTTP layer ([integrations.NAME.webhook]); parse only
             changes = parse_contract_webhook(body, signature=None, secret=None)
-            form = "contract"
         else:
             raise WebhookRejected("expected an Efficy WebHooks object or a generic-connector array")
     except WebhookPayloadError as exc:
         raise WebhookRejected(str(exc)) from None
-    events = []
-    for change in changes:
-        payload = change.as_dict()
-        # a native record carries its date: a redelivery of the same change is dropped by the queue
-        dedupe = (f"native:{change.contact_id}:{change.operation}:{payload['changed_at']}"
-                  if form == "native" and change.changed_at is not None else None)
-        events.append(WebhookEvent(payload, dedupe))
-    return events
+    # No dedupe key: neither form carries an event id, and a native record's date is to the second, so two
+    # changes of one contact in one second look alike; dropping the second as a "redelivery" lost it (an
+    # opt-out). A real redelivery costs a fresh read and no write (fingerprints, identifier links).
+    return [WebhookEvent(change.as_dict(), None) for change in changes]
 
 
 async def process(events: list[QueuedEvent], run: RunContext, *, efficy: EfficyClient, apsis: ApsisClient,
@@ -84,15 +78,16 @@ async def process(events: list[QueuedEvent], run: RunContext, *, efficy: EfficyC
             # the seed syncs creations and updates; a deletion leaves the APSIS profile and its consents be
             run.skip("deleted_in_efficy", crm_id=cid)
             continue
+        read_at = run.clock.now()  # the read happens at or after this: what it shows holds then
         try:
             contact = await efficy.get_contact(cid)
         except NotFoundError:
             run.skip("not_found_in_efficy", crm_id=cid)
             continue
         state = states[cid]
-        plan = plan_contact(contact, spec, current=state.current, written_version=state.written_version,
-                            linked=state.linked, optouts=state.optouts)
+        plan = plan_contact(contact, spec, known=state, read_at=read_at)
         result = await write_one(apsis, plan, contact, spec, integration, run.now_iso())
         result.report(run)
+        tx.append(store.plan_sightings(integration, plan))
         tx.extend(result.tx)
     await run.flush(*tx)

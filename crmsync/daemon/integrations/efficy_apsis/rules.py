@@ -4,8 +4,9 @@ Everything that decides *what* is written lives here (the flows only fetch, call
 
 * sync conditions (field = value, ANDed, typed comparison) and the skip reason naming the condition;
 * field mapping (K_CONTACT -> crmid + profile key, email -> email attribute, plus configured mappings);
-* the consent decision: holds the CRM Profile -> opt-in, does not -> opt-out, but an opt-out made in APSIS
-  is never overwritten by an older Efficy state (newer change wins, tie -> opt-out);
+* the consent decision (:func:`resolve_link_consent`): holds the CRM Profile -> opt-in, does not -> opt-out,
+  but an opt-out made in APSIS stands unless the CRM Profile *link* is certainly newer (its own change time,
+  or an absence crmsync saw after the opt-out); doubt and ties mean opt-out;
 * tag membership (from CRM Profiles per contact; query membership diffs);
 * fingerprints of the last payload sent, and the stale-write guard on Efficy's modification time.
 """
@@ -13,14 +14,25 @@ Everything that decides *what* is written lives here (the flows only fetch, call
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+import phonenumbers
 import structlog
 
-from crmsync.connectors.apsis.records import ATTR_CRMID, ATTR_EMAIL, ApsisProfile, ConsentKey
+from crmsync.connectors.apsis.records import (
+    ATTR_CRMID,
+    ATTR_EMAIL,
+    ATTR_MOBILE,
+    CHANNEL_EMAIL,
+    CHANNEL_SMS,
+    KEYSPACE_EMAIL,
+    ApsisProfile,
+    ConsentKey,
+)
 from crmsync.connectors.efficy.records import EfficyContact, parse_flag, parse_number
 
 log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.rules")
@@ -106,6 +118,83 @@ def map_attributes(contact: EfficyContact, mappings: Sequence[tuple[str, str]],
     return attributes
 
 
+# -- values APSIS validates -------------------------------------------------------------------------------
+
+TYPE_PHONE = "phone"
+TYPE_EMAIL = "email"
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+
+
+def contact_region(fields: Mapping[str, Any], country_field: str | None, default_region: str | None) -> str | None:
+    """The region phone numbers of a contact are read in: its country as an ISO 3166 alpha-2 code when it is
+    one phonenumbers knows, else the configured default (None: only numbers already international)."""
+    if country_field:
+        raw = {k.upper(): v for k, v in fields.items()}.get(country_field.upper())
+        code = str(raw).strip().upper() if raw is not None else ""
+        if code in phonenumbers.SUPPORTED_REGIONS:
+            return code
+    return default_region.upper() if default_region else None
+
+
+def normalise_phone(value: Any, region: str | None) -> str | None:
+    """A phone number in E.164 (``+32470123456``), read in ``region`` when it is in national form; None
+    when it is not a valid number."""
+    if isinstance(value, bool) or value is None:
+        return None
+    text = f"+{value}" if isinstance(value, int) else str(value).strip()
+    if not text:
+        return None
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_email(value: Any) -> str | None:
+    text = str(value).strip() if isinstance(value, str) else ""
+    return text if _EMAIL_RE.match(text) else None
+
+
+def normalise_attributes(attributes: Mapping[str, Any], types: Mapping[str, str], region: str | None,
+                         columns: Mapping[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Values of typed attributes made valid for APSIS; a value that cannot be is cleared (``None``: left
+    out of the profile) with a note naming its Efficy column. Untyped attributes pass unchanged."""
+    names = columns or {}
+    out = dict(attributes)
+    notes: list[str] = []
+    for attribute, value in attributes.items():
+        kind = types.get(attribute)
+        if value is None or kind not in (TYPE_PHONE, TYPE_EMAIL):
+            continue
+        fixed = normalise_phone(value, region) if kind == TYPE_PHONE else normalise_email(value)
+        if fixed is None:
+            what = (f"not a valid phone number (region {region})" if region else
+                    "not a valid international phone number (no country to read it in)"
+                    ) if kind == TYPE_PHONE else "not a valid email address"
+            notes.append(f"{names.get(attribute, attribute)} is {what}: left out of the APSIS profile")
+        out[attribute] = fixed
+    return out, notes
+
+
+def gate_consents(consents: Mapping[ConsentKey, str], attributes: Mapping[str, Any],
+                  address_attributes: Mapping[str, str]) -> tuple[dict[ConsentKey, str], list[str]]:
+    """Opt-ins on a channel whose address attribute is empty are not written (no SMS consent without a
+    valid mobile); opt-outs always are (they are always safe)."""
+    out: dict[ConsentKey, str] = {}
+    notes: list[str] = []
+    for ck, kind in consents.items():
+        address = address_attributes.get(ck.channel)
+        if kind == OPT_IN and address is not None and attributes.get(address) in (None, ""):
+            notes.append(f"consent {ck.topic} on {ck.channel.rsplit('.', 1)[-1]} not written: no valid "
+                         f"address in {address}")
+            continue
+        out[ck] = kind
+    return out, notes
+
+
 # -- consent -----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -120,9 +209,10 @@ class ConsentRule:
 class OptOutRecord:
     """A durable note that a person opted out in APSIS (unsubscribe link) on ``slot``.
 
-    ``opted_out_at`` is APSIS's time of the opt-out. ``unlinked_version`` is Efficy's modification time of the
-    contact right after crmsync removed the CRM Profile there (None until that is confirmed). Only a contact
-    modified *after* that moment can carry a newer, deliberate re-subscription by a CRM user.
+    ``opted_out_at`` is APSIS's time of the opt-out (None when APSIS did not say); ``seen_at`` is when crmsync
+    first saw it, an upper bound of that time. ``unlinked_version`` is Efficy's modification time of the
+    contact right after crmsync removed the CRM Profile there (None until that is confirmed); it only says
+    the opt-out has flowed back, never when a link was made.
     """
 
     contact_id: str
@@ -130,6 +220,11 @@ class OptOutRecord:
     slot: ConsentKey
     opted_out_at: datetime | None
     unlinked_version: datetime | None = None
+    seen_at: datetime | None = None
+
+    def latest_time(self) -> datetime | None:
+        """The latest the opt-out can have happened: APSIS's time, else when crmsync first saw it."""
+        return self.opted_out_at if self.opted_out_at is not None else self.seen_at
 
     def to_json(self) -> str:
         return json.dumps({
@@ -137,13 +232,14 @@ class OptOutRecord:
             "channel": self.slot.channel,
             "opted_out_at": self.opted_out_at.isoformat() if self.opted_out_at else None,
             "unlinked_version": self.unlinked_version.isoformat() if self.unlinked_version else None,
+            "seen_at": self.seen_at.isoformat() if self.seen_at else None,
         }, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> OptOutRecord:
         d = json.loads(text)
         return cls(d["contact_id"], d["profile_id"], ConsentKey(d["topic"], d["channel"]),
-                   _dt(d.get("opted_out_at")), _dt(d.get("unlinked_version")))
+                   _dt(d.get("opted_out_at")), _dt(d.get("unlinked_version")), _dt(d.get("seen_at")))
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -155,56 +251,143 @@ def parse_apsis_time(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return parsed if parsed.tzinfo is not None else None  # a time without a zone cannot be compared
 
 
-def newer(a: datetime | None, b: datetime | None) -> bool:
-    """Whether ``a`` is strictly newer than ``b``; an unknown time is never newer (ties are not newer)."""
-    return a is not None and (b is None or a > b)
+# -- when was a CRM Profile link made? -----------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class LinkObservation:
+    """What crmsync has seen of one (contact, CRM Profile) link in Efficy, by its own reads.
 
-def decide_consent(holds_profile: bool, efficy_version: datetime | None,
-                   optout: OptOutRecord | None) -> tuple[str, bool]:
-    """The consent to hold in APSIS for one mapping, and whether the APSIS opt-out record is now obsolete.
-
-    * No profile on the contact card -> opt-out (a removal is an opt-out).
-    * Profile held, no APSIS opt-out on record -> opt-in.
-    * Profile held, APSIS opt-out on record -> the opt-out stands unless Efficy changed the contact *after*
-      crmsync removed the profile there (``unlinked_version``): only then is the profile's presence a newer
-      change (a CRM user re-added it). A read no newer than that (a stale read, or Efficy not yet told) is
-      older than the opt-out; a tie goes to the opt-out.
+    ``absent_at``: the last time a read showed the link absent. ``present_since``: the first time a read
+    showed it present after that (None while absent). Seeing a link says nothing about when it was made;
+    only an absence seen *after* an opt-out proves that the link present now was made after the opt-out.
     """
-    if not holds_profile:
-        return OPT_OUT, False
-    if optout is None:
-        return OPT_IN, False
-    if optout.unlinked_version is not None and newer(efficy_version, optout.unlinked_version):
-        return OPT_IN, True
-    return OPT_OUT, False
+
+    present_since: datetime | None = None
+    absent_at: datetime | None = None
 
 
-def apsis_optout_wins(apsis_opted_out_at: datetime | None, efficy_version: datetime | None) -> bool:
-    """An opt-out already in APSIS against an opt-in we are about to write: the newer change wins, a tie or
-    an unknown Efficy time goes to the opt-out (never re-subscribe on doubt)."""
-    return not newer(efficy_version, apsis_opted_out_at)
+def observe_link(previous: LinkObservation | None, present: bool, at: datetime) -> LinkObservation:
+    """``previous`` updated with one read made at ``at``. Reads may be recorded out of order (a full-sync
+    page read before a real-time read but stored after it): an older sighting never undoes a newer one."""
+    prev = previous or LinkObservation()
+    if prev.absent_at is not None and at <= prev.absent_at:
+        return prev  # not newer than the last absence: adds nothing
+    if present:
+        if prev.present_since is not None and prev.present_since <= at:
+            return prev
+        return LinkObservation(at, prev.absent_at)
+    # absent at ``at``: a presence seen only later than that belongs to a link made after ``at``
+    later = prev.present_since if prev.present_since is not None and prev.present_since > at else None
+    return LinkObservation(later, at)
 
 
-def desired_consents(holds: Iterable[str], efficy_version: datetime | None, rules: Sequence[ConsentRule],
-                     optouts: Mapping[tuple[str, ConsentKey], OptOutRecord]
-                     ) -> tuple[dict[ConsentKey, str], list[OptOutRecord]]:
-    """Consents for every mapping, plus the opt-out records a newer Efficy re-subscription made obsolete."""
+def _second(t: datetime) -> datetime:
+    # Efficy keeps times to the second: a link and an opt-out in the same second are a tie
+    return t.replace(microsecond=0)
+
+
+def link_not_before(contact: EfficyContact, profile_id: str, created_field: str | None = "D_CREATE"
+                    ) -> datetime | None:
+    """The earliest a link on ``contact`` can have been made, from Efficy's own times: the relation's change
+    time when exposed, and the contact's creation time (no link is older than its contact). Never the
+    contact's change time. None when neither is known."""
+    bounds = [t for t in (contact.profile_changed_at.get(str(profile_id)),
+                          contact.fields.get(created_field.upper()) if created_field else None)
+              if isinstance(t, datetime)]
+    return max(bounds) if bounds else None
+
+
+def link_newer_than_optout(opted_out_at: datetime | None, *, link_changed_at: datetime | None = None,
+                           observation: LinkObservation | None = None, read_at: datetime | None = None) -> bool:
+    """Whether a link seen present by the read made at ``read_at`` is certainly newer than an opt-out.
+
+    Certain means one of: the link's own time (``link_changed_at``: the relation's ``D_CHANGE`` when Efficy
+    exposes it, or any other time the link cannot predate, see :func:`link_not_before`) is in a later second
+    than the opt-out; or crmsync saw the link absent in a later second than the
+    opt-out and before this read. An unknown opt-out time, a link first seen without an absence before it,
+    or the same second: not certain.
+    """
+    if opted_out_at is None:
+        return False
+    bound = _second(opted_out_at)
+    if link_changed_at is not None and _second(link_changed_at) > bound:
+        return True
+    absent = observation.absent_at if observation is not None else None
+    if absent is None or read_at is None or absent >= read_at:
+        return False  # never seen absent, or the absence is not known to precede this read
+    return _second(absent) > bound
+
+
+def resolve_link_consent(*, link_present: bool, opted_out: bool, opted_out_at: datetime | None,
+                         link_changed_at: datetime | None = None, observation: LinkObservation | None = None,
+                         read_at: datetime | None = None) -> str:
+    """The consent one CRM Profile mapping gives in APSIS: ``"opt-in"`` or ``"opt-out"``.
+
+    * ``link_present``: the contact holds the CRM Profile in the read made at ``read_at``;
+    * ``opted_out`` / ``opted_out_at``: an opt-out made in APSIS on the mapped slot (the footer link), and
+      the latest time it can have happened (None: unknown);
+    * ``link_changed_at``: the earliest the link can have been made by Efficy's own times
+      (:func:`link_not_before`: the relation's ``D_CHANGE`` if exposed, the contact's creation), else None;
+    * ``observation``: crmsync's sightings of the link (:func:`observe_link`), this read included.
+
+    No link -> opt-out. A link and no APSIS opt-out -> opt-in. A link and an APSIS opt-out -> opt-in only if
+    the link is certainly newer (:func:`link_newer_than_optout`); doubt and ties mean opt-out. The contact's
+    own change time plays no part: an unrelated edit is no consent.
+
+    Shared by every write path (per profile, bulk import): they must end in the same state.
+    """
+    if not link_present:
+        return OPT_OUT
+    if not opted_out:
+        return OPT_IN
+    newer_link = link_newer_than_optout(opted_out_at, link_changed_at=link_changed_at, observation=observation,
+                                        read_at=read_at)
+    return OPT_IN if newer_link else OPT_OUT
+
+
+def desired_consents(holds: Iterable[str], rules: Sequence[ConsentRule],
+                     optouts: Mapping[tuple[str, ConsentKey], OptOutRecord], *,
+                     link_changed_at: Mapping[str, datetime | None] | None = None,
+                     observations: Mapping[str, LinkObservation] | None = None,
+                     read_at: datetime | None = None) -> tuple[dict[ConsentKey, str], list[OptOutRecord]]:
+    """Consents for every mapping, plus the opt-out records a newer CRM link made obsolete."""
     held = set(holds)
+    times = link_changed_at or {}
+    seen = observations or {}
     out: dict[ConsentKey, str] = {}
     obsolete: list[OptOutRecord] = []
     for rule in rules:
         record = optouts.get((rule.profile_id, rule.slot))
-        kind, clear = decide_consent(rule.profile_id in held, efficy_version, record)
+        kind = resolve_link_consent(
+            link_present=rule.profile_id in held, opted_out=record is not None,
+            opted_out_at=record.latest_time() if record is not None else None,
+            link_changed_at=times.get(rule.profile_id), observation=seen.get(rule.profile_id), read_at=read_at)
         out[rule.slot] = kind
-        if clear and record is not None:
+        if kind == OPT_IN and record is not None:
             obsolete.append(record)
     return out, obsolete
+
+
+def observe_contact(contact: EfficyContact, rules: Sequence[ConsentRule],
+                    previous: Mapping[str, LinkObservation], read_at: datetime | None
+                    ) -> tuple[dict[str, LinkObservation], tuple[tuple[str, bool], ...]]:
+    """The observations after this read of ``contact`` (for every mapped CRM Profile), and the sightings
+    ``(profile_id, present)`` to record. Nothing is seen when the read carried no profiles."""
+    out = dict(previous)
+    if contact.profile_ids is None or read_at is None:
+        return out, ()
+    sightings = []
+    for pid in sorted({rule.profile_id for rule in rules}):
+        present = contact.has_profile(pid)
+        out[pid] = observe_link(previous.get(pid), present, read_at)
+        sightings.append((pid, present))
+    return out, tuple(sightings)
 
 
 def optin_candidates(desired: Mapping[ConsentKey, str], current: ApsisProfile | None) -> list[ConsentKey]:
@@ -304,10 +487,39 @@ class SyncSpec:
     consents: tuple[ConsentRule, ...] = ()
     tag_profiles: Mapping[str, str] = field(default_factory=dict)
     query_tags: frozenset[str] = frozenset()
+    created_field: str | None = "D_CREATE"  # the contact's creation time: a bound on its links' age
+    # attribute discriminator -> "phone" | "email": values normalised (or left out) before sending
+    attribute_types: Mapping[str, str] = field(
+        default_factory=lambda: {ATTR_MOBILE: TYPE_PHONE, ATTR_EMAIL: TYPE_EMAIL})
+    country_field: str | None = "COUNTRY"  # the contact's country (ISO alpha-2): the region of its phones
+    default_region: str | None = None
+    # channel -> the attribute holding its address
+    address_attributes: Mapping[str, str] = field(
+        default_factory=lambda: {CHANNEL_EMAIL: ATTR_EMAIL, CHANNEL_SMS: ATTR_MOBILE})
+
+    merge_email_profiles: bool = True  # merge with an email-keyspace profile of the address on first sync
+    email_keyspace: str = KEYSPACE_EMAIL
+
+    def attribute_columns(self) -> dict[str, str]:
+        """Attribute discriminator -> the Efficy column it comes from (for report notes)."""
+        return {ATTR_EMAIL: self.email_field.upper(), **{a: c.upper() for c, a in self.attributes}}
 
     @property
     def managed_tags(self) -> frozenset[str]:
         return frozenset(self.tag_profiles) | self.query_tags
+
+
+@dataclass
+class Known:
+    """What crmsync knows of one contact before syncing it (read from the store in one transaction)."""
+
+    current: ApsisProfile | None = None  # the last payload sent (None: never, or unknown)
+    written_version: str | None = None  # Efficy modification time of that payload
+    linked: bool = False
+    optouts: dict[tuple[str, ConsentKey], OptOutRecord] = field(default_factory=dict)
+    observations: dict[str, LinkObservation] = field(default_factory=dict)  # by CRM Profile id
+    merge_refused: str | None = None  # APSIS's 409 on merging with the email-keyspace profile
+    own_optouts: dict[ConsentKey, datetime] = field(default_factory=dict)  # when crmsync's opt-out took effect
 
 
 @dataclass(frozen=True)
@@ -320,24 +532,48 @@ class Plan:
     desired: ApsisProfile | None = None
     current: ApsisProfile | None = None
     obsolete_optouts: tuple[OptOutRecord, ...] = ()
+    read_at: datetime | None = None  # when the Efficy read behind this plan was made
+    observations: Mapping[str, LinkObservation] = field(default_factory=dict)  # this read included
+    sightings: tuple[tuple[str, bool], ...] = ()  # (profile id, present) seen by this read, to record
+    notes: tuple[str, ...] = ()  # values left out, consents not written: for the report row
+    merge_refused: str | None = None  # APSIS refused merging this contact's profile before (never retried)
+    own_optouts: Mapping[ConsentKey, datetime] = field(default_factory=dict)
 
 
-def plan_contact(contact: EfficyContact, spec: SyncSpec, *, current: ApsisProfile | None,
-                 written_version: str | None, linked: bool,
-                 optouts: Mapping[tuple[str, ConsentKey], OptOutRecord]) -> Plan:
-    """Conditions, then the stale guard, then mapping + consent + profile tags, then the fingerprint test."""
+def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None = None,
+                 read_at: datetime | None = None, current: ApsisProfile | None = None,
+                 written_version: str | None = None, linked: bool = False,
+                 optouts: Mapping[tuple[str, ConsentKey], OptOutRecord] | None = None) -> Plan:
+    """Link sightings first (a fact whatever happens next), then conditions, the stale guard, mapping +
+    consent + profile tags, then the fingerprint test. ``read_at`` is when the Efficy read was made;
+    ``known`` is what the store holds on the contact (or give ``current`` ... ``optouts`` one by one)."""
+    if known is None:
+        known = Known(current=current, written_version=written_version, linked=linked,
+                      optouts=dict(optouts or {}))
+    current, written_version, linked, optouts = known.current, known.written_version, known.linked, known.optouts
     cid = contact.contact_id
+    seen, sightings = observe_contact(contact, spec.consents, known.observations, read_at)
+    evidence: dict[str, Any] = {"read_at": read_at, "observations": seen, "sightings": sightings,
+                                "merge_refused": known.merge_refused, "own_optouts": dict(known.own_optouts)}
     reason = failed_condition(contact_fields(contact, spec.email_field), spec.conditions)
     if reason is not None:
-        return Plan("skip", cid, reason=reason)
+        return Plan("skip", cid, reason=reason, **evidence)
     if is_stale(contact.modified_at, written_version):
-        return Plan("skip", cid, reason="stale_read", current=current)
+        return Plan("skip", cid, reason="stale_read", current=current, **evidence)
     holds = contact.profile_ids or ()
-    consents, obsolete = desired_consents(holds, contact.modified_at, spec.consents, optouts)
-    desired = ApsisProfile(key=cid, attributes=map_attributes(contact, spec.attributes, spec.email_field),
-                           consents=consents, tags=profile_tags(holds, spec.tag_profiles))
+    link_times = {rule.profile_id: link_not_before(contact, rule.profile_id, spec.created_field)
+                  for rule in spec.consents}
+    consents, obsolete = desired_consents(holds, spec.consents, optouts, link_changed_at=link_times,
+                                          observations=seen, read_at=read_at)
+    region = contact_region(contact.fields, spec.country_field, spec.default_region)
+    attributes, notes = normalise_attributes(map_attributes(contact, spec.attributes, spec.email_field),
+                                             spec.attribute_types, region, spec.attribute_columns())
+    consents, gated = gate_consents(consents, attributes, spec.address_attributes)
+    evidence["notes"] = tuple(notes + gated)
+    desired = ApsisProfile(key=cid, attributes=attributes, consents=consents,
+                           tags=profile_tags(holds, spec.tag_profiles))
     desired = with_query_tags(desired, current, spec.query_tags)
     if linked and current is not None and fingerprint(desired) == fingerprint(current) and not obsolete:
-        return Plan("unchanged", cid, desired=desired, current=current)
+        return Plan("unchanged", cid, desired=desired, current=current, **evidence)
     return Plan("write", cid, desired=desired, current=current if linked else None,
-                obsolete_optouts=tuple(obsolete))
+                obsolete_optouts=tuple(obsolete), **evidence)

@@ -5,6 +5,11 @@
 * fingerprints: per profile, the canonical JSON of the last payload sent, with ``source_version`` = the
   Efficy modification time it came from (the stale-write guard);
 * kv ``optout:{contact}:{profile}:{topic}|{channel}``: durable records of opt-outs made in APSIS;
+* table ``link_observations``: per (contact, CRM Profile), when crmsync's reads last saw the link absent
+  and first saw it present again (the evidence that a link is newer than an opt-out);
+* kv ``own_optout:{contact}:{topic}|{channel}``: when crmsync's own write put an opt-out in force there;
+* kv ``merge_refused:{contact}``: APSIS's 409 on merging the contact's profile with the email-keyspace
+  profile of its address (reported, never retried);
 * kv ``tag_members:{tag}``: the contacts crmsync tagged from a query (to untag those who leave it).
 """
 
@@ -12,8 +17,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -22,8 +27,12 @@ from crmsync.connectors.apsis.records import ApsisProfile, ConsentKey
 from crmsync.daemon.integrations.efficy_apsis import consent_trail
 from crmsync.daemon.integrations.efficy_apsis.rules import (
     ConsentRule,
+    Known,
+    LinkObservation,
     OptOutRecord,
+    Plan,
     fingerprint,
+    observe_link,
     profile_from_fingerprint,
 )
 from crmsync.state import consent_history
@@ -34,14 +43,32 @@ log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.store")
 TxFn = Callable[[sqlite3.Connection], Any]
 
 
-@dataclass
-class ContactState:
-    """What crmsync knows of one contact's profile before syncing it."""
+#: What crmsync knows of one contact before syncing it (plain data, defined with the rules).
+ContactState = Known
 
-    current: ApsisProfile | None = None  # the last payload sent (None: never, or unknown)
-    written_version: str | None = None  # Efficy modification time of that payload
-    linked: bool = False
-    optouts: dict[tuple[str, ConsentKey], OptOutRecord] = field(default_factory=dict)
+
+def merge_key(contact_id: str) -> str:
+    return f"merge_refused:{contact_id}"
+
+
+def own_optout_key(contact_id: str, slot: ConsentKey) -> str:
+    return f"own_optout:{contact_id}:{slot.topic}|{slot.channel}"
+
+
+def consents_written(integration: str, contact_id: str, changed: Mapping[ConsentKey, tuple[str, datetime]]
+                     ) -> TxFn:
+    """Remember the opt-outs crmsync's own writes put in force (APSIS answered created/changed), and forget
+    them when it writes an opt-in: an APSIS opt-out not newer than crmsync's own is no person's opt-out."""
+
+    def tx(c: sqlite3.Connection) -> None:
+        for slot, (kind, at) in changed.items():
+            key = own_optout_key(contact_id, slot)
+            if kind == "opt-out":
+                q.kv_set(c, integration, key, at.isoformat())
+            else:
+                q.kv_delete(c, integration, key)
+
+    return tx
 
 
 def optout_key(contact_id: str, profile_id: str, slot: ConsentKey) -> str:
@@ -62,8 +89,57 @@ def load_states(c: sqlite3.Connection, integration: str, contact_ids: Iterable[s
             raw = q.kv_get(c, integration, optout_key(cid, rule.profile_id, rule.slot))
             if raw:
                 state.optouts[(rule.profile_id, rule.slot)] = OptOutRecord.from_json(raw)
+        state.observations = get_observations(c, integration, cid)
+        state.merge_refused = q.kv_get(c, integration, merge_key(cid))
+        for rule in rules:
+            own = q.kv_get(c, integration, own_optout_key(cid, rule.slot))
+            if own:
+                state.own_optouts[rule.slot] = datetime.fromisoformat(own)
         out[cid] = state
     return out
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def get_observations(c: sqlite3.Connection, integration: str, contact_id: str) -> dict[str, LinkObservation]:
+    rows = c.execute("SELECT profile_id, present_since, absent_at FROM link_observations "
+                     "WHERE integration = ? AND contact_id = ?", (integration, contact_id)).fetchall()
+    return {str(r[0]): LinkObservation(_time(r[1]), _time(r[2])) for r in rows}
+
+
+def record_sightings(integration: str, contact_id: str, sightings: Iterable[tuple[str, bool]],
+                     at: datetime | None) -> TxFn:
+    """Merge link sightings made by one read at ``at`` into the store, inside the transaction (flows that
+    run side by side, e.g. the backflow and real-time, never lose each other's sightings)."""
+    seen = list(sightings)
+
+    def tx(c: sqlite3.Connection) -> None:
+        if at is None or not seen:
+            return
+        have = get_observations(c, integration, contact_id)
+        for pid, present in seen:
+            before = have.get(pid)
+            after = observe_link(before, present, at)
+            if after == before:
+                continue
+            c.execute(
+                "INSERT INTO link_observations (integration, contact_id, profile_id, present_since, absent_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (integration, contact_id, profile_id) DO UPDATE SET "
+                "present_since = excluded.present_since, absent_at = excluded.absent_at",
+                (integration, contact_id, pid, _iso(after.present_since), _iso(after.absent_at)))
+
+    return tx
+
+
+def plan_sightings(integration: str, plan: Plan) -> TxFn:
+    """Record what the read behind ``plan`` saw of the contact's CRM Profile links."""
+    return record_sightings(integration, plan.contact_id, plan.sightings, plan.read_at)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def written(integration: str, profile: ApsisProfile, version: str | None, now: str, *,
