@@ -100,6 +100,18 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX realtime_queue_dedupe ON realtime_queue (integration, dedupe_key)
         WHERE dedupe_key IS NOT NULL;
     """,
+    # efficy_apsis bulk full sync: APSIS opt-outs read up front from the consent report (one streamed report
+    # per channel), looked up page by page instead of held in memory or read profile by profile
+    """
+    CREATE TABLE IF NOT EXISTS apsis_reported_optouts (
+        integration TEXT NOT NULL,
+        profile_key TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        modified_at TEXT,
+        PRIMARY KEY (integration, profile_key, topic, channel)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

@@ -239,6 +239,8 @@ class ApsisSimulator(SimulatorApp):
         report_lifetime: float = 86400.0,
         report_columns: ConsentReportColumns = ConsentReportColumns(),
         report_chunk_rows: int = 200,
+        import_tag_mapping_key: str = "tag_mappings",
+        import_tag_field: str = "tag_discriminator",
     ):
         super().__init__()
         self.clock = clock or WallClock()
@@ -268,6 +270,10 @@ class ApsisSimulator(SimulatorApp):
         self.report_lifetime = report_lifetime
         self.report_columns = report_columns
         self.report_chunk_rows = report_chunk_rows
+        #: [U] how an import maps tag columns: ``{key: [{"field_selector", field: tag}]}``, cells ``1`` add,
+        #: ``0`` remove, empty leave alone (no public source shows it; the client's settings match)
+        self.import_tag_mapping_key = import_tag_mapping_key
+        self.import_tag_field = import_tag_field
 
         self._profiles: dict[tuple[str, str], dict[str, _SectionData]] = {}
         self._tokens: dict[str, float] = {}  # token -> expiry timestamp (clock)
@@ -867,6 +873,10 @@ class ApsisSimulator(SimulatorApp):
                     raise _Problem(400, "Validation failed", "Unknown topic or channel in consent_mappings")
                 if c.get("type") not in WRITABLE_CONSENT_TYPES:
                     raise _Problem(400, "Validation failed", "Consent type must be opt-in or opt-out")
+        for tm in spec.get(self.import_tag_mapping_key) or []:
+            if not isinstance(tm, dict) or not tm.get("field_selector") \
+                    or tm.get(self.import_tag_field) not in self.tag_definitions:
+                raise _Problem(400, "Validation failed", f"Unknown tag in {self.import_tag_mapping_key}")
         import_id = f"imp-{next(self._import_seq):06d}"
         expires = now + self.upload_url_lifetime
         signature = hmac.new(self._signing_key, import_id.encode(), hashlib.sha256).hexdigest()
@@ -968,6 +978,12 @@ class ApsisSimulator(SimulatorApp):
                         continue
                     if current is None or current["type"] != c["type"]:
                         self._set_consent(data, slot[0], slot[1], c["type"], source="Import", reason=None)
+            for tm in spec.get(self.import_tag_mapping_key) or []:
+                cell = (row.get(tm["field_selector"]) or "").strip()
+                if cell == "1":
+                    data.tags.add(tm[self.import_tag_field])
+                elif cell == "0":
+                    data.tags.discard(tm[self.import_tag_field])
             count += 1
         imp.rows_imported = count
         imp.status = "completed"
