@@ -132,7 +132,7 @@ class LedgerEntry:
         return bool(self.post_add_tags or self.post_remove_tags or self.post_clear)
 
 
-@dataclass
+@dataclass(eq=False)
 class ImportBatch:
     """A run of contacts (in Efficy order) acknowledged together: up to three import files, the ledger of
     their rows, and the pages' other writes the batch must wait for before the checkpoint passes it.
@@ -206,6 +206,7 @@ class ImportBatch:
             yield LedgerEntry.from_line(line)
 
     def close(self) -> None:
+        """Free the files (idempotent)."""
         for writer in self.writers:
             if writer is not None:
                 writer.close()

@@ -106,6 +106,7 @@ class FullSync:
             max_file_bytes=settings.import_file_bytes)
         self.pages_read = 0
         self.per_profile_writes = 0  # contacts an import could not express (bulk path)
+        self._open_batches: set[ImportBatch] = set()
 
     # -- the pipeline ------------------------------------------------------------------------------------
 
@@ -129,6 +130,10 @@ class FullSync:
                 nursery.cancel_scope.cancel()  # stopping: whatever is in flight is redone on resume
         except BaseExceptionGroup as group:
             raise _first_cause(group) from None
+        finally:
+            for batch in self._open_batches:  # stopped or failed with batches in flight: free their files
+                batch.close()
+            self._open_batches.clear()
         return finished
 
     async def _read_page(self, position: str | None) -> ContactPage:
@@ -287,8 +292,10 @@ class FullSync:
             def new_batch() -> ImportBatch:
                 nonlocal seq
                 seq += 1
-                return ImportBatch(seq, layouts, max_bytes=s.import_file_bytes, max_rows=s.import_rows,
-                                   spool_bytes=s.spool_bytes)
+                batch = ImportBatch(seq, layouts, max_bytes=s.import_file_bytes, max_rows=s.import_rows,
+                                    spool_bytes=s.spool_bytes)
+                self._open_batches.add(batch)
+                return batch
 
             batch = new_batch()
             direct: list[tuple[Plan, EfficyContact]] = []
@@ -470,6 +477,7 @@ class FullSync:
                     fps, tx = [], []
         finally:
             batch.close()
+            self._open_batches.discard(batch)
         if fps:
             tx.insert(0, store.written_many(self.integration, fps, now))
         position = None if batch.exhausted else (encode_position(batch.end_key) if batch.end_key is not None
