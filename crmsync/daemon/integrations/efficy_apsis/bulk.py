@@ -50,6 +50,16 @@ class ReportedConsents:
         return list(self._by_key.get(key, ()))
 
 
+def with_query_membership(desired: ApsisProfile, query_tags: frozenset[str], member_of: frozenset[str]
+                          ) -> ApsisProfile:
+    """The profile with its query tags as the queries say now (read at the start of a bulk full sync), so
+    they travel in the import instead of one tag patch per member in the ``tags`` flow afterwards."""
+    tags = (desired.tags - query_tags) | (member_of & query_tags)
+    if tags == desired.tags:
+        return desired
+    return ApsisProfile(desired.key, desired.attributes, desired.consents, tags)
+
+
 @dataclass(frozen=True)
 class ImportRow:
     """Where one contact's write goes (see the module docstring)."""
@@ -218,5 +228,17 @@ def plan_outcome(plan: Plan) -> str:
     return "created" if plan.current is None else "updated"
 
 
-__all__ = ["FILE_NAMES", "MAIN", "OPTOUT", "OPT_IN", "RESUBSCRIBE", "ImportBatch", "ImportRow", "LedgerEntry",
-           "ReportedConsents", "import_row", "plan_outcome"]
+__all__ = [
+    "FILE_NAMES",
+    "MAIN",
+    "OPTOUT",
+    "OPT_IN",
+    "RESUBSCRIBE",
+    "ImportBatch",
+    "ImportRow",
+    "LedgerEntry",
+    "ReportedConsents",
+    "import_row",
+    "plan_outcome",
+    "with_query_membership",
+]

@@ -54,6 +54,7 @@ from crmsync.daemon.integrations.efficy_apsis.bulk import (
     ReportedConsents,
     import_row,
     plan_outcome,
+    with_query_membership,
 )
 from crmsync.daemon.integrations.efficy_apsis.full_sync_settings import FullSyncSettings
 from crmsync.daemon.integrations.efficy_apsis.rules import (
@@ -93,12 +94,13 @@ class FullSync:
     """Holds what a full sync needs across its stages (clients, settings, the plan's counters)."""
 
     def __init__(self, *, efficy: EfficyClient, apsis: ApsisClient, spec: SyncSpec, integration: str,
-                 settings: FullSyncSettings, sms_address_attribute: str):
+                 settings: FullSyncSettings, sms_address_attribute: str, queries: dict[str, int] | None = None):
         self.efficy = efficy
         self.apsis = apsis
         self.spec = spec
         self.integration = integration
         self.settings = settings
+        self.queries = dict(queries or {})  # query tag -> K_QUERY
         self.address_attributes = {CHANNEL_EMAIL: ATTR_EMAIL, CHANNEL_SMS: sms_address_attribute}
         self.import_settings = ImportSettings(
             keyspace=apsis.keyspace, address_attributes=self.address_attributes,
@@ -107,6 +109,7 @@ class FullSync:
         self.pages_read = 0
         self.per_profile_writes = 0  # contacts an import could not express (bulk path)
         self._open_batches: set[ImportBatch] = set()
+        self._page_query_tags: dict[str, set[str]] = {}
 
     # -- the pipeline ------------------------------------------------------------------------------------
 
@@ -179,11 +182,14 @@ class FullSync:
         ids = [c.contact_id for c in page.records]
         rules = self.spec.consents
 
-        def load(c: Any) -> tuple[dict[str, store.ContactState], dict[str, list[Any]]]:
+        def load(c: Any) -> tuple[dict[str, store.ContactState], dict[str, list[Any]], dict[str, set[str]]]:
             states = store.load_states(c, self.integration, ids, rules)
-            return states, (store.reported_optouts(c, self.integration, ids) if reported else {})
+            if not reported:
+                return states, {}, {}
+            return (states, store.reported_optouts(c, self.integration, ids),
+                    store.query_tags_of(c, self.integration, ids))
 
-        states, optouts = await run.db.tx(load)
+        states, optouts, self._page_query_tags = await run.db.tx(load)
         now = run.now_iso()
         writes: list[tuple[Plan, EfficyContact]] = []
         settled_tx: list[store.TxFn] = []
@@ -247,6 +253,13 @@ class FullSync:
                         raise
                     log.warning("apsis_consent_report_expired", channel=channel, attempt=attempt)
 
+    async def _load_query_members(self, run: RunContext) -> None:
+        """The tag queries' members (one Efficy call per query), kept in the store for the plan stage."""
+        for tag, query_id in sorted(self.queries.items()):
+            members = await self.efficy.run_query(query_id)
+            await run.db.tx(store.replace_query_members(self.integration, tag, members))
+            log.info("full_sync_query_members_read", tag=tag, members=len(members))
+
     async def _read_report(self, run: RunContext, channel: str, topics: Sequence[str], mapped: frozenset[Any]
                            ) -> int:
         chunk: list[tuple[str, str, str, str | None]] = []
@@ -279,6 +292,7 @@ class FullSync:
                          run: RunContext, nursery: trio.Nursery) -> None:
         async with acks, pages:
             await self._load_report(run)
+            await self._load_query_members(run)
             versions = await self.apsis.attribute_versions()
             layouts = self._layouts()
             for layout in layouts:  # a configuration problem shows before any import starts
@@ -325,6 +339,9 @@ class FullSync:
                     if cid in written_ids:
                         plan, _ = by_id[cid]
                         desired, seen, records = await check_apsis_optouts(source, plan, contact, self.spec)
+                        if self.queries:
+                            desired = with_query_membership(desired, self.spec.query_tags, frozenset(
+                                self._page_query_tags.get(cid, ())))
                         row = import_row(desired, plan.current, seen, reported.get(cid, ()),
                                          address_attributes=self.address_attributes,
                                          managed_tags=self.spec.managed_tags, tags_in_import=s.tags.enabled,

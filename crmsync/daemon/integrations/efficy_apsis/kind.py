@@ -153,7 +153,7 @@ class EfficyApsisKind(IntegrationKind):
             self._full_sync = FullSync(
                 efficy=self.efficy, apsis=self.apsis, spec=self.spec, integration=self.name,
                 settings=self.cfg.full_sync.settings(),
-                sms_address_attribute=self.cfg.apsis.sms_address_attribute)
+                sms_address_attribute=self.cfg.apsis.sms_address_attribute, queries=dict(self.cfg.tags.queries))
         return self._full_sync
 
     async def full_sync_run(self, position: str | None, run: RunContext,

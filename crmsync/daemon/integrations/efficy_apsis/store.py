@@ -163,3 +163,26 @@ def written_many(integration: str, rows: Sequence[tuple[str, str, str | None]], 
             "updated_at = excluded.updated_at", [(integration, key, fp, version, now) for key, fp, version in rows])
 
     return tx
+
+
+def replace_query_members(integration: str, tag: str, contact_ids: Sequence[str]) -> TxFn:
+    """The members of one tag query as just read (the bulk full sync carries query tags in its imports)."""
+
+    def tx(c: sqlite3.Connection) -> None:
+        c.execute("DELETE FROM efficy_query_members WHERE integration = ? AND tag = ?", (integration, tag))
+        c.executemany("INSERT OR IGNORE INTO efficy_query_members (integration, tag, contact_id) VALUES (?, ?, ?)",
+                      [(integration, tag, cid) for cid in contact_ids])
+
+    return tx
+
+
+def query_tags_of(c: sqlite3.Connection, integration: str, contact_ids: Sequence[str]) -> dict[str, set[str]]:
+    """Contact id -> the query tags it is a member of (only members are listed)."""
+    out: dict[str, set[str]] = {}
+    for start in range(0, len(contact_ids), 500):
+        chunk = list(contact_ids[start:start + 500])
+        marks = ",".join("?" * len(chunk))
+        for cid, tag in c.execute(f"SELECT contact_id, tag FROM efficy_query_members "
+                                  f"WHERE integration = ? AND contact_id IN ({marks})", (integration, *chunk)):
+            out.setdefault(cid, set()).add(tag)
+    return out
