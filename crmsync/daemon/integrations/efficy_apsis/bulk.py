@@ -10,9 +10,10 @@ The plan stage of the full sync (:mod:`.full_sync`) asks :func:`import_row` wher
 * the **opt-out file**: opt-outs to write.
 
 Each (profile, slot) is marked in one file only, so the three files commute and may run at the same time.
-What an import cannot express comes back as ``None`` (a consent on a channel whose address is empty: an
-import drops it) or as post-import calls (tag patches when tags do not travel in imports; ``null`` for an
-attribute crmsync set before, which an import cannot clear unless ``clear_existing_attributes`` is on).
+A consent on a channel whose address is empty is left out (:func:`addressed`: an import drops it, and
+issue 7 item 8 says it is not written). What an import cannot express becomes post-import calls per
+profile: tag patches when tags do not travel in imports, ``null`` for an attribute crmsync set before (an
+import cannot clear one unless ``clear_existing_attributes`` is on).
 
 Rows are appended to streamed files and their acknowledgement data to a spooled ledger, so a batch of
 200,000 rows costs disk, not memory.
@@ -74,10 +75,21 @@ class ImportRow:
     post_clear: tuple[str, ...]  # attributes to null per profile after the import
 
 
+def addressed(desired: ApsisProfile, address_attributes: Mapping[str, str]) -> ApsisProfile:
+    """The profile without consents on channels whose address is empty: an import drops them (research §7),
+    and a consent without its address is not written (issue 7 item 8: no SMS consent without a mobile).
+    What is fingerprinted is what is sent, so the consent goes out once the address appears."""
+    keep = {ck: kind for ck, kind in desired.consents.items()
+            if desired.attributes.get(address_attributes.get(ck.channel, ""))}
+    if len(keep) == len(desired.consents):
+        return desired
+    return ApsisProfile(desired.key, desired.attributes, keep, desired.tags)
+
+
 def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisProfile | None,
-               reported: Sequence[Consent], *, address_attributes: Mapping[str, str],
-               managed_tags: frozenset[str], tags_in_import: bool, clear_in_import: bool) -> ImportRow | None:
-    """Place one write in the import files; ``None`` when an import cannot express it.
+               reported: Sequence[Consent], *, managed_tags: frozenset[str], tags_in_import: bool,
+               clear_in_import: bool) -> ImportRow:
+    """Place one write (an :func:`addressed` profile) in the import files.
 
     ``current`` is the last payload crmsync sent (None: never); ``seen`` is that view with the consents the
     opt-out check saw in APSIS (what ``check_apsis_optouts`` returns), which decides what is written.
@@ -89,8 +101,6 @@ def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisP
     for ck, kind in sorted(desired.consents.items(), key=lambda kv: (kv[0].topic, kv[0].channel)):
         if seen is not None and seen.consents.get(ck) == kind:
             continue
-        if not desired.attributes.get(address_attributes.get(ck.channel, "")):
-            return None  # an import drops a consent without its address: the per-profile path writes it
         if kind == OPT_OUT:
             outs.append(ck)
         elif ck in opted_out:

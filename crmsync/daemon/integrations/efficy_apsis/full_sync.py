@@ -10,7 +10,8 @@
   the per-profile path uses (``writer.check_apsis_optouts``), and appends each write to streamed import files
   (:mod:`.bulk`): a batch of up to ``import_rows`` contacts (and never more than ``import_file_bytes`` per
   file) is one opt-in file, one re-subscription file (``resubscribe_if_opted_out``) and one opt-out file.
-  What an import cannot express is written per profile (counted in the report as ``per_profile``).
+  Query tags travel in the files too (each query read once). What an import cannot express is sent per
+  profile after the import (``per_profile_writes``, logged at the end).
 * **write** runs a batch's files at once under the account's import limits (3 unfinished, 10 started a
   minute: the client's :class:`ImportLimiter`), then any per-profile follow-ups. On the per-profile path it
   upserts ``concurrency`` profiles at a time.
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import structlog
@@ -52,6 +53,7 @@ from crmsync.daemon.integrations.efficy_apsis.bulk import (
     ImportBatch,
     LedgerEntry,
     ReportedConsents,
+    addressed,
     import_row,
     plan_outcome,
     with_query_membership,
@@ -107,7 +109,7 @@ class FullSync:
             resubscribe_if_opted_out=False, clear_existing_attributes=settings.clear_existing_attributes,
             max_file_bytes=settings.import_file_bytes)
         self.pages_read = 0
-        self.per_profile_writes = 0  # contacts an import could not express (bulk path)
+        self.per_profile_writes = 0  # contacts with per-profile calls after their import (bulk path)
         self._open_batches: set[ImportBatch] = set()
         self._page_query_tags: dict[str, set[str]] = {}
 
@@ -133,6 +135,9 @@ class FullSync:
                 nursery.cancel_scope.cancel()  # stopping: whatever is in flight is redone on resume
         except BaseExceptionGroup as group:
             raise _first_cause(group) from None
+        else:
+            log.info("full_sync_pipeline_done", finished=finished, pages=self.pages_read,
+                     per_profile_writes=self.per_profile_writes)
         finally:
             for batch in self._open_batches:  # stopped or failed with batches in flight: free their files
                 batch.close()
@@ -312,43 +317,43 @@ class FullSync:
                 return batch
 
             batch = new_batch()
-            direct: list[tuple[Plan, EfficyContact]] = []
             settled_tx: list[store.TxFn] = []
 
             async def close(batch: ImportBatch) -> None:
-                nonlocal direct, settled_tx
+                nonlocal settled_tx
                 if settled_tx:
                     await run.flush(*settled_tx)
                     settled_tx = []
-                if direct:
-                    done = trio.Event()
-                    batch.waits.append(done)
-                    nursery.start_soon(self._write_direct, direct, run, done)
-                    direct = []
                 nursery.start_soon(self._write_batch, batch, versions, run)
                 await acks.send(batch)
 
             async for page in pages:
                 writes, page_settled, reported = await self._plan_contacts(page, run, reported=True)
                 settled_tx.extend(page_settled)
-                written_ids = {plan.contact_id for plan, _ in writes}
                 source = cast(ApsisClient, ReportedConsents(reported))
                 by_id = {plan.contact_id: (plan, contact) for plan, contact in writes}
+                now = run.now_iso()
                 for contact in page.records:
                     cid = contact.contact_id
-                    if cid in written_ids:
+                    if cid in by_id:
                         plan, _ = by_id[cid]
-                        desired, seen, records = await check_apsis_optouts(source, plan, contact, self.spec)
-                        if self.queries:
-                            desired = with_query_membership(desired, self.spec.query_tags, frozenset(
-                                self._page_query_tags.get(cid, ())))
-                        row = import_row(desired, plan.current, seen, reported.get(cid, ()),
-                                         address_attributes=self.address_attributes,
-                                         managed_tags=self.spec.managed_tags, tags_in_import=s.tags.enabled,
-                                         clear_in_import=s.clear_existing_attributes)
-                        if row is None:
-                            direct.append((plan, contact))
+                        assert plan.desired is not None
+                        sent = addressed(plan.desired, self.address_attributes)
+                        if plan.current is not None and not plan.obsolete_optouts and \
+                                fingerprint(sent) == fingerprint(plan.current):
+                            w = settled(replace(plan, action="unchanged", desired=sent), contact,
+                                        self.integration, now)
+                            w.report(run)
+                            settled_tx.extend(w.tx)
                         else:
+                            plan = replace(plan, desired=sent)
+                            desired, seen, records = await check_apsis_optouts(source, plan, contact, self.spec)
+                            if self.queries:
+                                desired = with_query_membership(desired, self.spec.query_tags, frozenset(
+                                    self._page_query_tags.get(cid, ())))
+                            row = import_row(desired, plan.current, seen, reported.get(cid, ()),
+                                             managed_tags=self.spec.managed_tags, tags_in_import=s.tags.enabled,
+                                             clear_in_import=s.clear_existing_attributes)
                             entry = LedgerEntry(cid, plan_outcome(plan), (), fingerprint(desired),
                                                 version_str(contact.modified_at), tuple(records),
                                                 plan.obsolete_optouts, row.post_add_tags, row.post_remove_tags,
@@ -369,33 +374,6 @@ class FullSync:
                     if batch.exhausted:
                         return
                     batch = new_batch()
-
-    async def _write_direct(self, writes: list[tuple[Plan, EfficyContact]], run: RunContext,
-                            done: trio.Event) -> None:
-        """Contacts an import cannot express, upserted one by one; committed as soon as APSIS acknowledged
-        them (a fingerprint only ever records what APSIS has)."""
-        try:
-            self.per_profile_writes += len(writes)
-            now = run.now_iso()
-            results: list[Written | None] = [None] * len(writes)
-            gate = trio.Semaphore(self.settings.concurrency)
-
-            async def one(i: int) -> None:
-                plan, contact = writes[i]
-                async with gate:
-                    results[i] = await write_one(self.apsis, plan, contact, self.spec, self.integration, now)
-
-            async with trio.open_nursery() as n:
-                for i in range(len(writes)):
-                    n.start_soon(one, i)
-            tx: list[store.TxFn] = []
-            for w in results:
-                assert w is not None
-                w.report(run)
-                tx.extend(w.tx)
-            await run.flush(*tx)
-        finally:
-            done.set()
 
     async def _write_batch(self, batch: ImportBatch, versions: dict[str, str], run: RunContext) -> None:
         """Write stage of the bulk path: the batch's files at once (the client keeps the account's import
@@ -485,7 +463,12 @@ class FullSync:
                 if message is not None:
                     run.record("rejected", crm_id=cid, messaging_id=cid, message=message)
                     continue
-                run.record(entry.outcome, crm_id=cid, messaging_id=cid)
+                note = None
+                if entry.has_post:  # what the import could not carry, counted in the report
+                    note = "per-profile after import: " + ", ".join(
+                        part for part, on in (("tags", entry.post_add_tags or entry.post_remove_tags),
+                                              ("attributes cleared", entry.post_clear)) if on)
+                run.record(entry.outcome, crm_id=cid, messaging_id=cid, message=note)
                 fps.append((cid, entry.fingerprint, entry.version))
                 tx += [store.put_optout(self.integration, r) for r in entry.put_optouts]
                 tx += [store.drop_optout(self.integration, r) for r in entry.drop_optouts]
