@@ -603,8 +603,12 @@ class ApsisClient(ApiClient):
             consents_written += 1
         have = current.tags if current is not None else frozenset()
         add = desired.tags - have
-        remove = (set(managed_tags) - desired.tags) if current is None else (
-            (have & set(managed_tags)) - desired.tags)
+        if created:
+            remove: set[str] | frozenset[str] = frozenset()  # a profile made just now carries no tag
+        elif current is None:
+            remove = set(managed_tags) - desired.tags
+        else:
+            remove = (have & set(managed_tags)) - desired.tags
         tag_requests = await self.patch_tags(desired.key, add, remove) if add or remove else 0
         return UpsertResult(created=created, attribute_requests=attribute_requests,
                             consents_written=consents_written, tag_requests=tag_requests,

@@ -298,6 +298,8 @@ class ApsisSimulator(SimulatorApp):
         self.tokens_issued = 0
         self.rate_limited = 0  # 429s answered by the simulator's own limits (not injected faults)
         self.max_concurrent_imports_seen = 0
+        self.in_flight = 0  # requests being answered now
+        self.max_in_flight = 0
         self._reports: dict[str, _Report] = {}
         self._report_seq = itertools.count(1)
         self.report_requests = 0  # consent report creations (not profile writes, so not in ``writes``)
@@ -406,6 +408,14 @@ class ApsisSimulator(SimulatorApp):
             return
         request = await read_request(scope, receive)
         self.requests.append((request.method, request.path))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await self._answer(request, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: Request, send: Send) -> None:
         if self.latency > 0:
             await trio.sleep(self.latency)
         fault = self.faults.take(request.method, request.path)
