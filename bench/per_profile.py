@@ -24,9 +24,9 @@ def main() -> None:
     args = parser.parse_args()
     r = measure(args.contacts, args.latency, threshold=0)
     rate = r["apsis_calls"] / r["seconds"]
-    print(f"efficy_apsis full sync, per-profile path, {args.contacts:,} contacts, {args.latency * 1000:.0f} ms per call:"
-          f" {r['state']} ({r['status']}), {r['profiles']:,} APSIS profiles, {r['apsis_calls']} APSIS calls in"
-          f" {r['seconds']:.1f} s")
+    print(f"efficy_apsis full sync, per-profile path, {args.contacts:,} contacts, "
+          f"{args.latency * 1000:.0f} ms per call: {r['state']} ({r['status']}), {r['profiles']:,} APSIS "
+          f"profiles, {r['apsis_calls']} APSIS calls in {r['seconds']:.1f} s")
     print(f"  {'figure':<32}{'measured':>12}{'target':>12}{'ratio':>9}")
     print(f"  {'APSIS requests/s':<32}{rate:>12.1f}{'>= 90':>12}{rate / 90:>9.2f}  {verdict(rate >= 90)}")
     print(f"  {'HTTP 429 answered':<32}{r['apsis_429']:>12}{'0':>12}{'':>9}  {verdict(r['apsis_429'] == 0)}")
