@@ -74,7 +74,7 @@ from crmsync.connectors.apsis.records import (
     split_patch,
     tags_patch,
 )
-from crmsync.connectors.errors import MalformedResponseError, RetriableApiError
+from crmsync.connectors.errors import MalformedResponseError, RateLimitedError, RetriableApiError
 from crmsync.connectors.http import ApiClient, RequestObserver, RetryPolicy, json_body, status_class
 
 log = structlog.get_logger("crmsync.connectors.apsis.client")
@@ -634,8 +634,19 @@ class ApsisClient(ApiClient):
         """
         section = quote(self.section, safe="")
         async with self.imports.slot():
-            await self.imports.creations.acquire()
-            response = await self._send_json("POST", f"/v2/audience/sections/{section}/imports", request)
+            deadline = trio.current_time() + self.import_timeout
+            while True:
+                await self.imports.creations.acquire()
+                try:
+                    response = await self._send_json("POST", f"/v2/audience/sections/{section}/imports", request)
+                    break
+                except RateLimitedError as exc:
+                    # imports this client does not know of (another key on the account, or a process that
+                    # died with imports unfinished) hold APSIS's 3 slots: wait for them, within the timeout
+                    if trio.current_time() >= deadline:
+                        raise
+                    log.info("apsis_import_slots_busy", error=exc.message, wait_s=self.import_poll_interval)
+                    await trio.sleep(self.import_poll_interval)
             created = response.json()
             try:
                 import_id = str(created["import_id"])

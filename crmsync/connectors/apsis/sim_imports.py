@@ -63,6 +63,15 @@ class ApsisImports(ApsisLimits, ApsisState):
     # -- imports -----------------------------------------------------------------------------------------
 
     def _pending_imports(self) -> int:
+        """Unfinished imports. APSIS works on an import whether anyone polls it or not: one whose processing
+        time has passed is finished (and applied) now; one whose upload URL expired without a file can
+        never finish ([U]: read as ended in error)."""
+        now = self.clock.timestamp()
+        for imp in self._imports.values():
+            if imp.status in ("queued", "in_progress") and imp.ready_at is not None and now >= imp.ready_at:
+                self._apply_import(imp)
+            elif imp.status == "waiting_for_file" and now > imp.upload_expires:
+                imp.status, imp.error = "error", "The upload URL expired before a file arrived"
         return sum(1 for imp in self._imports.values() if imp.status not in ("completed", "error"))
 
     async def _create_import(self, request: Request, section: str) -> Response:

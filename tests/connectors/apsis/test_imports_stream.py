@@ -92,3 +92,22 @@ async def test_latency_and_time_based_import_processing(
     polls = [p for m, p in sim.requests if m == "GET" and "/imports/" in p]
     assert len(polls) <= 6
     assert len(sim.profiles()) == 50
+
+
+async def test_imports_left_unfinished_by_a_dead_process_delay_but_do_not_fail_the_next_one(
+        autojump_clock: MockClock, make_client: Callable[..., ApsisClient], clock: object) -> None:
+    sim = ApsisSimulator(clock, client_id="crmsync", client_secret="s3cr3t-value-never-logged",  # type: ignore[arg-type]
+                         upload_url_lifetime=120.0)
+    client = make_client(sim, import_poll_interval=5.0)
+    versions = await client.attribute_versions()
+    request = LAYOUT.request(versions)
+    for _ in range(3):  # created, never uploaded: they hold APSIS's 3 slots until their upload URL expires
+        await client._send_json("POST", "/v2/audience/sections/com.apsis1.sections.default/imports", request)
+    writer = ImportFileWriter(LAYOUT, max_bytes=10**6, max_rows=10)
+    writer.add("1", {ATTR_CRMID: "1", ATTR_EMAIL: "a@x.be"}, [NEWS])
+    start = trio.current_time()
+    result = await client.run_import_stream(request, writer.file(), rows=1)
+    writer.close()
+    assert result.status == "completed" and sim.consents_of("1")[NEWS] == "opt-in"
+    assert trio.current_time() - start >= 120  # waited for the slots, never gave up
+    assert sim.rate_limited > 0

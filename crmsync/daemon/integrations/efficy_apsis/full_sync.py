@@ -247,16 +247,21 @@ class FullSync:
 
         await run.db.tx(store.clear_reported_optouts(self.integration))
         mapped = frozenset(rule.slot for rule in self.spec.consents)
-        for channel, topics in report_requests(self.spec.consents):
+
+        async def one(channel: str, topics: Sequence[str]) -> None:
             for attempt in range(1, REPORT_ATTEMPTS + 1):
                 try:
                     count = await self._read_report(run, channel, topics, mapped)
                     log.info("full_sync_optouts_read", channel=channel, optouts=count)
-                    break
+                    return
                 except ConsentReportExpiredError:
                     if attempt == REPORT_ATTEMPTS:
                         raise
                     log.warning("apsis_consent_report_expired", channel=channel, attempt=attempt)
+
+        async with trio.open_nursery() as nursery:  # the channels' reports are prepared at the same time
+            for channel, topics in report_requests(self.spec.consents):
+                nursery.start_soon(one, channel, topics)
 
     async def _load_query_members(self, run: RunContext) -> None:
         """The tag queries' members (one Efficy call per query), kept in the store for the plan stage."""
@@ -296,8 +301,9 @@ class FullSync:
     async def _plan_bulk(self, pages: trio.MemoryReceiveChannel[ContactPage], acks: trio.MemorySendChannel[Any],
                          run: RunContext, nursery: trio.Nursery) -> None:
         async with acks, pages:
-            await self._load_report(run)
-            await self._load_query_members(run)
+            async with trio.open_nursery() as loading:
+                loading.start_soon(self._load_report, run)
+                loading.start_soon(self._load_query_members, run)
             versions = await self.apsis.attribute_versions()
             layouts = self._layouts()
             for layout in layouts:  # a configuration problem shows before any import starts

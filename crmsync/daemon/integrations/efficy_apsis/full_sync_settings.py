@@ -16,7 +16,7 @@ class FullSyncSettings:
     import_threshold: int = 0
     concurrency: int = 8
     read_ahead: int = 4
-    import_rows: int = 200_000
+    import_rows: int = 50_000
     import_file_bytes: int = MAX_IMPORT_FILE_BYTES
     batches_in_flight: int = 2
     spool_bytes: int = 1_000_000
