@@ -14,7 +14,7 @@ class FullSyncSettings:
 
     page_size: int = 500
     import_threshold: int = 0
-    concurrency: int = 8
+    concurrency: int = 16
     read_ahead: int = 4
     import_rows: int = 50_000
     import_file_bytes: int = MAX_IMPORT_FILE_BYTES
