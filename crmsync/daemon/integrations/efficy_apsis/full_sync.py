@@ -38,6 +38,7 @@ from crmsync.connectors.apsis import ApsisClient
 from crmsync.connectors.apsis.imports import ImportLayout
 from crmsync.connectors.apsis.problems import ConsentReportExpiredError, ImportFailedError
 from crmsync.connectors.apsis.records import (
+    ATTR_CRMID,
     ATTR_EMAIL,
     CHANNEL_EMAIL,
     CHANNEL_SMS,
@@ -58,6 +59,7 @@ from crmsync.daemon.integrations.efficy_apsis.bulk import (
     plan_outcome,
     with_query_membership,
 )
+from crmsync.daemon.integrations.efficy_apsis.consent_backflow import report_requests
 from crmsync.daemon.integrations.efficy_apsis.full_sync_settings import FullSyncSettings
 from crmsync.daemon.integrations.efficy_apsis.rules import (
     OPT_IN,
@@ -243,8 +245,6 @@ class FullSync:
 
     async def _load_report(self, run: RunContext) -> None:
         """APSIS's opt-outs on the mapped slots, one streamed consent report per channel, into the store."""
-        from crmsync.daemon.integrations.efficy_apsis.consent_backflow import report_requests
-
         await run.db.tx(store.clear_reported_optouts(self.integration))
         mapped = frozenset(rule.slot for rule in self.spec.consents)
 
@@ -288,8 +288,7 @@ class FullSync:
         return count
 
     def _layouts(self) -> list[ImportLayout]:
-        attributes = tuple(sorted({a for _, a in self.spec.attributes} | {"com.apsis1.attributes.crmid",
-                                                                          ATTR_EMAIL}))
+        attributes = tuple(sorted({a for _, a in self.spec.attributes} | {ATTR_CRMID, ATTR_EMAIL}))
         slots_in = tuple(sorted((r.slot for r in self.spec.consents), key=lambda ck: (ck.topic, ck.channel)))
         addresses = tuple(sorted({self.address_attributes[ck.channel] for ck in slots_in}))
         tags = tuple(sorted(self.spec.managed_tags)) if self.settings.tags.enabled else ()
