@@ -73,22 +73,34 @@ class ImportRow:
     post_add_tags: tuple[str, ...]  # tag changes sent per profile after the import (tags not in imports)
     post_remove_tags: tuple[str, ...]
     post_clear: tuple[str, ...]  # attributes to null per profile after the import
+    post_optouts: tuple[ConsentKey, ...] = ()  # opt-outs without an address, written per profile
 
 
-def addressed(desired: ApsisProfile, address_attributes: Mapping[str, str]) -> ApsisProfile:
+def addressed(desired: ApsisProfile, current: ApsisProfile | None, address_attributes: Mapping[str, str]
+              ) -> tuple[ApsisProfile, tuple[ConsentKey, ...]]:
     """The profile without consents on channels whose address is empty: an import drops them (research §7),
     and a consent without its address is not written (issue 7 item 8: no SMS consent without a mobile).
-    What is fingerprinted is what is sent, so the consent goes out once the address appears."""
-    keep = {ck: kind for ck, kind in desired.consents.items()
-            if desired.attributes.get(address_attributes.get(ck.channel, ""))}
+    What is fingerprinted is what is sent, so such a consent goes out once the address appears.
+
+    One exception, since an opt-out always travels: an opt-out on a slot where crmsync last sent an opt-in
+    is kept, and returned as a slot to write per profile after the import (the import cannot carry it).
+    """
+    keep: dict[ConsentKey, str] = {}
+    per_profile: list[ConsentKey] = []
+    for ck, kind in desired.consents.items():
+        if desired.attributes.get(address_attributes.get(ck.channel, "")):
+            keep[ck] = kind
+        elif kind == OPT_OUT and current is not None and current.consents.get(ck) == OPT_IN:
+            keep[ck] = kind
+            per_profile.append(ck)
     if len(keep) == len(desired.consents):
-        return desired
-    return ApsisProfile(desired.key, desired.attributes, keep, desired.tags)
+        return desired, tuple(per_profile)
+    return ApsisProfile(desired.key, desired.attributes, keep, desired.tags), tuple(per_profile)
 
 
 def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisProfile | None,
                reported: Sequence[Consent], *, managed_tags: frozenset[str], tags_in_import: bool,
-               clear_in_import: bool) -> ImportRow:
+               clear_in_import: bool, per_profile_optouts: Sequence[ConsentKey] = ()) -> ImportRow:
     """Place one write (an :func:`addressed` profile) in the import files.
 
     ``current`` is the last payload crmsync sent (None: never); ``seen`` is that view with the consents the
@@ -99,7 +111,7 @@ def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisP
     resub: list[ConsentKey] = []
     outs: list[ConsentKey] = []
     for ck, kind in sorted(desired.consents.items(), key=lambda kv: (kv[0].topic, kv[0].channel)):
-        if seen is not None and seen.consents.get(ck) == kind:
+        if (seen is not None and seen.consents.get(ck) == kind) or ck in per_profile_optouts:
             continue
         if kind == OPT_OUT:
             outs.append(ck)
@@ -117,7 +129,7 @@ def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisP
     in_file_add, in_file_remove = (tuple(sorted(add)), tuple(sorted(remove))) if tags_in_import else ((), ())
     post_add, post_remove = ((), ()) if tags_in_import else (tuple(sorted(add)), tuple(sorted(remove)))
     return ImportRow(tuple(main), tuple(resub), tuple(outs), in_file_add, in_file_remove, post_add,
-                     post_remove, clear)
+                     post_remove, clear, tuple(per_profile_optouts))
 
 
 @dataclass
@@ -134,22 +146,25 @@ class LedgerEntry:
     post_add_tags: tuple[str, ...] = ()
     post_remove_tags: tuple[str, ...] = ()
     post_clear: tuple[str, ...] = ()
+    post_optouts: tuple[ConsentKey, ...] = ()
 
     def to_line(self) -> bytes:
         return (json.dumps([self.contact_id, self.outcome, self.files, self.fingerprint, self.version,
                             [r.to_json() for r in self.put_optouts], [r.to_json() for r in self.drop_optouts],
-                            self.post_add_tags, self.post_remove_tags, self.post_clear],
+                            self.post_add_tags, self.post_remove_tags, self.post_clear,
+                            [[ck.topic, ck.channel] for ck in self.post_optouts]],
                            separators=(",", ":")) + "\n").encode("utf-8")
 
     @classmethod
     def from_line(cls, line: bytes) -> LedgerEntry:
-        cid, outcome, files, fp, version, put, drop, add, remove, clear = json.loads(line)
+        cid, outcome, files, fp, version, put, drop, add, remove, clear, outs = json.loads(line)
         return cls(cid, outcome, tuple(files), fp, version, tuple(OptOutRecord.from_json(r) for r in put),
-                   tuple(OptOutRecord.from_json(r) for r in drop), tuple(add), tuple(remove), tuple(clear))
+                   tuple(OptOutRecord.from_json(r) for r in drop), tuple(add), tuple(remove), tuple(clear),
+                   tuple(ConsentKey(t, c) for t, c in outs))
 
     @property
     def has_post(self) -> bool:
-        return bool(self.post_add_tags or self.post_remove_tags or self.post_clear)
+        return bool(self.post_add_tags or self.post_remove_tags or self.post_clear or self.post_optouts)
 
 
 @dataclass(eq=False)

@@ -343,7 +343,8 @@ class FullSync:
                     if cid in by_id:
                         plan, _ = by_id[cid]
                         assert plan.desired is not None
-                        sent = addressed(plan.desired, self.address_attributes)
+                        sent, optouts_per_profile = addressed(plan.desired, plan.current,
+                                                              self.address_attributes)
                         if plan.current is not None and not plan.obsolete_optouts and \
                                 fingerprint(sent) == fingerprint(plan.current):
                             w = settled(replace(plan, action="unchanged", desired=sent), contact,
@@ -358,11 +359,12 @@ class FullSync:
                                     self._page_query_tags.get(cid, ())))
                             row = import_row(desired, plan.current, seen, reported.get(cid, ()),
                                              managed_tags=self.spec.managed_tags, tags_in_import=s.tags.enabled,
-                                             clear_in_import=s.clear_existing_attributes)
+                                             clear_in_import=s.clear_existing_attributes,
+                                             per_profile_optouts=optouts_per_profile)
                             entry = LedgerEntry(cid, plan_outcome(plan), (), fingerprint(desired),
                                                 version_str(contact.modified_at), tuple(records),
                                                 plan.obsolete_optouts, row.post_add_tags, row.post_remove_tags,
-                                                row.post_clear)
+                                                row.post_clear, row.post_optouts)
                             if not batch.add(cid, desired, row, entry):
                                 await close(batch)
                                 batch = new_batch()
@@ -397,6 +399,8 @@ class FullSync:
                 async def one(entry: LedgerEntry) -> None:
                     async with gate:
                         try:
+                            for ck in entry.post_optouts:  # an opt-out always travels, address or not
+                                await self.apsis.set_consent(entry.contact_id, ck.topic, ck.channel, OPT_OUT)
                             if entry.post_clear:
                                 await self.apsis.patch_attributes(entry.contact_id,
                                                                   dict.fromkeys(entry.post_clear))
@@ -472,7 +476,8 @@ class FullSync:
                 if entry.has_post:  # what the import could not carry, counted in the report
                     note = "per-profile after import: " + ", ".join(
                         part for part, on in (("tags", entry.post_add_tags or entry.post_remove_tags),
-                                              ("attributes cleared", entry.post_clear)) if on)
+                                              ("attributes cleared", entry.post_clear),
+                                              ("opt-out without address", entry.post_optouts)) if on)
                 run.record(entry.outcome, crm_id=cid, messaging_id=cid, message=note)
                 fps.append((cid, entry.fingerprint, entry.version))
                 tx += [store.put_optout(self.integration, r) for r in entry.put_optouts]
