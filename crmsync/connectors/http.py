@@ -134,8 +134,11 @@ class RateLimiter:
             if self._tokens < 1:
                 waited = (1 - self._tokens) / self.rate
                 await trio.sleep(waited)
-                self._stamp = trio.current_time()
-                self._tokens = 1.0
+                # refill by the time that really passed: waking late must not lose the rate's budget
+                now = trio.current_time()
+                self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+                waited = max(waited, 0.0)
             self._tokens -= 1
         return waited
 

@@ -170,6 +170,9 @@ class SimulatorApp:
     def __init__(self) -> None:
         self.faults = FaultPlan()
         self.requests: list[tuple[str, str]] = []  # (method, path) log, for tests
+        #: seconds every request takes before it is answered (network and server time), so that benchmarks
+        #: and the sandbox see an API with a real API's latency; requests still overlap, as on a real server
+        self.latency = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -183,6 +186,8 @@ class SimulatorApp:
             await send_response(send, Response.text("request body too large", status=413))
             return
         self.requests.append((request.method, request.path))
+        if self.latency > 0:
+            await trio.sleep(self.latency)
         fault = self.faults.take(request.method, request.path)
         if fault is not None:
             if fault.kind == "slow":

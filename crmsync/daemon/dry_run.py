@@ -17,7 +17,7 @@ import copy
 import os
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ import structlog
 import trio
 
 from crmsync.connectors.errors import ApiError
-from crmsync.daemon.integrations.base import FlowError, IntegrationKind
+from crmsync.daemon.integrations.base import FlowError, FullSyncStep, IntegrationKind
 from crmsync.daemon.runs import RunContext, TxFn
 from crmsync.daemon.runtime import FULL_SYNC_FLOW
 from crmsync.daemon.write_recorder import (
@@ -197,12 +197,11 @@ async def run_dry(sup: Supervisor, name: str, flow: Any) -> dict[str, Any]:
 
 def _body(kind: IntegrationKind, flow: str) -> Callable[[RunContext], Awaitable[None]]:
     async def full_sync(run: RunContext) -> None:
-        position: str | None = None
-        while True:  # no checkpoint: a dry full sync starts at the beginning and is not resumable
-            step = await kind.full_sync_step(position, run)
-            position = step.next_position
-            if position is None:
-                break
+        async def acknowledge(step: FullSyncStep, tx: Sequence[Callable[[Any], Any]]) -> bool:
+            await run.flush(*tx)  # into the scratch store; no checkpoint: a dry full sync is not resumable
+            return True
+
+        await kind.full_sync_run(None, run, acknowledge)
         await kind.full_sync_finished(run)
 
     async def one_flow(run: RunContext) -> None:

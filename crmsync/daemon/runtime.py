@@ -6,7 +6,7 @@ supervisor: deactivating the integration cancels exactly its tasks and nothing e
 Durability rules kept here (the kinds rely on them):
 
 * a run's report rows, and the flow's cursor/links written through ``run.flush(...)``, commit together;
-* a full sync checkpoints its position only after the kind acknowledged a page (``full_sync_step`` returned),
+* a full sync checkpoints its position only after the kind acknowledged a page or batch (``acknowledge``),
   in the same transaction as that page's report rows; after a crash or restart it resumes from there;
 * queued real-time events are removed only after ``process_events`` returned, and are held back while a full
   sync runs (then drained in arrival order);
@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -31,7 +31,7 @@ import trio
 
 from crmsync.connectors.errors import ApiError, AuthError, RetriableApiError
 from crmsync.daemon.intake import QueueDepth
-from crmsync.daemon.integrations.base import FlowError, IntegrationKind
+from crmsync.daemon.integrations.base import FlowError, FullSyncStep, IntegrationKind
 from crmsync.daemon.metrics import Metrics
 from crmsync.daemon.pause import PauseGate, paused_since
 from crmsync.daemon.runs import RunContext
@@ -329,26 +329,29 @@ class IntegrationRuntime:
             self._progress(run.run_id, done, total, 0.0, fs["started_at"])
             self.metrics.full_sync_running.labels(self.name).set(1)
             log.info("full_sync_page_loop", resume=resume, position=position, done=done)
-            while True:
-                if self.pause_gate.paused and not await self._interruptible_wait(self.pause_gate.wait_open):
-                    run.interrupted = True  # stopping while paused: resumes from the checkpoint
-                    return
-                step = await self.kind.full_sync_step(position, run)
+            async def acknowledge(step: FullSyncStep, tx: Sequence[Callable[[Any], Any]]) -> bool:
+                nonlocal done, position, total
                 done += step.processed
                 position = step.next_position
                 total = step.total if step.total is not None else total
                 at = run.now_iso()
-                await run.flush(partial(_checkpoint, name=self.name, position=position, done=done, total=total,
-                                        at=at))
+                await run.flush(*tx, partial(_checkpoint, name=self.name, position=position, done=done,
+                                             total=total, at=at))
                 elapsed = trio.current_time() - started_at
                 rate = (done - started_done) / elapsed if elapsed > 0 else 0.0
                 self._progress(run.run_id, done, total, rate, fs["started_at"])
-                if position is None:
-                    break
-                if self.stopping:
-                    log.info("full_sync_paused_for_stop", position=position, done=done)
-                    run.interrupted = True
-                    return
+                # paused: hold after this checkpoint; stopping while paused resumes from it
+                if self.pause_gate.paused and not await self._interruptible_wait(self.pause_gate.wait_open):
+                    return False
+                return not self.stopping
+
+            if self.pause_gate.paused and not await self._interruptible_wait(self.pause_gate.wait_open):
+                run.interrupted = True  # stopping while paused: resumes from the checkpoint
+                return
+            if not await self.kind.full_sync_run(position, run, acknowledge):
+                log.info("full_sync_paused_for_stop", position=position, done=done)
+                run.interrupted = True
+                return
             await self.kind.full_sync_finished(run)
 
         return body

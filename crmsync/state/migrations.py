@@ -156,6 +156,25 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (integration, contact_id, profile_id)
     );
     """,
+    # 8: efficy_apsis bulk full sync: APSIS opt-outs read up front from the consent report (one streamed report
+    # per channel), looked up page by page instead of held in memory or read profile by profile;
+    """
+    CREATE TABLE IF NOT EXISTS apsis_reported_optouts (
+        integration TEXT NOT NULL,
+        profile_key TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        modified_at TEXT,
+        PRIMARY KEY (integration, profile_key, topic, channel)
+    ) WITHOUT ROWID;
+    -- and the members of the tag queries, read once per full sync, so query tags travel in the imports
+    CREATE TABLE IF NOT EXISTS efficy_query_members (
+        integration TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        contact_id TEXT NOT NULL,
+        PRIMARY KEY (integration, contact_id, tag)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import IO, Any, Literal, cast
 from urllib.parse import quote
 
 import httpx
@@ -76,7 +76,7 @@ from crmsync.connectors.apsis.records import (
     split_patch,
     tags_patch,
 )
-from crmsync.connectors.errors import MalformedResponseError, RetriableApiError
+from crmsync.connectors.errors import MalformedResponseError, RateLimitedError, RetriableApiError
 from crmsync.connectors.http import ApiClient, RequestObserver, RetryPolicy, json_body, status_class
 
 log = structlog.get_logger("crmsync.connectors.apsis.client")
@@ -192,6 +192,7 @@ class ApsisClient(ApiClient):
         timeout: float = 30.0,
         max_concurrency: int = 4,
         rate_limit: float | None = 50.0,
+        rate_burst: int | None = None,
         token_margin: float = 600.0,
         token_requests_per_minute: int = 10,
         min_token_age_for_403_refresh: float = 60.0,
@@ -199,6 +200,7 @@ class ApsisClient(ApiClient):
         imports_per_minute: int = 10,
         concurrent_imports: int = 3,
         import_poll_interval: float = 5.0,
+        import_poll_first: float = 0.5,
         import_timeout: float = 24 * 3600.0,
         tag_encoding: TagEncoding = TagEncoding(),
         consent_source: str | None = None,
@@ -207,7 +209,8 @@ class ApsisClient(ApiClient):
         report_polls_per_minute: int = 60,
     ):
         super().__init__(base_url, http=http, transport=transport, observer=observer, retry=retry,
-                         timeout=timeout, max_concurrency=max_concurrency, rate_limit=rate_limit)
+                         timeout=timeout, max_concurrency=max_concurrency, rate_limit=rate_limit,
+                         rate_burst=rate_burst)
         self.section = section
         self.keyspace = keyspace
         self.clock = clock
@@ -215,6 +218,7 @@ class ApsisClient(ApiClient):
         self.tag_encoding = tag_encoding
         self.consent_source = consent_source
         self.import_poll_interval = import_poll_interval
+        self.import_poll_first = import_poll_first
         self.import_timeout = import_timeout
         self.min_token_age_for_403_refresh = min_token_age_for_403_refresh
         self.imports = ImportLimiter(imports_per_minute, concurrent_imports)
@@ -607,8 +611,12 @@ class ApsisClient(ApiClient):
             consents_written += 1
         have = current.tags if current is not None else frozenset()
         add = desired.tags - have
-        remove = (set(managed_tags) - desired.tags) if current is None else (
-            (have & set(managed_tags)) - desired.tags)
+        if created:
+            remove: set[str] | frozenset[str] = frozenset()  # a profile made just now carries no tag
+        elif current is None:
+            remove = set(managed_tags) - desired.tags
+        else:
+            remove = (have & set(managed_tags)) - desired.tags
         tag_requests = await self.patch_tags(desired.key, add, remove) if add or remove else 0
         return UpsertResult(created=created, attribute_requests=attribute_requests,
                             consents_written=consents_written, tag_requests=tag_requests,
@@ -622,10 +630,31 @@ class ApsisClient(ApiClient):
         Holds one of the 3 import slots for its whole life and takes one of the 10 creations a minute.
         Raises :class:`ImportFailedError` on ``error`` or when ``import_timeout`` passes.
         """
+        return await self.run_import_stream(file.request, file.csv, rows=file.rows)
+
+    async def run_import_stream(self, request: Mapping[str, Any], csv: bytes | IO[bytes], *,
+                                rows: int) -> ImportResult:
+        """:meth:`run_import` for a CSV given as bytes or as a file object (streamed from its start on each
+        upload attempt, so a full-sync file is never held in memory).
+
+        Status polls start after ``import_poll_first`` seconds and back off (x2) to ``import_poll_interval``:
+        small imports finish after a few cheap polls, long ones cost one poll per interval.
+        """
         section = quote(self.section, safe="")
         async with self.imports.slot():
-            await self.imports.creations.acquire()
-            response = await self._send_json("POST", f"/v2/audience/sections/{section}/imports", file.request)
+            deadline = trio.current_time() + self.import_timeout
+            while True:
+                await self.imports.creations.acquire()
+                try:
+                    response = await self._send_json("POST", f"/v2/audience/sections/{section}/imports", request)
+                    break
+                except RateLimitedError as exc:
+                    # imports this client does not know of (another key on the account, or a process that
+                    # died with imports unfinished) hold APSIS's 3 slots: wait for them, within the timeout
+                    if trio.current_time() >= deadline:
+                        raise
+                    log.info("apsis_import_slots_busy", error=exc.message, wait_s=self.import_poll_interval)
+                    await trio.sleep(self.import_poll_interval)
             created = response.json()
             try:
                 import_id = str(created["import_id"])
@@ -634,25 +663,28 @@ class ApsisClient(ApiClient):
             except (KeyError, TypeError, AttributeError) as exc:
                 raise MalformedResponseError(SYSTEM, "import response without import_id/file_upload_url") \
                     from exc
-            log.info("apsis_import_created", import_id=import_id, rows=file.rows, bytes=len(file.csv))
+            size = len(csv) if isinstance(csv, bytes) else None
+            log.info("apsis_import_created", import_id=import_id, rows=rows, bytes=size)
             await self.request("POST", upload_url, auth=False, data=fields,
-                               files={"file": ("import.csv", file.csv, "text/csv")})
+                               files={"file": ("import.csv", csv, "text/csv")})
             deadline = trio.current_time() + self.import_timeout
+            delay = min(self.import_poll_first, self.import_poll_interval)
             while True:
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.import_poll_interval)
                 poll = await self.request("GET", f"/audience/sections/{section}/imports/{quote(import_id)}")
                 body = poll.json()
                 result = body.get("result", body) if isinstance(body, dict) else {}
                 status = str(result.get("status", ""))
                 if status == "completed":
-                    log.info("apsis_import_completed", import_id=import_id, rows=file.rows)
-                    return ImportResult(import_id=import_id, status=status, rows=file.rows, body=body)
+                    log.info("apsis_import_completed", import_id=import_id, rows=rows)
+                    return ImportResult(import_id=import_id, status=status, rows=rows, body=body)
                 if status == "error":
                     raise ImportFailedError(SYSTEM, f"import {import_id} ended in error",
                                             status=poll.status_code)
                 if trio.current_time() >= deadline:
                     raise ImportFailedError(SYSTEM, f"import {import_id} still {status!r} after "
                                                     f"{self.import_timeout:.0f}s")
-                await trio.sleep(self.import_poll_interval)
 
     async def import_profiles(self, profiles: Sequence[ApsisProfile],
                               settings: ImportSettings | None = None,

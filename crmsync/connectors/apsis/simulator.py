@@ -26,177 +26,68 @@ passes against a lenient simulator is a bug waiting in production:
 Plain methods (``profile``, ``consents_of``, ``opt_out``, ``writes`` ...) let tests and the sandbox inspect
 and poke the state without HTTP. Time comes from a :class:`~crmsync.clock.WallClock`, so tests under trio's
 MockClock can move through a day.
+
+The class is split by concern: routes and handlers here, bulk imports in :mod:`.sim_imports`, limits, auth
+and faults in :mod:`.sim_limits`, state and its helpers in :mod:`.sim_state`.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
-import hmac
 import io
 import itertools
-import json
 import re
 import zlib
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import timedelta
-from email.message import Message
-from email.parser import BytesParser
-from email.policy import compat32
 from typing import Any
 from urllib.parse import unquote
 
 import structlog
-import trio
 
 from crmsync.clock import WallClock
 from crmsync.connectors.apsis.records import (
-    ATTR_CRMID,
-    ATTR_EMAIL,
-    ATTR_FIRSTNAME,
-    ATTR_LASTNAME,
     ATTR_MOBILE,
-    CHANNEL_EMAIL,
     CHANNELS,
-    KEYSPACE_CRM_ID,
-    KEYSPACE_EMAIL,
-    KEYSPACE_EXPORT,
-    KEYSPACE_MOBILE,
     MAX_BODY_BYTES,
     MAX_IMPORT_FILE_BYTES,
     SECTION_DEFAULT,
     WRITABLE_CONSENT_TYPES,
-    ApsisProfile,
-    ConsentKey,
     ConsentReportColumns,
     is_international_phone,
 )
+from crmsync.connectors.apsis.sim_imports import ApsisImports
+from crmsync.connectors.apsis.sim_state import (
+    DEFAULT_ATTRIBUTES,
+    DEFAULT_KEYSPACES,
+    DEFAULT_TAGS,
+    DEFAULT_TOPICS,
+    REPORT_PATH,
+    S3_PATH,
+    TOKEN_LIFETIME,
+    Route,
+    StreamedResponse,
+    _Import,
+    _later,
+    _Problem,
+    _Report,
+    _SectionData,
+    _version_id,
+    problem,
+)
 from crmsync.connectors.simkit import (
-    Fault,
-    Receive,
     Request,
     Response,
-    Scope,
-    Send,
-    SimulatedDisconnect,
-    SimulatorApp,
-    read_request,
-    send_response,
 )
 
 log = structlog.get_logger("crmsync.connectors.apsis.simulator")
 
-S3_PATH = "/_s3/apsis-imports"
-REPORT_PATH = "/audience/profiles/reports/consents"
-TOKEN_LIFETIME = 86400
-PROBLEM = "application/problem+json"
-
-#: Default definitions (§4.2); tests and the sandbox may pass their own.
-DEFAULT_KEYSPACES: tuple[dict[str, Any], ...] = (
-    {"discriminator": KEYSPACE_CRM_ID, "name": "CRM ID", "manage_subscriptions": True,
-     "key_attribute": ATTR_CRMID},
-    {"discriminator": KEYSPACE_EMAIL, "name": "Email", "manage_subscriptions": True,
-     "key_attribute": ATTR_EMAIL},
-    {"discriminator": KEYSPACE_MOBILE, "name": "Mobile", "manage_subscriptions": True,
-     "key_attribute": ATTR_MOBILE},
-    {"discriminator": KEYSPACE_EXPORT, "name": "Export", "manage_subscriptions": False,
-     "key_attribute": None, "read_only": True},
-)
-DEFAULT_ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
-    (ATTR_CRMID, "CRM ID", "string"),
-    (ATTR_EMAIL, "Email", "string"),
-    (ATTR_MOBILE, "Mobile", "string"),
-    (ATTR_FIRSTNAME, "First name", "string"),
-    (ATTR_LASTNAME, "Last name", "string"),
-    ("com.apsis1.attributes.birthdate", "Birth date", "date"),
-    ("usercreated.attributes.country-abc123", "Country", "string"),
-    ("usercreated.attributes.notes-k3j4h5", "Notes", "string"),
-)
-DEFAULT_TOPICS: tuple[tuple[str, str, str], ...] = (
-    ("usercreated.topics.newsletter-a1b2c3", "Newsletter", "usercreated.targets.marketing-x1y2z3"),
-    ("usercreated.topics.offers-d4e5f6", "Offers", "usercreated.targets.marketing-x1y2z3"),
-    ("usercreated.topics.newsletter-g7h8i9", "Newsletter", "usercreated.targets.service-q9w8e7"),
-)
-DEFAULT_TAGS: tuple[tuple[str, str], ...] = (
-    ("usercreated.tags.vip-ab12cd", "VIP"),
-    ("usercreated.tags.prospect-ef34gh", "Prospect"),
-    ("usercreated.tags.event-2024-ij56kl", "Event 2024"),
-)
-
-
-def _version_id(discriminator: str) -> str:
-    return hashlib.sha1(discriminator.encode()).hexdigest()[:8] + "-v1"
-
-
-@dataclass
-class _SectionData:
-    attributes: dict[str, Any] = field(default_factory=dict)
-    consents: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    tags: set[str] = field(default_factory=set)
-
-
-@dataclass
-class _Import:
-    import_id: str
-    section: str
-    spec: dict[str, Any]
-    upload_fields: dict[str, str]
-    upload_expires: float
-    status: str = "waiting_for_file"
-    csv: bytes | None = None
-    polls_in_status: int = 0
-    rows_imported: int = 0
-    error: str | None = None
-
-
-@dataclass
-class _Report:
-    report_id: str
-    created: float  # clock timestamp
-    rows: list[tuple[str, str, str, str, str, str]]  # keyspace, key, topic, channel, type, modified_at
-    polls: int = 0
-
-
-@dataclass
-class StreamedResponse(Response):
-    """A response whose body is sent as the chunks come (ASGI ``more_body``), without Content-Length."""
-
-    chunks: Iterable[bytes] = ()
-
-
-class _Problem(Exception):
-    """Raised inside handlers; rendered as problem+json."""
-
-    def __init__(self, status: int, title: str, detail: str = "", headers: Iterable[tuple[str, str]] = ()):
-        super().__init__(title)
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.headers = list(headers)
-
-
-def problem(status: int, title: str, detail: str = "", headers: Iterable[tuple[str, str]] = ()) -> Response:
-    body: dict[str, Any] = {"title": title, "status": status}
-    if detail:
-        body["detail"] = detail
-    return Response.json(body, status=status, headers=headers, content_type=PROBLEM)
-
-
-def _s3_error(status: int, code: str, message: str) -> Response:
-    xml = (f"<?xml version='1.0' encoding='UTF-8'?>"
-           f"<Error><Code>{code}</Code><Message>{message}</Message></Error>")
-    return Response.text(xml, status=status, content_type="application/xml")
-
-
-Route = Callable[..., Awaitable[Response]]
-
 _SEG = r"([^/]+)"
 
 
-class ApsisSimulator(SimulatorApp):
+class ApsisSimulator(ApsisImports):
     """The APSIS One simulator. See the module docstring for what it reproduces.
 
     ``public_url`` is the base URL clients reach the simulator at; the fake S3 upload URL handed out by
@@ -243,6 +134,10 @@ class ApsisSimulator(SimulatorApp):
         report_columns: ConsentReportColumns = ConsentReportColumns(),
         report_chunk_rows: int = 200,
         phone_attributes: Iterable[str] = (ATTR_MOBILE,),
+        import_tag_mapping_key: str = "tag_mappings",
+        import_tag_field: str = "tag_discriminator",
+        import_rows_per_second: float | None = None,
+        latency: float = 0.0,
     ):
         super().__init__()
         self.clock = clock or WallClock()
@@ -274,6 +169,15 @@ class ApsisSimulator(SimulatorApp):
         self.report_chunk_rows = report_chunk_rows
         #: attributes APSIS validates as phone numbers: a value not in international form is refused (400)
         self.phone_attributes = frozenset(phone_attributes)
+        #: [U] how an import maps tag columns: ``{key: [{"field_selector", field: tag}]}``, cells ``1`` add,
+        #: ``0`` remove, empty leave alone (no public source shows it; the client's settings match)
+        self.import_tag_mapping_key = import_tag_mapping_key
+        #: [U] APSIS's import speed is not published. None: an import moves one status per
+        #: ``import_polls_per_step`` polls (tests); a number: it completes that many rows a second of clock
+        #: time after its upload (benchmarks, the sandbox), however often it is polled.
+        self.import_rows_per_second = import_rows_per_second
+        self.latency = latency
+        self.import_tag_field = import_tag_field
 
         self._profiles: dict[tuple[str, str], dict[str, _SectionData]] = {}
         self._tokens: dict[str, float] = {}  # token -> expiry timestamp (clock)
@@ -290,6 +194,8 @@ class ApsisSimulator(SimulatorApp):
         self.tokens_issued = 0
         self.rate_limited = 0  # 429s answered by the simulator's own limits (not injected faults)
         self.max_concurrent_imports_seen = 0
+        self.in_flight = 0  # requests being answered now
+        self.max_in_flight = 0
         self._reports: dict[str, _Report] = {}
         self._report_seq = itertools.count(1)
         self.report_requests = 0  # consent report creations (not profile writes, so not in ``writes``)
@@ -319,119 +225,6 @@ class ApsisSimulator(SimulatorApp):
             ("PUT", re.compile(r"/audience/profiles/merges"), self._merge_profiles),
         ]
 
-    # -- test and sandbox helpers (no HTTP) ---------------------------------------------------------------
-
-    @property
-    def write_calls(self) -> int:
-        """Total write calls (POST/PATCH/DELETE on profiles, consents, tags, imports) received."""
-        return sum(self.writes.values())
-
-    def expire_tokens(self) -> None:
-        """Make every issued token expired now (as if 24 h had passed)."""
-        now = self.clock.timestamp()
-        for token in self._tokens:
-            self._tokens[token] = now - 1
-
-    def add_profile(self, key: str, attributes: Mapping[str, Any] | None = None, *,
-                    consents: Mapping[ConsentKey, str] | None = None, tags: Iterable[str] = (),
-                    keyspace: str = KEYSPACE_CRM_ID, section: str = SECTION_DEFAULT) -> None:
-        """Seed a profile as if it had been created earlier (not counted as a write call)."""
-        data = self._ensure(keyspace, key, section)
-        data.attributes.update({k: v for k, v in (attributes or {}).items() if v is not None})
-        for ck, kind in (consents or {}).items():
-            self._set_consent(data, ck.topic, ck.channel, kind, source="Seed", reason=None)
-        data.tags.update(tags)
-
-    def profile(self, key: str, *, keyspace: str = KEYSPACE_CRM_ID,
-                section: str = SECTION_DEFAULT) -> ApsisProfile | None:
-        data = self._profiles.get((keyspace, str(key)), {}).get(section)
-        if data is None:
-            return None
-        return ApsisProfile(
-            key=str(key), attributes=dict(data.attributes),
-            consents={ConsentKey(t, c): v["type"] for (t, c), v in data.consents.items()
-                      if v["type"] in WRITABLE_CONSENT_TYPES},
-            tags=frozenset(data.tags))
-
-    def profiles(self, *, keyspace: str = KEYSPACE_CRM_ID,
-                 section: str = SECTION_DEFAULT) -> list[ApsisProfile]:
-        out = []
-        for ks, key in sorted(self._profiles):
-            if ks == keyspace:
-                view = self.profile(key, keyspace=ks, section=section)
-                if view is not None:
-                    out.append(view)
-        return out
-
-    def consents_of(self, key: str, *, keyspace: str = KEYSPACE_CRM_ID,
-                    section: str = SECTION_DEFAULT) -> dict[ConsentKey, str]:
-        data = self._profiles.get((keyspace, str(key)), {}).get(section)
-        return {} if data is None else {ConsentKey(t, c): v["type"] for (t, c), v in data.consents.items()}
-
-    def tags_of(self, key: str, *, keyspace: str = KEYSPACE_CRM_ID,
-                section: str = SECTION_DEFAULT) -> frozenset[str]:
-        data = self._profiles.get((keyspace, str(key)), {}).get(section)
-        return frozenset() if data is None else frozenset(data.tags)
-
-    def opt_out(self, key: str, topic: str, channel: str = CHANNEL_EMAIL, *,
-                keyspace: str = KEYSPACE_CRM_ID, section: str = SECTION_DEFAULT) -> None:
-        """A person clicks the unsubscribe link in an email: opt-out on that topic/channel."""
-        data = self._profiles.get((keyspace, str(key)), {}).get(section)
-        if data is None:
-            raise KeyError(f"no profile {key!r} in {keyspace}")
-        self._set_consent(data, topic, channel, "opt-out", source="Unsubscribe link", reason="Unsubscribed")
-
-    def import_status(self, import_id: str) -> str:
-        return self._imports[import_id].status
-
-    def same_profile(self, a: tuple[str, str], b: tuple[str, str]) -> bool:
-        """Whether two ``(keyspace, key)`` pairs name one profile (after a merge)."""
-        pa, pb = self._profiles.get(a), self._profiles.get(b)
-        return pa is not None and pa is pb
-
-    # -- SimulatorApp ------------------------------------------------------------------------------------
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """:meth:`SimulatorApp.__call__`, plus streamed bodies (report downloads) sent chunk by chunk."""
-        if scope["type"] != "http":
-            await super().__call__(scope, receive, send)
-            return
-        request = await read_request(scope, receive)
-        self.requests.append((request.method, request.path))
-        fault = self.faults.take(request.method, request.path)
-        if fault is not None:  # as the base class applies faults
-            if fault.kind == "slow":
-                await trio.sleep(fault.delay)
-            elif fault.kind == "drop":
-                raise SimulatedDisconnect()
-            else:
-                await send_response(send, self.render_malformed(request) if fault.kind == "malformed"
-                                    else self.render_fault(fault, request))
-                return
-        response = await self.handle(request)
-        if not isinstance(response, StreamedResponse):
-            await send_response(send, response)
-            return
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        for chunk in response.chunks:
-            if chunk:
-                self.report_chunks_sent += 1
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        self.report_downloads_completed += 1
-
-    def render_fault(self, fault: Fault, request: Request) -> Response:
-        headers = [("retry-after", str(int(fault.retry_after)))] if fault.retry_after is not None else []
-        titles = {401: "Unauthorized", 403: "Forbidden", 408: "Request timeout", 409: "Conflict",
-                  413: "Payload too large", 429: "Too many requests", 500: "Internal server error",
-                  503: "Service unavailable"}
-        return problem(fault.status, titles.get(fault.status, "Error"), "Simulated fault", headers)
-
-    def render_malformed(self, request: Request) -> Response:
-        return Response(200, b'{"items": [{"discriminator": "com.apsis1',
-                        [("content-type", "application/json")])
-
     async def handle(self, request: Request) -> Response:
         try:
             return await self._dispatch(request)
@@ -457,118 +250,6 @@ class ApsisSimulator(SimulatorApp):
         if any(pattern.fullmatch(request.path) for _, pattern, _ in self._routes):
             raise _Problem(405, "Method not allowed")
         raise _Problem(404, "Not found", f"No resource at {request.path}")
-
-    # -- limits and auth ---------------------------------------------------------------------------------
-
-    def _throttle(self, window: deque[float], now: float, span: float, limit: int, detail: str) -> None:
-        while window and window[0] <= now - span:
-            window.popleft()
-        if len(window) >= limit:
-            self.rate_limited += 1
-            headers = ([("retry-after", str(int(self.retry_after_on_429)))]
-                       if self.retry_after_on_429 is not None else [])
-            raise _Problem(429, "Too many requests", detail, headers)
-        window.append(now)
-
-    def _token(self, request: Request, now: float) -> Response:
-        self.token_requests += 1
-        self._throttle(self._token_window, now, 60.0, self.token_requests_per_minute,
-                       "Token endpoint allows 10 requests per minute")
-        try:
-            body = request.json()
-        except ValueError:
-            raise _Problem(400, "Bad request", "Body must be JSON") from None
-        if not isinstance(body, dict) or body.get("grant_type") != "client_credentials":
-            raise _Problem(400, "Bad request", "grant_type must be client_credentials")
-        secret_ok = hmac.compare_digest(str(body.get("client_secret", "")).encode(),
-                                        self._client_secret.encode())
-        if body.get("client_id") != self.client_id or not secret_ok:
-            raise _Problem(401, "Unauthorized", "Invalid client credentials")
-        exp = int(now) + self.token_lifetime
-        token = self._make_jwt({"sub": self.client_id, "iat": int(now), "exp": exp,
-                                "jti": next(self._token_seq)})
-        self._tokens[token] = float(exp)
-        self.tokens_issued += 1
-        return Response.json({"access_token": token, "expires_in": self.token_lifetime,
-                              "token_type": "Bearer"})
-
-    def _make_jwt(self, claims: Mapping[str, Any]) -> str:
-        def b64(data: bytes) -> str:
-            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-        head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-        body = b64(json.dumps(dict(claims)).encode())
-        sig = b64(hmac.new(self._signing_key, f"{head}.{body}".encode(), hashlib.sha256).digest())
-        return f"{head}.{body}.{sig}"
-
-    def _authenticate(self, request: Request, now: float) -> None:
-        auth = request.header("authorization") or ""
-        if not auth.startswith("Bearer "):
-            raise _Problem(401, "Unauthorized", "Missing bearer token")
-        expiry = self._tokens.get(auth[len("Bearer "):])
-        if expiry is None:
-            raise _Problem(401, "Unauthorized", "Invalid token")
-        if now >= expiry:
-            raise _Problem(self.expired_token_status, "Unauthorized" if self.expired_token_status == 401
-                           else "Forbidden", "Access token has expired")
-
-    # -- routing helpers ---------------------------------------------------------------------------------
-
-    def _section(self, section: str) -> None:
-        if section not in self.sections:
-            raise _Problem(404, "Not found", f"Section {section} does not exist")
-
-    def _keyspace(self, keyspace: str, *, write: bool = False, consents: bool = False) -> dict[str, Any]:
-        ks = self.keyspaces.get(keyspace)
-        if ks is None:
-            raise _Problem(404, "Not found", f"Keyspace {keyspace} does not exist")
-        if write and ks.get("read_only"):
-            raise _Problem(403, "Forbidden", f"Keyspace {keyspace} is read-only")
-        if consents and not ks.get("manage_subscriptions"):
-            raise _Problem(403, "Forbidden", f"Keyspace {keyspace} does not allow managing subscriptions")
-        return ks
-
-    def _existing(self, keyspace: str, key: str, section: str) -> _SectionData:
-        sections = self._profiles.get((keyspace, key))
-        if sections is None:
-            raise _Problem(404, "Not found", "Profile does not exist")
-        return sections.setdefault(section, _SectionData())
-
-    def _ensure(self, keyspace: str, key: str, section: str) -> _SectionData:
-        sections = self._profiles.setdefault((keyspace, str(key)), {})
-        data = sections.get(section)
-        if data is None:
-            data = sections[section] = _SectionData()
-            key_attr = self.keyspaces.get(keyspace, {}).get("key_attribute")
-            if key_attr:
-                data.attributes[key_attr] = str(key)
-        return data
-
-    @staticmethod
-    def _json_object(request: Request) -> dict[str, Any]:
-        try:
-            body = request.json()
-        except ValueError:
-            raise _Problem(400, "Bad request", "Body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise _Problem(400, "Bad request", "Body must be a JSON object")
-        return body
-
-    @staticmethod
-    def _merge_patch(request: Request) -> dict[str, Any]:
-        ctype = (request.header("content-type") or "").split(";")[0].strip()
-        if ctype != "application/merge-patch+json":
-            raise _Problem(415, "Unsupported media type", "Use application/merge-patch+json")
-        return ApsisSimulator._json_object(request)
-
-    def _stamp(self) -> str:
-        return self.clock.now().isoformat().replace("+00:00", "Z")
-
-    def _set_consent(self, data: _SectionData, topic: str, channel: str, kind: str, *, source: str | None,
-                     reason: str | None) -> None:
-        data.consents[(topic, channel)] = {
-            "topic_discriminator": topic, "channel_discriminator": channel, "type": kind,
-            "source": source or "One API", "reason": reason, "modified_at": self._stamp()}
 
     # -- definitions -------------------------------------------------------------------------------------
 
@@ -639,9 +320,6 @@ class ApsisSimulator(SimulatorApp):
         for ref in self._keys_of(data):  # a merged profile goes with all its keys
             del self._profiles[ref]
         return Response.empty(204)
-
-    def _keys_of(self, data: dict[str, _SectionData]) -> set[tuple[str, str]]:
-        return {ref for ref, d in self._profiles.items() if d is data}
 
     async def _merge_profiles(self, request: Request) -> Response:
         """P9. Reading of the research (details [U]): the two profiles become one that answers to both keys;
@@ -847,177 +525,6 @@ class ApsisSimulator(SimulatorApp):
             yield encode(buf.getvalue())
         if compressor is not None:
             yield compressor.flush()
-
-    # -- imports -----------------------------------------------------------------------------------------
-
-    def _pending_imports(self) -> int:
-        return sum(1 for imp in self._imports.values() if imp.status not in ("completed", "error"))
-
-    async def _create_import(self, request: Request, section: str) -> Response:
-        self.writes["create_import"] += 1
-        self._section(section)
-        now = self.clock.timestamp()
-        if self._pending_imports() >= self.max_pending_imports:
-            self.rate_limited += 1
-            raise _Problem(429, "Too many requests", "At most 3 imports may be pending at once")
-        self._throttle(self._import_window, now, 60.0, self.imports_per_minute,
-                       "Import endpoint allows 10 requests per minute")
-        spec = self._json_object(request)
-        mapping = spec.get("keyspace_mapping")
-        if not isinstance(mapping, dict) or not mapping.get("field_selector"):
-            raise _Problem(400, "Validation failed", "keyspace_mapping with field_selector is required")
-        self._keyspace(str(mapping.get("keyspace_discriminator")), write=True, consents=True)
-        versions = {v["id"]: d for d, a in self.attributes.items() for v in a["versions"]}
-        for am in spec.get("attribute_mappings") or []:
-            if am.get("attribute_version_id") not in versions:
-                raise _Problem(400, "Validation failed",
-                               f"Unknown attribute version {am.get('attribute_version_id')}")
-        for cm in spec.get("consent_mappings") or []:
-            for c in cm.get("consents") or []:
-                if (c.get("topic_discriminator") not in self.topics
-                        or c.get("channel_discriminator") not in CHANNELS):
-                    raise _Problem(400, "Validation failed", "Unknown topic or channel in consent_mappings")
-                if c.get("type") not in WRITABLE_CONSENT_TYPES:
-                    raise _Problem(400, "Validation failed", "Consent type must be opt-in or opt-out")
-        import_id = f"imp-{next(self._import_seq):06d}"
-        expires = now + self.upload_url_lifetime
-        signature = hmac.new(self._signing_key, import_id.encode(), hashlib.sha256).hexdigest()
-        fields = {"key": f"imports/{import_id}.csv", "policy": base64.b64encode(import_id.encode()).decode(),
-                  "x-amz-algorithm": "AWS4-HMAC-SHA256", "x-amz-signature": signature}
-        self._imports[import_id] = _Import(import_id, section, spec, fields, expires)
-        self.max_concurrent_imports_seen = max(self.max_concurrent_imports_seen, self._pending_imports())
-        expires_at = (self.clock.now() + timedelta(seconds=self.upload_url_lifetime)).isoformat()
-        return Response.json({"import_id": import_id, "file_upload_url": self.public_url + S3_PATH,
-                              "file_upload_body": fields,
-                              "file_upload_url_expires_at": expires_at.replace("+00:00", "Z")}, status=201)
-
-    def _s3_upload(self, request: Request, now: float) -> Response:
-        """A pre-signed S3 POST: form fields replayed, the file last, and no other auth allowed."""
-        self.writes["upload"] += 1
-        if request.header("authorization"):
-            return _s3_error(400, "InvalidArgument", "Only one auth mechanism allowed")
-        parts = _multipart(request)
-        if parts is None or not parts or parts[-1][0] != "file":
-            return _s3_error(400, "InvalidArgument",
-                             "POST requires exactly one file upload, as the last field")
-        form = {name: value for name, value, _ in parts[:-1]}
-        imp = next((i for i in self._imports.values() if i.upload_fields["key"] == form.get("key")), None)
-        if imp is None or any(form.get(k) != v for k, v in imp.upload_fields.items()):
-            return _s3_error(403, "AccessDenied", "Invalid according to Policy")
-        if now > imp.upload_expires:
-            return _s3_error(403, "AccessDenied", "Invalid according to Policy: Policy expired")
-        content = parts[-1][1]
-        if isinstance(content, str):
-            content = content.encode("utf-8")
-        if len(content) > self.max_import_file_bytes:
-            return _s3_error(400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size")
-        if imp.status == "waiting_for_file":
-            imp.csv = content
-            imp.status = "queued"
-            imp.polls_in_status = 0
-        return Response.empty(204)
-
-    async def _get_import(self, request: Request, section: str, import_id: str) -> Response:
-        self._section(section)
-        imp = self._imports.get(import_id)
-        if imp is None or imp.section != section:
-            raise _Problem(404, "Not found", "Import does not exist")
-        if imp.status in ("queued", "in_progress"):
-            imp.polls_in_status += 1
-            if imp.polls_in_status > self.import_polls_per_step:
-                imp.polls_in_status = 0
-                if imp.status == "queued":
-                    imp.status = "in_progress"
-                else:
-                    self._apply_import(imp)
-        result: dict[str, Any] = {"import_id": imp.import_id, "status": imp.status}
-        if imp.status == "completed":
-            result["imported_profiles"] = imp.rows_imported
-        if imp.error:
-            result["error"] = imp.error
-        return Response.json({"result": result})
-
-    def _apply_import(self, imp: _Import) -> None:
-        """Apply the CSV: ``1`` cells apply that mapping's consent; empty attribute cells are left alone
-        unless ``clear_existing_attributes`` ([U] meaning) is set."""
-        spec = imp.spec
-        mapping = spec["keyspace_mapping"]
-        keyspace, key_col = str(mapping["keyspace_discriminator"]), str(mapping["field_selector"])
-        options = spec.get("options") or {}
-        update_existing = bool(options.get("update_existing_profiles", True))
-        clear_empty = bool(options.get("clear_existing_attributes", False))
-        versions = {v["id"]: d for d, a in self.attributes.items() for v in a["versions"]}
-        reader = csv.DictReader(io.StringIO((imp.csv or b"").decode("utf-8")))
-        if key_col not in (reader.fieldnames or []):
-            imp.status, imp.error = "error", f"Column {key_col} not found in file"
-            return
-        count = 0
-        for row in reader:
-            key = (row.get(key_col) or "").strip()
-            if not key:
-                continue
-            exists = (keyspace, key) in self._profiles
-            if exists and not update_existing:
-                continue
-            data = self._ensure(keyspace, key, imp.section)
-            for am in spec.get("attribute_mappings") or []:
-                value = row.get(am["field_selector"])
-                name = versions[am["attribute_version_id"]]
-                if value:
-                    data.attributes[name] = value
-                elif clear_empty and value is not None:
-                    data.attributes.pop(name, None)
-            for cm in spec.get("consent_mappings") or []:
-                if not (row.get(cm.get("address_field_selector", "")) or "").strip():
-                    continue  # no address on this channel: nothing to consent with
-                for c in cm.get("consents") or []:
-                    if (row.get(c["field_selector"]) or "").strip() != "1":
-                        continue
-                    slot = (c["topic_discriminator"], c["channel_discriminator"])
-                    current = data.consents.get(slot)
-                    if (c["type"] == "opt-in" and current is not None and current["type"] == "opt-out"
-                            and not c.get("resubscribe_if_opted_out")):
-                        continue
-                    if current is None or current["type"] != c["type"]:
-                        self._set_consent(data, slot[0], slot[1], c["type"], source="Import", reason=None)
-            count += 1
-        imp.rows_imported = count
-        imp.status = "completed"
-
-
-def _later(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether consent ``a`` should replace ``b`` in a merge: later ``modified_at``, a tie to opt-out."""
-    ta, tb = str(a.get("modified_at") or ""), str(b.get("modified_at") or "")
-    return ta > tb or (ta == tb and a.get("type") == "opt-out")
-
-
-def _disposition_param(header: str, name: str) -> str | None:
-    match = re.search(r'(?:^|;)\s*' + name + r'="([^"]*)"', header)
-    return match.group(1) if match else None
-
-
-def _multipart(request: Request) -> list[tuple[str, bytes | str, str | None]] | None:
-    """Parse multipart/form-data into ``(name, value, filename)`` in order; None if it is not multipart."""
-    ctype = request.header("content-type") or ""
-    if not ctype.startswith("multipart/form-data"):
-        return None
-    message = BytesParser(policy=compat32).parsebytes(
-        b"Content-Type: " + ctype.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + request.body)
-    parts: list[tuple[str, bytes | str, str | None]] = []
-    if not message.is_multipart():
-        return None
-    for part in message.get_payload():
-        if not isinstance(part, Message):
-            continue
-        disposition = part.get("content-disposition", "")
-        name = _disposition_param(disposition, "name")
-        filename = _disposition_param(disposition, "filename")
-        raw = part.get_payload(decode=True)
-        payload = raw if isinstance(raw, bytes) else b""
-        if name is None:
-            continue
-        parts.append((name, payload if filename else payload.decode("utf-8"), filename))
-    return parts
 
 
 __all__ = ["DEFAULT_ATTRIBUTES", "DEFAULT_TAGS", "DEFAULT_TOPICS", "ApsisSimulator", "StreamedResponse"]

@@ -56,8 +56,17 @@ class FieldTypes:
 
     flags: frozenset[str] = frozenset({"OPENED"})
     overrides: Mapping[str, FieldType] = field(default_factory=dict)
+    # column -> type, filled as columns are met (every row of a page has the same columns)
+    _known: dict[str, FieldType | None] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def type_of(self, column: str) -> FieldType | None:
+        try:
+            return self._known[column]
+        except KeyError:
+            kind = self._known[column] = self._type_of(column)
+            return kind
+
+    def _type_of(self, column: str) -> FieldType | None:
         name = column.upper()
         if name in self.overrides:
             return self.overrides[name]

@@ -27,6 +27,7 @@ Product code: it serves the connector tests, benchmarks and ``crmsync sandbox``.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import json
@@ -156,8 +157,10 @@ class EfficySimulator(SimulatorApp):
         session_ttl: timedelta = timedelta(minutes=20),
         require_content_length: bool = True,
         first_contact_id: int = 10001,
+        latency: float = 0.0,
     ):
         super().__init__()
+        self.latency = latency
         self.clock = clock
         self.api_key = api_key
         self.customer = customer
@@ -179,6 +182,7 @@ class EfficySimulator(SimulatorApp):
         self.outbox: list[ChangeRecord] = []
         self.rpc_log: list[list[dict[str, Any]]] = []  # request bodies as parsed, for tests
         self._contacts: dict[int, dict[str, Any]] = {}
+        self._sorted_ids: list[int] | None = None  # key index, rebuilt after a contact is added or deleted
         self._links: dict[int, set[int]] = {}
         self._link_changed: dict[tuple[int, int], datetime] = {}
         self._profiles: dict[int, str] = {}
@@ -206,6 +210,7 @@ class EfficySimulator(SimulatorApp):
         row["D_CREATE"] = now
         row["D_CHANGE"] = now
         self._contacts[contact_id] = row
+        self._sorted_ids = None
         self._links[contact_id] = set()
         self._record(contact_id, "Create", self._render_fields(row))
         for profile_id in profiles:
@@ -222,6 +227,7 @@ class EfficySimulator(SimulatorApp):
     def delete_contact(self, contact_id: int) -> None:
         self._row(contact_id)
         del self._contacts[contact_id]
+        self._sorted_ids = None
         self._links.pop(contact_id, None)
         self._record(contact_id, "Delete", {})
 
@@ -716,19 +722,41 @@ class EfficySimulator(SimulatorApp):
     def _table_rows(self, table: str, conditions: list[tuple[str, str, str]], *,
                     by_key: bool = False) -> Iterator[dict[str, Any]]:
         if table == "CONTACTS":
-            # conditions on the key are checked on the raw ids first, so rows are rendered only when needed
-            ids: Iterable[int] = (cid for cid in self._contacts
-                                  if all(_compare(str(cid), op, value)
-                                         for column, op, value in conditions if column == "K_CONTACT"))
-            if by_key:
-                ids = sorted(ids)
+            # conditions on the key narrow a sorted key index first (as a database's primary key does), so
+            # a keyset page costs its own rows, not the whole table
+            ids = self._ids_in_range(conditions)
             return (self._render_contact(cid, key_as_string=True) for cid in ids)
         if table == "CONT_PROF":
             return (self._link_row(cid, pid, {"K_CONTACT": str(cid), "K_PROFILE": str(pid)})
-                    for cid, pids in list(self._links.items()) for pid in sorted(pids))
+                    for cid in self._ids_in_range(conditions) for pid in sorted(self._links.get(cid, ())))
         if table == "PROFILE":
             return ({"K_PROFILE": str(pid), "NAME": name} for pid, name in list(self._profiles.items()))
         raise _RpcFailure(f"Invalid object name '{table}'", 1034)
+
+
+    def _ids_in_range(self, conditions: list[tuple[str, str, str]]) -> list[int]:
+        """Contact ids in key order that satisfy the numeric conditions on K_CONTACT."""
+        if self._sorted_ids is None:
+            self._sorted_ids = sorted(self._contacts)
+        ids = self._sorted_ids
+        lo, hi = 0, len(ids)
+        for column, op, value in conditions:
+            if column != "K_CONTACT":
+                continue
+            try:
+                bound = float(value)
+            except ValueError:
+                continue
+            if op == ">":
+                lo = max(lo, bisect.bisect_right(ids, bound))
+            elif op == ">=":
+                lo = max(lo, bisect.bisect_left(ids, bound))
+            elif op == "<":
+                hi = min(hi, bisect.bisect_left(ids, bound))
+            elif op == "<=":
+                hi = min(hi, bisect.bisect_right(ids, bound))
+        key_conditions = [(op, value) for column, op, value in conditions if column == "K_CONTACT"]
+        return [cid for cid in ids[lo:hi] if all(_compare(str(cid), op, value) for op, value in key_conditions)]
 
 
 # -- helpers ----------------------------------------------------------------------------------------------

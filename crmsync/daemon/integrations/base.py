@@ -8,6 +8,8 @@ reports, shutdown); a kind owns what moves and how. A kind subclasses :class:`In
 * :meth:`open`: an async context manager holding its API clients while the integration is active;
 * :meth:`run_flow`: one run of a scheduled or on-demand flow;
 * for full syncs, ``supports_full_sync = True`` and :meth:`full_sync_step` (read one page at ``position``,
+  write it, return where the next page starts; or :meth:`full_sync_run`, the whole sync as a pipeline that
+  acknowledges units in order),
   write it, return where the next page starts) plus :meth:`full_sync_finished`;
 * for real-time, :meth:`parse_webhook` (pure: bytes in, events out; raises :class:`WebhookRejected`) and
   :meth:`process_events` (one batch from the durable queue, in arrival order);
@@ -21,7 +23,7 @@ module as plain functions: no trio, no I/O.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -62,6 +64,11 @@ class FullSyncStep:
     next_position: str | None  # None when the source is exhausted
     processed: int
     total: int | None = None  # total records, when the source knows it
+
+
+#: ``acknowledge(step, tx)`` of :meth:`IntegrationKind.full_sync_run`: checkpoint ``step`` together with the
+#: store writes ``tx`` (one transaction); returns whether to go on (False: the daemon is stopping).
+FullSyncAcknowledge = Callable[[FullSyncStep, Sequence[Callable[[Any], Any]]], Awaitable[bool]]
 
 
 @dataclass
@@ -157,6 +164,22 @@ class IntegrationKind:
 
     async def full_sync_step(self, position: str | None, run: RunContext) -> FullSyncStep:
         raise FlowError(f"{self.kind} has no full sync")
+
+    async def full_sync_run(self, position: str | None, run: RunContext, acknowledge: FullSyncAcknowledge
+                            ) -> bool:
+        """The whole full sync from ``position``: calls ``acknowledge(step, tx)`` for each acknowledged unit,
+        in order (the daemon checkpoints ``step.next_position`` in one transaction with ``tx``; it answers
+        False when the daemon is stopping). Returns True once the last unit (``next_position`` None) was
+        acknowledged, False when it stopped early. The default runs :meth:`full_sync_step` page by page; a
+        kind may override it with a pipeline that reads ahead of its writes."""
+        while True:
+            step = await self.full_sync_step(position, run)
+            go_on = await acknowledge(step, ())
+            if step.next_position is None:
+                return True
+            if not go_on:
+                return False
+            position = step.next_position
 
     async def full_sync_finished(self, run: RunContext) -> None:
         """Called once after the last page was acknowledged (e.g. to sync tags)."""

@@ -80,12 +80,11 @@ class Flows:
 
     async def full_sync(self) -> RunContext:
         async def body(run: RunContext) -> None:
-            position: str | None = None
-            while True:
-                step = await self.kind.full_sync_step(position, run)
-                position = step.next_position
-                if position is None:
-                    return
+            async def acknowledge(step: Any, tx: Any) -> bool:
+                await run.flush(*tx)  # as the daemon does, less the checkpoint
+                return True
+
+            await self.kind.full_sync_run(None, run, acknowledge)
 
         return await self._run("full_sync", body)
 

@@ -170,7 +170,8 @@ async def test_an_older_read_never_overwrites_a_newer_write(
 async def test_results_stay_exact_with_429s_413_sized_batches_and_expired_tokens(
         autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock, threshold: int) -> None:
     long_notes = "x" * 30_000  # three of these in one patch pass 100 kB: the client must split
-    config = make_config(tmp_path, full_sync={"import_threshold": threshold},
+    # small import batches, so that imports keep starting after the token expires mid-sync
+    config = make_config(tmp_path, full_sync={"import_threshold": threshold, "import_rows": 6},
                          attributes={"FIRSTNAME": "com.apsis1.attributes.firstname",
                                      "MOBILE": "com.apsis1.attributes.mobile",
                                      "NOTES": "usercreated.attributes.notes-k3j4h5",

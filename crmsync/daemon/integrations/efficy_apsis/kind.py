@@ -23,7 +23,7 @@ from crmsync.connectors.efficy import EfficyClient, EfficySchema, FieldTypes
 from crmsync.daemon.config import IntegrationConfig
 from crmsync.daemon.integrations.base import (
     FlowError,
-    FullSyncStep,
+    FullSyncAcknowledge,
     IntegrationContext,
     IntegrationKind,
     SandboxPart,
@@ -101,9 +101,13 @@ class EfficyApsisKind(IntegrationKind):
         apsis = ApsisClient(
             a.url, client_id=a.client_id, client_secret=a.client_secret.reveal(), section=a.section,
             keyspace=a.keyspace, clock=self.ctx.clock, transport=self.ctx.transports.get("apsis"),
-            observer=self.ctx.observer, timeout=self.ctx.http_timeout, max_concurrency=a.max_concurrency,
-            rate_limit=a.rate_limit, max_body_bytes=a.max_body_bytes, imports_per_minute=a.imports_per_minute,
-            concurrent_imports=a.concurrent_imports, import_poll_interval=a.import_poll_interval.total_seconds(),
+            observer=self.ctx.observer, timeout=self.ctx.http_timeout,
+            # the full sync's per-profile concurrency is reached, not capped by the client
+            max_concurrency=max(a.max_concurrency, self.cfg.full_sync.concurrency),
+            rate_limit=a.rate_limit, rate_burst=a.rate_burst, max_body_bytes=a.max_body_bytes,
+            imports_per_minute=a.imports_per_minute, concurrent_imports=a.concurrent_imports,
+            import_poll_interval=a.import_poll_interval.total_seconds(),
+            import_poll_first=a.import_poll_first.total_seconds(),
             import_timeout=a.import_timeout.total_seconds(),
             tag_encoding=TagEncoding(a.tag_add_value, a.tag_remove_value),
             consent_source=a.consent_source, consent_report=self.cfg.consent_backflow.report.settings(),
@@ -156,15 +160,15 @@ class EfficyApsisKind(IntegrationKind):
 
     def full_sync_worker(self) -> FullSync:
         if self._full_sync is None:
-            fs = self.cfg.full_sync
             self._full_sync = FullSync(
                 efficy=self.efficy, apsis=self.apsis, spec=self.spec, integration=self.name,
-                page_size=fs.page_size, import_threshold=fs.import_threshold, concurrency=fs.concurrency,
-                sms_address_attribute=self.cfg.apsis.sms_address_attribute)
+                settings=self.cfg.full_sync.settings(),
+                sms_address_attribute=self.cfg.apsis.sms_address_attribute, queries=dict(self.cfg.tags.queries))
         return self._full_sync
 
-    async def full_sync_step(self, position: str | None, run: RunContext) -> FullSyncStep:
-        return await self.full_sync_worker().step(position, run)
+    async def full_sync_run(self, position: str | None, run: RunContext,
+                            acknowledge: FullSyncAcknowledge) -> bool:
+        return await self.full_sync_worker().run(position, run, acknowledge)
 
     async def full_sync_finished(self, run: RunContext) -> None:
         await self._tags(run)  # the seed's tags run in every full sync

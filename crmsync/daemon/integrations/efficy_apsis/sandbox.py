@@ -32,6 +32,7 @@ OFFERS_TOPIC = "usercreated.topics.offers-d4e5f6"
 VIP_TAG = "usercreated.tags.vip-ab12cd"
 SMS_TAG = "usercreated.tags.prospect-ef34gh"
 CHANGE_EVERY = 4.0
+SANDBOX_LATENCY = 0.005  # seconds per simulated API call
 
 
 def _secret_file(secrets_dir: Path, name: str, value: str) -> str:
@@ -45,15 +46,18 @@ async def build_sandbox(*, name: str, clock: WallClock, contacts: int, secrets_d
                         nursery: trio.Nursery) -> SandboxPart:
     rng = random.Random(4)
     api_key, client_secret, hook_secret = (secrets.token_urlsafe(24) for _ in range(3))
-    efficy = EfficySimulator(clock, api_key=api_key)
+    # a modest per-call latency, as a real API has; APSIS's limits (100 requests/s, 10 imports a minute, 3
+    # unfinished) hold as in production
+    efficy = EfficySimulator(clock, api_key=api_key, latency=SANDBOX_LATENCY)
     ids = efficy.seed_demo(contacts)
     all_ids = [int(c["K_CONTACT"]) for c in efficy.contacts()]
     for cid in all_ids:
         efficy.update_contact(cid, ROBINSON=rng.random() < 0.08)
     efficy.drain_outbox()
-    # slow Efficy down for the first requests so the first full sync shows its progress for a while
-    efficy.faults.slow(0.4, times=40)
-    apsis = ApsisSimulator(clock, client_id="sandbox", client_secret=client_secret)
+    # slow Efficy down for the first requests so the first full sync shows its progress for a moment
+    efficy.faults.slow(0.25, times=12)
+    apsis = ApsisSimulator(clock, client_id="sandbox", client_secret=client_secret, latency=SANDBOX_LATENCY,
+                           import_rows_per_second=5000.0, report_polls_until_ready=1)
     efficy_url = await nursery.start(serve_app, efficy)
     apsis_url = await nursery.start(serve_app, apsis)
     apsis.public_url = apsis_url
@@ -71,7 +75,7 @@ async def build_sandbox(*, name: str, clock: WallClock, contacts: int, secrets_d
                    "field_types": {"ROBINSON": "flag"}},
         "apsis": {"url": apsis_url, "client_id": "sandbox",
                   "client_secret_file": _secret_file(secrets_dir, "apsis-client-secret", client_secret),
-                  "import_poll_interval": "0.5s"},
+                  "import_poll_first": "0.2s", "import_poll_interval": "0.5s"},
         "conditions": {"OPENED": 1, "ROBINSON": 0},
         "attributes": {"FIRSTNAME": ATTR_FIRSTNAME, "NAME": ATTR_LASTNAME, "MOBILE": ATTR_MOBILE,
                        "COUNTRY": "usercreated.attributes.country-abc123"},
@@ -80,7 +84,10 @@ async def build_sandbox(*, name: str, clock: WallClock, contacts: int, secrets_d
             "sms-offers": {"profile": ids["sms_profile"], "topic": OFFERS_TOPIC, "channel": "sms"},
         },
         "tags": {"queries": {VIP_TAG: ids["vip_query"]}, "profiles": {SMS_TAG: ids["sms_profile"]}},
-        "full_sync": {"page_size": 20},
+        # the default demo data (200 contacts) takes the bulk-import path; --contacts below 100 shows the
+        # per-profile path
+        "full_sync": {"page_size": 20, "import_threshold": 100},
+        "consent_backflow": {"report": {"poll_interval": "0.5s"}},
         "schedules": {"consent_backflow": {"every": "30s"}},
         "webhook": {"header": "X-Justin-Signature", "prefix": "sha256=",
                     "secret_file": _secret_file(secrets_dir, "efficy-webhook-secret", hook_secret)},

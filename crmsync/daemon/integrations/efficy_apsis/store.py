@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from crmsync.connectors.apsis.records import ApsisProfile, ConsentKey
+from crmsync.connectors.apsis.records import ApsisProfile, Consent, ConsentKey
 from crmsync.daemon.integrations.efficy_apsis import consent_trail
 from crmsync.daemon.integrations.efficy_apsis.rules import (
     ConsentRule,
@@ -194,3 +194,78 @@ def kv_set(integration: str, key: str, value: str) -> TxFn:
         q.kv_set(c, integration, key, value)
 
     return tx
+
+
+# -- APSIS opt-outs read from the consent report (bulk full sync) -------------------------------------------
+
+def clear_reported_optouts(integration: str) -> TxFn:
+    def tx(c: sqlite3.Connection) -> None:
+        c.execute("DELETE FROM apsis_reported_optouts WHERE integration = ?", (integration,))
+
+    return tx
+
+
+def put_reported_optouts(integration: str, rows: Sequence[tuple[str, str, str, str | None]]) -> TxFn:
+    """``(profile_key, topic, channel, modified_at)`` opt-outs as a consent report listed them."""
+    values = [(integration, *row) for row in rows]
+
+    def tx(c: sqlite3.Connection) -> None:
+        c.executemany("INSERT OR REPLACE INTO apsis_reported_optouts "
+                      "(integration, profile_key, topic, channel, modified_at) VALUES (?, ?, ?, ?, ?)", values)
+
+    return tx
+
+
+def reported_optouts(c: sqlite3.Connection, integration: str, keys: Sequence[str]) -> dict[str, list[Consent]]:
+    """The reported opt-outs of ``keys``, as the consents APSIS would list for each profile."""
+    out: dict[str, list[Consent]] = {}
+    for start in range(0, len(keys), 500):  # SQLite's host-parameter limit
+        chunk = list(keys[start:start + 500])
+        marks = ",".join("?" * len(chunk))
+        for key, topic, channel, modified_at in c.execute(
+                f"SELECT profile_key, topic, channel, modified_at FROM apsis_reported_optouts "
+                f"WHERE integration = ? AND profile_key IN ({marks})", (integration, *chunk)):
+            out.setdefault(key, []).append(Consent(topic, channel, "opt-out", modified_at=modified_at))
+    return out
+
+
+def written_many(integration: str, rows: Sequence[tuple[str, str, str | None]], now: str) -> TxFn:
+    """:func:`written` for many profiles at once: ``(key, fingerprint text, Efficy version)`` each."""
+
+    def tx(c: sqlite3.Connection) -> None:
+        c.executemany("DELETE FROM links WHERE integration = ? AND messaging_id = ? AND crm_id != ?",
+                      [(integration, key, key) for key, _, _ in rows])
+        c.executemany(
+            "INSERT INTO links (integration, crm_id, messaging_id, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (integration, crm_id) DO UPDATE SET messaging_id = excluded.messaging_id, "
+            "updated_at = excluded.updated_at", [(integration, key, key, now) for key, _, _ in rows])
+        c.executemany(
+            "INSERT INTO fingerprints (integration, record_key, fingerprint, source_version, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (integration, record_key) DO UPDATE SET "
+            "fingerprint = excluded.fingerprint, source_version = excluded.source_version, "
+            "updated_at = excluded.updated_at", [(integration, key, fp, version, now) for key, fp, version in rows])
+
+    return tx
+
+
+def replace_query_members(integration: str, tag: str, contact_ids: Sequence[str]) -> TxFn:
+    """The members of one tag query as just read (the bulk full sync carries query tags in its imports)."""
+
+    def tx(c: sqlite3.Connection) -> None:
+        c.execute("DELETE FROM efficy_query_members WHERE integration = ? AND tag = ?", (integration, tag))
+        c.executemany("INSERT OR IGNORE INTO efficy_query_members (integration, tag, contact_id) VALUES (?, ?, ?)",
+                      [(integration, tag, cid) for cid in contact_ids])
+
+    return tx
+
+
+def query_tags_of(c: sqlite3.Connection, integration: str, contact_ids: Sequence[str]) -> dict[str, set[str]]:
+    """Contact id -> the query tags it is a member of (only members are listed)."""
+    out: dict[str, set[str]] = {}
+    for start in range(0, len(contact_ids), 500):
+        chunk = list(contact_ids[start:start + 500])
+        marks = ",".join("?" * len(chunk))
+        for cid, tag in c.execute(f"SELECT contact_id, tag FROM efficy_query_members "
+                                  f"WHERE integration = ? AND contact_id IN ({marks})", (integration, *chunk)):
+            out.setdefault(cid, set()).add(tag)
+    return out

@@ -1,0 +1,269 @@
+"""What one planned contact becomes in the bulk-import files, and the batch that carries it.
+
+The plan stage of the full sync (:mod:`.full_sync`) asks :func:`import_row` where a contact's write goes:
+
+* the **main file** (opt-in type, ``resubscribe_if_opted_out = false``): every written contact, with all its
+  mapped attributes, the opt-ins to write and, when tags travel in imports, its tag changes;
+* the **re-subscription file** (opt-in type, ``resubscribe_if_opted_out = true``): opt-ins the rules let
+  win over an opt-out APSIS holds (learnt up front from the consent report), exactly as the per-profile path
+  writes them over that opt-out;
+* the **opt-out file**: opt-outs to write.
+
+Each (profile, slot) is marked in one file only, so the three files commute and may run at the same time.
+A consent on a channel whose address is empty is left out (:func:`addressed`: an import drops it, and
+issue 7 item 8 says it is not written). What an import cannot express becomes post-import calls per
+profile: tag patches when tags do not travel in imports, ``null`` for an attribute crmsync set before (an
+import cannot clear one unless ``clear_existing_attributes`` is on).
+
+Rows are appended to streamed files and their acknowledgement data to a spooled ledger, so a batch of
+200,000 rows costs disk, not memory.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import trio
+
+from crmsync.connectors.apsis import ApsisProfile, ConsentKey
+from crmsync.connectors.apsis.imports import ImportFileWriter, ImportLayout
+from crmsync.connectors.apsis.records import Consent
+from crmsync.daemon.integrations.efficy_apsis.rules import OPT_IN, OPT_OUT, OptOutRecord, Plan
+
+MAIN, RESUBSCRIBE, OPTOUT = 0, 1, 2
+ROW_RESERVE = 1_000_000  # bytes kept free in every file of a batch for the next row
+FILE_NAMES = ("opt-in", "re-subscribe", "opt-out")
+
+
+class ReportedConsents:
+    """Answers ``get_consents`` from the consent report read up front (opt-outs only), so the per-profile
+    rule that resolves opt-ins against APSIS (``writer.check_apsis_optouts``) runs unchanged, without a read
+    per profile. A profile the report does not list has no opt-out on the mapped slots."""
+
+    def __init__(self, by_key: Mapping[str, list[Consent]]):
+        self._by_key = by_key
+
+    async def get_consents(self, key: str, **_: Any) -> list[Consent]:
+        return list(self._by_key.get(key, ()))
+
+
+def with_query_membership(desired: ApsisProfile, query_tags: frozenset[str], member_of: frozenset[str]
+                          ) -> ApsisProfile:
+    """The profile with its query tags as the queries say now (read at the start of a bulk full sync), so
+    they travel in the import instead of one tag patch per member in the ``tags`` flow afterwards."""
+    tags = (desired.tags - query_tags) | (member_of & query_tags)
+    if tags == desired.tags:
+        return desired
+    return ApsisProfile(desired.key, desired.attributes, desired.consents, tags)
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """Where one contact's write goes (see the module docstring)."""
+
+    main_slots: tuple[ConsentKey, ...]
+    resubscribe_slots: tuple[ConsentKey, ...]
+    optout_slots: tuple[ConsentKey, ...]
+    add_tags: tuple[str, ...]
+    remove_tags: tuple[str, ...]
+    post_add_tags: tuple[str, ...]  # tag changes sent per profile after the import (tags not in imports)
+    post_remove_tags: tuple[str, ...]
+    post_clear: tuple[str, ...]  # attributes to null per profile after the import
+    post_optouts: tuple[ConsentKey, ...] = ()  # opt-outs without an address, written per profile
+
+
+def addressed(desired: ApsisProfile, current: ApsisProfile | None, address_attributes: Mapping[str, str]
+              ) -> tuple[ApsisProfile, tuple[ConsentKey, ...]]:
+    """The profile without consents on channels whose address is empty: an import drops them (research §7),
+    and a consent without its address is not written (issue 7 item 8: no SMS consent without a mobile).
+    What is fingerprinted is what is sent, so such a consent goes out once the address appears.
+
+    One exception, since an opt-out always travels: an opt-out on a slot where crmsync last sent an opt-in
+    is kept, and returned as a slot to write per profile after the import (the import cannot carry it).
+    """
+    keep: dict[ConsentKey, str] = {}
+    per_profile: list[ConsentKey] = []
+    for ck, kind in desired.consents.items():
+        if desired.attributes.get(address_attributes.get(ck.channel, "")):
+            keep[ck] = kind
+        elif kind == OPT_OUT and current is not None and current.consents.get(ck) == OPT_IN:
+            keep[ck] = kind
+            per_profile.append(ck)
+    if len(keep) == len(desired.consents):
+        return desired, tuple(per_profile)
+    return ApsisProfile(desired.key, desired.attributes, keep, desired.tags), tuple(per_profile)
+
+
+def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisProfile | None,
+               reported: Sequence[Consent], *, managed_tags: frozenset[str], tags_in_import: bool,
+               clear_in_import: bool, per_profile_optouts: Sequence[ConsentKey] = ()) -> ImportRow:
+    """Place one write (an :func:`addressed` profile) in the import files.
+
+    ``current`` is the last payload crmsync sent (None: never); ``seen`` is that view with the consents the
+    opt-out check saw in APSIS (what ``check_apsis_optouts`` returns), which decides what is written.
+    """
+    opted_out = {c.key for c in reported if c.type == OPT_OUT}
+    main: list[ConsentKey] = []
+    resub: list[ConsentKey] = []
+    outs: list[ConsentKey] = []
+    for ck, kind in sorted(desired.consents.items(), key=lambda kv: (kv[0].topic, kv[0].channel)):
+        if (seen is not None and seen.consents.get(ck) == kind) or ck in per_profile_optouts:
+            continue
+        if kind == OPT_OUT:
+            outs.append(ck)
+        elif ck in opted_out:
+            resub.append(ck)
+        else:
+            main.append(ck)
+    have = current.tags if current is not None else frozenset()
+    add = desired.tags - have
+    remove = (managed_tags - desired.tags) if current is None else (have & managed_tags) - desired.tags
+    clear: tuple[str, ...] = ()
+    if not clear_in_import and current is not None:
+        clear = tuple(sorted(a for a, v in desired.attributes.items()
+                             if v is None and current.attributes.get(a) is not None))
+    in_file_add, in_file_remove = (tuple(sorted(add)), tuple(sorted(remove))) if tags_in_import else ((), ())
+    post_add, post_remove = ((), ()) if tags_in_import else (tuple(sorted(add)), tuple(sorted(remove)))
+    return ImportRow(tuple(main), tuple(resub), tuple(outs), in_file_add, in_file_remove, post_add,
+                     post_remove, clear, tuple(per_profile_optouts))
+
+
+@dataclass
+class LedgerEntry:
+    """What the acknowledge stage needs of one imported contact (one JSON line in the ledger)."""
+
+    contact_id: str
+    outcome: str
+    files: tuple[int, ...]
+    fingerprint: str
+    version: str | None
+    put_optouts: tuple[OptOutRecord, ...] = ()
+    drop_optouts: tuple[OptOutRecord, ...] = ()
+    post_add_tags: tuple[str, ...] = ()
+    post_remove_tags: tuple[str, ...] = ()
+    post_clear: tuple[str, ...] = ()
+    post_optouts: tuple[ConsentKey, ...] = ()
+
+    def to_line(self) -> bytes:
+        return (json.dumps([self.contact_id, self.outcome, self.files, self.fingerprint, self.version,
+                            [r.to_json() for r in self.put_optouts], [r.to_json() for r in self.drop_optouts],
+                            self.post_add_tags, self.post_remove_tags, self.post_clear,
+                            [[ck.topic, ck.channel] for ck in self.post_optouts]],
+                           separators=(",", ":")) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_line(cls, line: bytes) -> LedgerEntry:
+        cid, outcome, files, fp, version, put, drop, add, remove, clear, outs = json.loads(line)
+        return cls(cid, outcome, tuple(files), fp, version, tuple(OptOutRecord.from_json(r) for r in put),
+                   tuple(OptOutRecord.from_json(r) for r in drop), tuple(add), tuple(remove), tuple(clear),
+                   tuple(ConsentKey(t, c) for t, c in outs))
+
+    @property
+    def has_post(self) -> bool:
+        return bool(self.post_add_tags or self.post_remove_tags or self.post_clear or self.post_optouts)
+
+
+@dataclass(eq=False)
+class ImportBatch:
+    """A run of contacts (in Efficy order) acknowledged together: up to three import files, the ledger of
+    their rows, and the pages' other writes the batch must wait for before the checkpoint passes it.
+
+    ``end_key`` is the last contact key the batch accounts for; ``exhausted`` says no contact follows.
+    """
+
+    seq: int
+    layouts: Sequence[ImportLayout]
+    max_bytes: int
+    max_rows: int
+    spool_bytes: int
+    contacts: int = 0
+    rows: int = 0
+    end_key: int | None = None
+    exhausted: bool = False
+    writers: list[ImportFileWriter | None] = field(default_factory=list)
+    ledger: IO[bytes] | None = None
+    waits: list[trio.Event] = field(default_factory=list)
+    written: trio.Event = field(default_factory=trio.Event)
+    file_errors: dict[int, str] = field(default_factory=dict)  # file index -> APSIS's message
+    post_errors: dict[str, str] = field(default_factory=dict)  # contact id -> APSIS's message
+    total: int | None = None
+
+    def __post_init__(self) -> None:
+        self.writers = [None] * len(self.layouts)
+
+    def _writer(self, index: int) -> ImportFileWriter:
+        writer = self.writers[index]
+        if writer is None:
+            writer = self.writers[index] = ImportFileWriter(self.layouts[index], max_bytes=self.max_bytes,
+                                                            max_rows=self.max_rows,
+                                                            spool_bytes=self.spool_bytes)
+        return writer
+
+    def fits(self) -> bool:
+        return self.rows < self.max_rows
+
+    def add(self, key: str, desired: ApsisProfile, row: ImportRow, entry: LedgerEntry) -> bool:
+        """Append one contact to the files it needs; False (nothing written) when a file is full."""
+        needed: list[tuple[int, tuple[ConsentKey, ...]]] = [(MAIN, row.main_slots)]
+        if row.resubscribe_slots:
+            needed.append((RESUBSCRIBE, row.resubscribe_slots))
+        if row.optout_slots:
+            needed.append((OPTOUT, row.optout_slots))
+        writers = [self._writer(i) for i, _ in needed]
+        # a contact goes in whole or not at all: every file it needs keeps room for a row of any sane size
+        reserve = min(ROW_RESERVE, self.max_bytes // 4)
+        if any(w.rows >= w.max_rows or w.bytes + reserve > w.max_bytes for w in writers) and self.rows:
+            return False
+        done: list[int] = []
+        for (index, slots), writer in zip(needed, writers, strict=True):
+            extra = (row.add_tags, row.remove_tags) if index == MAIN else ((), ())
+            if not writer.add(key, desired.attributes, slots, *extra):
+                if done:  # a single row larger than the reserve: a CSV line cannot be taken back
+                    raise ValueError(f"contact {key}: one import row is larger than {reserve} bytes")
+                return False
+            done.append(index)
+        entry.files = tuple(done)
+        if self.ledger is None:
+            self.ledger = tempfile.SpooledTemporaryFile(max_size=self.spool_bytes)
+        self.ledger.write(entry.to_line())
+        self.rows += 1
+        return True
+
+    def entries(self) -> Iterator[LedgerEntry]:
+        if self.ledger is None:
+            return
+        self.ledger.seek(0)
+        for line in self.ledger:
+            yield LedgerEntry.from_line(line)
+
+    def close(self) -> None:
+        """Free the files (idempotent)."""
+        for writer in self.writers:
+            if writer is not None:
+                writer.close()
+        if self.ledger is not None:
+            self.ledger.close()
+
+
+def plan_outcome(plan: Plan) -> str:
+    return "created" if plan.current is None else "updated"
+
+
+__all__ = [
+    "FILE_NAMES",
+    "MAIN",
+    "OPTOUT",
+    "OPT_IN",
+    "RESUBSCRIBE",
+    "ImportBatch",
+    "ImportRow",
+    "LedgerEntry",
+    "ReportedConsents",
+    "import_row",
+    "plan_outcome",
+    "with_query_membership",
+]

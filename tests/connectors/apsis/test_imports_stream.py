@@ -1,0 +1,113 @@
+"""Streamed import files (rows on a spooled file, sized by the caps), tags in imports ([U] settings), the
+simulator's per-call latency and time-based import processing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from crmsync.connectors.apsis.client import ApsisClient
+from crmsync.connectors.apsis.imports import ImportFileWriter, ImportLayout, TagImportSettings
+from crmsync.connectors.apsis.records import ATTR_CRMID, ATTR_EMAIL, CHANNEL_EMAIL, ConsentKey
+from crmsync.connectors.apsis.simulator import ApsisSimulator
+
+NEWS = ConsentKey("usercreated.topics.newsletter-a1b2c3", CHANNEL_EMAIL)
+VIP = "usercreated.tags.vip-ab12cd"
+PROSPECT = "usercreated.tags.prospect-ef34gh"
+LAYOUT = ImportLayout("opt-in", False, (ATTR_CRMID, ATTR_EMAIL), (NEWS,), (PROSPECT, VIP))
+
+
+def test_a_file_refuses_the_row_that_would_pass_its_byte_or_row_cap() -> None:
+    header = len(",".join(LAYOUT.header())) + 1
+    writer = ImportFileWriter(LAYOUT, max_bytes=header + 60, max_rows=10, spool_bytes=10)
+    assert writer.add("1", {ATTR_CRMID: "1", ATTR_EMAIL: "a@x.be"}, [NEWS], [VIP])
+    assert not writer.add("2", {ATTR_CRMID: "2", ATTR_EMAIL: "b" * 40 + "@x.be"}, [NEWS])
+    assert writer.rows == 1 and writer.bytes <= header + 60
+    text = writer.file().read().decode()
+    assert text.splitlines()[1] == "1,1,a@x.be,1,,1"  # slot applied; Prospect left alone; VIP added
+    writer.close()
+    capped = ImportFileWriter(LAYOUT, max_bytes=10**6, max_rows=1)
+    assert capped.add("1", {}) and not capped.add("2", {})
+    capped.close()
+
+
+async def test_streamed_import_with_tags_and_resubscription(
+        autojump_clock: MockClock, make_client: Callable[..., ApsisClient], sim: ApsisSimulator) -> None:
+    client = make_client()
+    sim.add_profile("1", consents={NEWS: "opt-out"}, tags=[PROSPECT])
+    sim.add_profile("2", consents={NEWS: "opt-out"})
+    versions = await client.attribute_versions()
+    writer = ImportFileWriter(LAYOUT, max_bytes=10**6, max_rows=100)
+    writer.add("1", {ATTR_CRMID: "1", ATTR_EMAIL: "a@x.be"}, [NEWS], [VIP], [PROSPECT])
+    writer.add("3", {ATTR_CRMID: "3", ATTR_EMAIL: "c@x.be"}, [NEWS])
+    await client.run_import_stream(LAYOUT.request(versions), writer.file(), rows=writer.rows)
+    writer.close()
+    assert sim.tags_of("1") == {VIP} and sim.consents_of("1")[NEWS] == "opt-out"  # not re-subscribed
+    assert sim.consents_of("3")[NEWS] == "opt-in"
+    resub = ImportLayout("opt-in", True, (ATTR_EMAIL,), (NEWS,))
+    request = resub.request(versions)
+    assert request["consent_mappings"][0]["consents"][0]["resubscribe_if_opted_out"] is True
+    again = ImportFileWriter(resub, max_bytes=10**6, max_rows=100)
+    again.add("2", {ATTR_EMAIL: "b@x.be"}, [NEWS])
+    await client.run_import_stream(request, again.file(), rows=again.rows)
+    again.close()
+    assert sim.consents_of("2")[NEWS] == "opt-in"
+
+
+async def test_tag_mapping_key_is_a_setting_and_unknown_tags_are_refused(
+        autojump_clock: MockClock, make_client: Callable[..., ApsisClient], sim: ApsisSimulator) -> None:
+    from crmsync.connectors.errors import FatalApiError
+
+    client = make_client()
+    versions = await client.attribute_versions()
+    other = ImportLayout("opt-in", False, (ATTR_CRMID,), (), ("usercreated.tags.nope",),
+                         tag_settings=TagImportSettings(mapping_key="tag_mappings"))
+    writer = ImportFileWriter(other, max_bytes=10**6, max_rows=10)
+    writer.add("9", {ATTR_CRMID: "9"}, (), ("usercreated.tags.nope",))
+    with pytest.raises(FatalApiError, match="Unknown tag"):
+        await client.run_import_stream(other.request(versions), writer.file(), rows=1)
+    writer.close()
+
+
+async def test_latency_and_time_based_import_processing(
+        autojump_clock: MockClock, make_client: Callable[..., ApsisClient], clock: object) -> None:
+    sim = ApsisSimulator(clock, client_id="crmsync", client_secret="s3cr3t-value-never-logged",  # type: ignore[arg-type]
+                         latency=0.02, import_rows_per_second=10.0)
+    client = make_client(sim, import_poll_first=0.25, import_poll_interval=8.0)
+    start = trio.current_time()
+    await client.list_keyspaces()
+    assert trio.current_time() - start >= 0.04  # token + one call, 20 ms each
+    versions = await client.attribute_versions()
+    writer = ImportFileWriter(LAYOUT, max_bytes=10**6, max_rows=100)
+    for i in range(50):
+        writer.add(str(i), {ATTR_CRMID: str(i), ATTR_EMAIL: f"{i}@x.be"}, [NEWS])
+    start = trio.current_time()
+    await client.run_import_stream(LAYOUT.request(versions), writer.file(), rows=writer.rows)
+    elapsed = trio.current_time() - start
+    writer.close()
+    assert 5.0 <= elapsed < 16.0  # 50 rows at 10 rows/s, polls backing off from 0.25 s
+    polls = [p for m, p in sim.requests if m == "GET" and "/imports/" in p]
+    assert len(polls) <= 6
+    assert len(sim.profiles()) == 50
+
+
+async def test_imports_left_unfinished_by_a_dead_process_delay_but_do_not_fail_the_next_one(
+        autojump_clock: MockClock, make_client: Callable[..., ApsisClient], clock: object) -> None:
+    sim = ApsisSimulator(clock, client_id="crmsync", client_secret="s3cr3t-value-never-logged",  # type: ignore[arg-type]
+                         upload_url_lifetime=120.0)
+    client = make_client(sim, import_poll_interval=5.0)
+    versions = await client.attribute_versions()
+    request = LAYOUT.request(versions)
+    for _ in range(3):  # created, never uploaded: they hold APSIS's 3 slots until their upload URL expires
+        await client._send_json("POST", "/v2/audience/sections/com.apsis1.sections.default/imports", request)
+    writer = ImportFileWriter(LAYOUT, max_bytes=10**6, max_rows=10)
+    writer.add("1", {ATTR_CRMID: "1", ATTR_EMAIL: "a@x.be"}, [NEWS])
+    start = trio.current_time()
+    result = await client.run_import_stream(request, writer.file(), rows=1)
+    writer.close()
+    assert result.status == "completed" and sim.consents_of("1")[NEWS] == "opt-in"
+    assert trio.current_time() - start >= 120  # waited for the slots, never gave up
+    assert sim.rate_limited > 0
