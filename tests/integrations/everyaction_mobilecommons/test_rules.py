@@ -34,11 +34,17 @@ def test_eligibility_needs_a_mobile_number_then_us_then_required_fields() -> Non
     assert rules.ineligible_reason(Contact(country="US"), frozenset()) == "no_mobile_number"
     assert rules.ineligible_reason(Contact(phone="+13125550100", country="CA"), frozenset()) == "country_not_us"
     assert rules.ineligible_reason(Contact(phone="+13125550100"), frozenset()) == "country_not_us"
-    assert rules.ineligible_reason(Contact(phone="+13125550100"), frozenset(), missing_country_is_us=True) is None
-    assert rules.ineligible_reason(Contact(phone="+13125550100", country="usa"), frozenset()) is None
+    e = "a@example.org"
+    assert rules.ineligible_reason(Contact(phone="+13125550100", email=e), frozenset(),
+                                   missing_country_is_us=True) is None
+    assert rules.ineligible_reason(Contact(phone="+13125550100", email=e, country="usa"), frozenset()) is None
+    # the seed: "The following fields are required: Phone number, Email, Opt-in status" (issue 7, item 1)
+    assert rules.ineligible_reason(Contact(phone="+13125550100", country="US"), frozenset()) == "no_email"
+    # a listed mobile that is not a US number is a country matter, not a missing number (issue 7, item 6)
+    assert rules.ineligible_reason(Contact(mobile_not_us=True, country="CA"), frozenset()) == "country_not_us"
     assert rules.ineligible_reason(US, frozenset({"zip_code"})) == "required_field_empty:zip_code"
     assert rules.ineligible_reason(US, frozenset({"first_name", "city"})) is None
-    blank = Contact(phone="+13125550100", country="US", first_name="  ")
+    blank = Contact(phone="+13125550100", email=e, country="US", first_name="  ")
     assert rules.ineligible_reason(blank, frozenset({"first_name"})) == "required_field_empty:first_name"
 
 
@@ -117,8 +123,12 @@ def test_ea_to_mc_subscribes_new_opt_ins_and_writes_the_van_id() -> None:
 
 
 def test_ea_to_mc_never_resubscribes_an_opt_out() -> None:
-    plan = ea_plan(profile=US, mc=fact(OUT, 5, 5), ea=fact(IN, None, 9))
-    assert plan.skip == "opted_out_in_mobile_commons" and not plan.subscribe
+    stale = Contact(phone=US.phone, email="old@example.org", country="US")
+    plan = ea_plan(profile=stale, mc=fact(OUT, 5, 5), ea=fact(IN, None, 9))
+    # issue 7, item 2: the data and the Constituent ID still sync; consent stays opted out, and says why
+    assert plan.skip is None and not plan.subscribe and not plan.opt_out
+    assert plan.data["email"] == "a@example.org" and plan.link_id == "42"
+    assert plan.note and plan.note.startswith("Mobile Commons opt-out wins")
     newer = ea_plan(profile=US, mc=fact(OUT, 5, 5), ea=fact(IN, 6, 9))  # EA re-opt-in certainly newer
     assert not newer.subscribe and newer.skip is None and newer.note and "re-subscribe" in newer.note
 

@@ -20,7 +20,11 @@ import structlog
 
 from crmsync.connectors.errors import FatalApiError, NotFoundError
 from crmsync.connectors.everyaction import ContactChange, EveryActionClient
+from crmsync.connectors.everyaction.errors import ExportColumnMissingError
+from crmsync.connectors.everyaction.exports import ExportJob
+from crmsync.connectors.everyaction.records import identifier_update
 from crmsync.connectors.mobilecommons import MobileCommonsClient, Profile, ProfileUpdate
+from crmsync.daemon.integrations.base import FlowError
 from crmsync.daemon.integrations.everyaction_mobilecommons import rules, store
 from crmsync.daemon.integrations.everyaction_mobilecommons.config import (
     EA_MAX_LOOKBACK,
@@ -86,8 +90,29 @@ async def run_ea_to_mc(config: EveryActionMobileCommonsConfig, ea: EveryActionCl
     log.info("ea_to_mc_window", since=since.isoformat(), until=now.isoformat(),
              widened=since < now - config.ea_window)
     job = await ea.run_contacts_export(since, now)
+    try:
+        await _sync_rows(config, ea, mc, run, job)
+    except ExportColumnMissingError as exc:
+        raise FlowError(missing_column_message(config, run.integration, exc)) from exc
+
+
+def missing_column_message(config: EveryActionMobileCommonsConfig, name: str, exc: ExportColumnMissingError
+                           ) -> str:
+    """Names each missing column, its field, and the setting that renames it."""
+    parts = []
+    for column in exc.columns:
+        field = config.everyaction.export_field_of(column) or "?"
+        parts.append(f"column {column!r} (field {field}; set integrations.{name}.everyaction.export_columns."
+                     f"{field} to the name your EveryAction instance uses)")
+    return (f"the EveryAction Contacts export has no {', '.join(parts)}; its header is: "
+            f"{', '.join(exc.header)}")
+
+
+async def _sync_rows(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
+                     run: RunContext, job: ExportJob) -> None:
+    name = run.integration
     # the window end VAN actually used is where the next window starts
-    until = job.date_changed_to or now
+    until = job.date_changed_to or run.clock.now().replace(microsecond=0)
     pending: list[store.TxFn] = []
     seen: set[int] = set()
     async with contextlib.aclosing(cast("AsyncGenerator[ContactChange, None]", ea.iter_export_rows(job))) as rows:
@@ -126,7 +151,7 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
     obs = rules.observe_ea(known.observation, ea_status, now)
     writes = [store.put_observation(name, van_id, obs)]
     if contact.phone is None:
-        run.skip("no_mobile_number", crm_id=van_id)
+        run.skip("country_not_us" if contact.mobile_not_us else "no_mobile_number", crm_id=van_id)
         return writes
     profile = await mc.find_profile(contact.phone)
     messaging_id = profile.id if profile else None
@@ -143,7 +168,7 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
     if owner is not None and plan.skip is None:
         # Mobile Commons keeps one profile per phone: it stays with the record linked to it. An opt-out still
         # travels (VAN keeps opt-in status per phone, so both records agree on it anyway).
-        plan = replace(plan, skip=SHARED_PHONE, data={}, link_id=None, subscribe=False)
+        plan = replace(plan, skip=SHARED_PHONE, data={}, link_id=None, subscribe=False, links=False)
     wrote = created = False
     if plan.skip is None and (plan.data or plan.link_id or plan.subscribe):
         saved = await mc.profile_update(profile_update(contact, plan, van_id, config.default_opt_in_path_id))
@@ -156,11 +181,17 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
             run.record("updated", crm_id=van_id, messaging_id=messaging_id,
                        message=f"opted out in Mobile Commons; profile data not synced ({plan.skip})")
         else:
-            run.skip(plan.skip, crm_id=van_id, messaging_id=messaging_id,
-                     message=f"this mobile number's profile belongs to VAN ID {owner}" if owner else None)
+            message = f"this mobile number's profile belongs to VAN ID {owner}" if owner else plan.note
+            run.skip(plan.skip, crm_id=van_id, messaging_id=messaging_id, message=message)
         return writes
-    stamp = run.now_iso()
     assert messaging_id is not None  # a profile existed or was just written
+    id_type = config.everyaction.identifier_type
+    if plan.links and person.identifier(id_type) != messaging_id:
+        # the Mobile Commons id goes to EveryAction in the same run (the seed: "Mobile Commons pushes records
+        # to EveryAction to add the identifier to the profile")
+        await ea.update_person(van_id, identifier_update(id_type, messaging_id))
+        wrote = True
+    stamp = run.now_iso()
     writes.append(store.put_link(name, van_id, messaging_id, stamp))
     writes.append(store.put_fingerprint(name, f"mc:{van_id}", payload_fp, ea_status.value, stamp))
     outcome = "created" if created else "updated" if wrote else "unchanged"

@@ -83,6 +83,7 @@ class EveryActionMobileCommons(IntegrationKind):
             poll_interval=ea_cfg.export_poll_interval.total_seconds(),
             job_timeout=ea_cfg.export_timeout.total_seconds(),
             exclude_changes_from_self=ea_cfg.exclude_changes_from_self,
+            contact_columns=ea_cfg.contact_columns(),
             transport=self.ctx.transports.get("everyaction"), observer=self.ctx.observer,
             timeout=self.ctx.http_timeout,
         )

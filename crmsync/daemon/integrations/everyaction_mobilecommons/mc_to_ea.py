@@ -79,13 +79,21 @@ async def run_mc_to_ea(config: EveryActionMobileCommonsConfig, ea: EveryActionCl
 
 async def _match(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, profile: Profile,
                  contact: rules.Contact, link: str | None) -> VanPerson | None:
-    """By link, else by the profile's Constituent ID, else ``people/find``."""
+    """By link, else by the profile's Constituent ID, else by the mobile number (the seed: "Mobile Commons
+    can match a record based on the mobile phone number"), else ``people/find`` (email, or names + phone)."""
     for ref in (link, profile.constituent_id):
         if ref and ref.isdigit():
             try:
                 return await ea.get_person(ref)
             except NotFoundError:
                 continue
+    if contact.phone is not None:
+        digits = contact.phone[2:]
+        people = cast("AsyncGenerator[VanPerson, None]", ea.search_people(phoneNumber=digits))
+        async with contextlib.aclosing(people):
+            async for person in people:
+                if person.phone(contact.phone) is not None:
+                    return person  # the lowest VAN ID listing this number (VAN keeps opt-in per phone)
     try:
         candidate = match_candidate(first_name=contact.first_name, last_name=contact.last_name,
                                     email=contact.email, phone=contact.phone)
@@ -102,9 +110,6 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
     name, now, stamp = run.integration, run.clock.now(), run.now_iso()
     pid = profile.id
     contact = rules.contact_from_profile(profile)
-    if contact.phone is None:
-        run.skip("no_mobile_number", messaging_id=pid)
-        return []
     known = await run.db.tx(store.read_for_profile, name, pid)
     mc_fact = rules.mc_consent(profile)
     person = await _match(config, ea, profile, contact, known.link)
@@ -125,8 +130,9 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
         missing_country_is_us=config.missing_country == "assume_us",
     )
     if plan.skip is not None and not plan.opt_out:
-        run.skip(plan.skip, crm_id=str(person.van_id) if person else None, messaging_id=pid)
+        run.skip(plan.skip, crm_id=str(person.van_id) if person else None, messaging_id=pid, message=plan.note)
         return writes
+    assert contact.phone is not None  # an opt-in, an opt-out or data to a match all come with a US mobile
     created = wrote = False
     if person is None:
         # A new opt-in with an email: findOrCreate (matches by email first, so a retry finds what an
@@ -148,21 +154,25 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
             body.update(phone_opt_in_update(contact.phone, status))
             writes.append(store.put_observation(
                 name, van_id, rules.written_ea(rules.Consent.IN if plan.opt_in else rules.Consent.OUT, now)))
-        if plan.link_id and plan.skip in (None, "not_opted_in"):
-            body.update(identifier_update(id_type, pid))
+        if plan.link_id:
+            body.update(identifier_update(id_type, pid))  # with an opt-out too (Conservative included)
         if body:
             await ea.update_person(van_id, body)
             wrote = True
-    if plan.skip in (None, "not_opted_in") and profile.constituent_id != van_id:
+    if plan.links and profile.constituent_id != van_id:
         # the VAN ID into the profile's Constituent ID: both records stay linked
         await mc.profile_update(ProfileUpdate(phone_number=contact.phone, constituent_id=van_id))
         wrote = True
+    writes.append(store.put_link(name, van_id, pid, stamp))
     if plan.skip is not None:
         run.record("updated", crm_id=van_id, messaging_id=pid,
-                   message=f"opt-out set in EveryAction; profile data not synced ({plan.skip})")
-        writes.append(store.put_link(name, van_id, pid, stamp))
+                   message=_join(f"opt-out set in EveryAction; profile data not synced ({plan.skip})", plan.note))
         return writes
-    writes.append(store.put_link(name, van_id, pid, stamp))
     writes.append(store.put_fingerprint(name, f"ea:{pid}", payload_fp, mc_fact.status.value, stamp))
-    run.record("created" if created else "updated" if wrote else "unchanged", crm_id=van_id, messaging_id=pid)
+    run.record("created" if created else "updated" if wrote else "unchanged", crm_id=van_id, messaging_id=pid,
+               message=plan.note)
     return writes
+
+
+def _join(*parts: str | None) -> str:
+    return "; ".join(p for p in parts if p)
