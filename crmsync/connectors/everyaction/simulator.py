@@ -62,7 +62,6 @@ from crmsync.connectors.everyaction.records import (
     candidate_combinations,
     contacts_csv,
     fold,
-    normalize_us_phone,
     opt_in_export_id,
     opt_in_from_code,
     parse_person,
@@ -381,11 +380,9 @@ class EveryActionSimulator(SimulatorApp):
     def set_phone_opt_in(self, van_id: int, phone: str, status: OptInStatus, *, db_mode: int = 1) -> None:
         """A user changes a phone's opt-in in EveryAction (adds the phone to the person if missing)."""
         db = self._db(db_mode)
-        e164 = normalize_us_phone(phone)
-        if e164 is None:
-            raise ValueError("not a valid US phone number")
+        number = _van_number(phone)
         code = {OptInStatus.OPT_IN: "I", OptInStatus.UNKNOWN: "U", OptInStatus.OPT_OUT: "O"}[status]
-        self._apply(db, db.people[van_id], {"phones": [{"phoneNumber": e164[2:], "phoneOptInStatus": code}]},
+        self._apply(db, db.people[van_id], {"phones": [{"phoneNumber": number, "phoneOptInStatus": code}]},
                     by=None)
 
     def edit_person(self, van_id: int, *, first_name: str | None = None, last_name: str | None = None,
@@ -399,13 +396,10 @@ class EveryActionSimulator(SimulatorApp):
 
     def phone_opt_in(self, phone: str, *, db_mode: int = 1) -> OptInStatus:
         """The opt-in status stored for a number (per phone, shared by everyone with that number)."""
-        e164 = normalize_us_phone(phone)
-        if e164 is None:
-            raise ValueError("not a valid US phone number")
-        return self._db(db_mode).opt_ins.get(e164[2:], OptInStatus.UNKNOWN)
+        return self._db(db_mode).opt_ins.get(_van_number(phone), OptInStatus.UNKNOWN)
 
     def van_ids_with_phone(self, phone: str, *, db_mode: int = 1) -> list[int]:
-        number = (normalize_us_phone(phone) or "")[2:]
+        number = _van_number(phone)
         return sorted(p.van_id for p in self._db(db_mode).people.values()
                       if any(ph.number == number for ph in p.phones))
 
@@ -969,6 +963,14 @@ class EveryActionSimulator(SimulatorApp):
 
     def _base(self, request: Request) -> str:
         return self.public_url or f"http://{request.header('host') or 'localhost'}"
+
+
+def _van_number(phone: str) -> str:
+    """The 10 digits VAN stores for any North-American number (a Canadian cell too, research A3.2)."""
+    digits = re.sub(r"\D", "", phone)
+    if not VAN_PHONE_PATTERN.match(digits):
+        raise ValueError("not a valid North-American phone number")
+    return digits[-10:]
 
 
 def _blob_error(status: int, code: str, message: str) -> Response:

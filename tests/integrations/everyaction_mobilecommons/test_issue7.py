@@ -220,3 +220,27 @@ async def test_issue7_11_a_missing_export_column_fails_the_run_naming_the_field_
     assert "PreferredEmailAddress" in error and "everyaction.export_columns.email" in error
     assert world.mc.profiles() == []
     assert await world.db.tx(q.get_cursor, NAME, "ea_to_mc") is None
+
+
+# -- found by the stateful test --------------------------------------------------------------------------------
+
+async def test_opt_in_status_is_observed_per_phone_so_a_home_phone_record_does_not_forget_its_opt_in_time(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """VAN stores opt-in per phone. A record whose only phone is a Home phone has no listed mobile for ea_to_mc,
+    but mc_to_ea matches it by that number: what ea_to_mc saw ("no mobile, status unknown") must not overwrite
+    what mc_to_ea wrote, or a later STOP looks older than the opt-in it follows."""
+    world = await make_world(tmp_path)
+    world.ea.add_person("Hal", "Home", email="hal@example.org", phone="3125550481", phone_type="H", **HOME)
+    async with trio.open_nursery() as nursery:
+        sup = await world.start(nursery, make_config(tmp_path, world.path_id, day_hours=["06:00", "07:00"],
+                                                     liberal_sync=True))
+        await sup.activate(NAME)
+        world.mc.opt_in("3125550481", world.path_id)
+        await world.run("mc_to_ea")  # EveryAction opt-in written
+        assert world.ea.phone_opt_in("3125550481") == OptInStatus.OPT_IN
+        world.mc.opt_out("3125550481")  # then STOP
+        await world.run("ea_to_mc")  # no listed mobile: skipped
+        await world.run("mc_to_ea")
+        nursery.cancel_scope.cancel()
+    assert world.ea.phone_opt_in("3125550481") == OptInStatus.OPT_OUT

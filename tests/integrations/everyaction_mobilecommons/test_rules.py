@@ -67,10 +67,11 @@ def test_mc_contact_and_consent() -> None:
     active = Profile(id="7", phone_number="+13125550100", raw_phone_number="13125550100", status="Active Subscriber",
                      subscriptions=(sub,), country="US")
     assert rules.contact_from_profile(active).phone == "+13125550100"
-    assert rules.mc_consent(active) == fact(IN, 1, 1)
+    second = timedelta(seconds=1)  # Mobile Commons stamps whole seconds
+    assert rules.mc_consent(active) == ConsentFact(IN, at(1), at(1) + second)
     out = Profile(id="8", phone_number=None, raw_phone_number="13125550100", status="Texted a STOP word",
                   opted_out_at=at(2))
-    assert rules.mc_consent(out) == fact(OUT, 2, 2)
+    assert rules.mc_consent(out) == ConsentFact(OUT, at(2), at(2) + second)
     assert rules.mc_consent(None).status == UNK
     assert rules.mc_consent(Profile(id="9", phone_number=None, raw_phone_number="1", status="No Subscriptions")
                             ).status == UNK
@@ -205,3 +206,14 @@ def test_first_nightly_run_is_never_the_activation_evening() -> None:
     assert first_nightly_not_before(afternoon, ny) == datetime(2026, 10, 28, 23, 59, 59, tzinfo=ny)
     morning = datetime(2026, 10, 28, 1, 0, tzinfo=ny)
     assert first_nightly_not_before(morning, ny) == morning
+
+
+def test_mobile_commons_times_have_one_second_resolution_so_an_opt_out_may_be_up_to_a_second_later() -> None:
+    """Found by the stateful test: Mobile Commons writes whole seconds (2022-06-29 17:28:24 UTC), so an opt-out
+    stamped 17:00:05 may have happened at 17:00:05.9. An EveryAction opt-in known to be after 17:00:05.2 is not
+    certainly newer: opt-out (invariant 1)."""
+    out = Profile(id="8", phone_number=None, raw_phone_number="13125550100", status="Texted a STOP word",
+                  opted_out_at=at(0))
+    mc = rules.mc_consent(out)
+    ea = ConsentFact(IN, at(0) + timedelta(milliseconds=200), at(1))
+    assert rules.resolve_consent(ea, mc) == OUT

@@ -147,12 +147,12 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
         return []
     contact = rules.contact_from_van(person)
     ea_status = rules.van_consent(person, contact.phone)
-    known = await run.db.tx(store.read_for_van, name, van_id)
-    obs = rules.observe_ea(known.observation, ea_status, now)
-    writes = [store.put_observation(name, van_id, obs)]
+    known = await run.db.tx(store.read_for_van, name, van_id, contact.phone)
     if contact.phone is None:
         run.skip("country_not_us" if contact.mobile_not_us else "no_mobile_number", crm_id=van_id)
-        return writes
+        return []
+    obs = rules.observe_ea(known.observation, ea_status, now)
+    writes = [store.put_observation(name, contact.phone, obs)]
     profile = await mc.find_profile(contact.phone)
     messaging_id = profile.id if profile else None
     owner = await profile_owner(ea, run, profile, van_id, contact.phone) if profile else None

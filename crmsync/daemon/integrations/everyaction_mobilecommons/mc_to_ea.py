@@ -115,11 +115,10 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
     person = await _match(config, ea, profile, contact, known.link)
     writes: list[store.TxFn] = []
     obs = None
-    if person is not None:
-        van_id = str(person.van_id)
-        previous = await run.db.tx(store.read_observation, name, van_id)
+    if person is not None and contact.phone is not None:
+        previous = await run.db.tx(store.read_observation, name, contact.phone)
         obs = rules.observe_ea(previous, rules.van_consent(person, contact.phone), now)
-        writes.append(store.put_observation(name, van_id, obs))
+        writes.append(store.put_observation(name, contact.phone, obs))
     payload_fp = rules.fingerprint(rules.mc_payload(contact, mc_fact.status, pid))
     id_type = config.everyaction.identifier_type
     plan = rules.plan_mc_to_ea(
@@ -143,7 +142,7 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
             address_line1=contact.street_address, city=contact.city, state=contact.state,
             zip=contact.zip_code, country_code=contact.country or "US"))
         van_id, created, wrote = str(result.van_id), result.created, True
-        writes.append(store.put_observation(name, van_id, rules.written_ea(rules.Consent.IN, now)))
+        writes.append(store.put_observation(name, contact.phone, rules.written_ea(rules.Consent.IN, now)))
         if not result.created:  # matched after all: make sure the opt-in is on the listed number
             await ea.set_phone_opt_in(van_id, contact.phone, OptInStatus.OPT_IN)
     else:
@@ -153,7 +152,7 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
             status = OptInStatus.OPT_IN if plan.opt_in else OptInStatus.OPT_OUT
             body.update(phone_opt_in_update(contact.phone, status))
             writes.append(store.put_observation(
-                name, van_id, rules.written_ea(rules.Consent.IN if plan.opt_in else rules.Consent.OUT, now)))
+                name, contact.phone, rules.written_ea(rules.Consent.IN if plan.opt_in else rules.Consent.OUT, now)))
         if plan.link_id:
             body.update(identifier_update(id_type, pid))  # with an opt-out too (Conservative included)
         if body:

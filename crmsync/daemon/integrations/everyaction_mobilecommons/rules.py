@@ -18,7 +18,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from crmsync.connectors.everyaction.records import OptInStatus, VanPerson
@@ -147,19 +147,24 @@ def contact_from_profile(profile: Profile) -> Contact:
     )
 
 
+#: Mobile Commons stamps whole seconds (research B2): a change stamped t happened in [t, t + 1 s).
+MC_RESOLUTION = timedelta(seconds=1)
+
+
 def mc_consent(profile: Profile | None) -> ConsentFact:
-    """Mobile Commons knows exactly when: the newest activation, or the opt-out time."""
+    """Mobile Commons knows when, to the second: the newest activation, or the opt-out time, each as the
+    interval [stamp, stamp + 1 s)."""
     if profile is None:
         return ConsentFact(Consent.UNKNOWN)
     if is_opted_in(profile):
         times = [s.activated_at for s in profile.subscriptions if s.active and s.activated_at]
         at = max(times) if times else profile.updated_at
-        return ConsentFact(Consent.IN, at, at)
+        return ConsentFact(Consent.IN, at, at + MC_RESOLUTION if at else None)
     outs = [t for t in [profile.opted_out_at, *(s.opted_out_at for s in profile.subscriptions)] if t]
     if outs:
-        return ConsentFact(Consent.OUT, max(outs), max(outs))
+        return ConsentFact(Consent.OUT, max(outs), max(outs) + MC_RESOLUTION)
     if (profile.status or "").strip().casefold() == "texted a stop word":
-        return ConsentFact(Consent.OUT, None, profile.updated_at)
+        return ConsentFact(Consent.OUT, None, profile.updated_at + MC_RESOLUTION if profile.updated_at else None)
     return ConsentFact(Consent.UNKNOWN)
 
 
