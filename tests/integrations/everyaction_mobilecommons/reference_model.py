@@ -116,8 +116,9 @@ def records_allowed(everyaction_records_with_phone: int) -> bool:
 
 def ea_opt_out_reaches_mc(record: EaRecord, mc_profile_exists: bool) -> bool:
     """ea_to_mc: an EveryAction opt-out travels to the profile of the listed mobile number, whatever the
-    eligibility of the data (Mobile Commons keys profiles by phone)."""
-    return mc_profile_exists and has_listed_us_mobile(record)
+    eligibility of the data, a non-US number included (Mobile Commons keys profiles by phone; an opt-out is
+    always safe)."""
+    return mc_profile_exists and record.phone_is_listed_mobile
 
 
 def mc_opt_out_reaches_ea(ea_record_lists_phone: bool) -> bool:

@@ -244,3 +244,33 @@ async def test_opt_in_status_is_observed_per_phone_so_a_home_phone_record_does_n
         await world.run("mc_to_ea")
         nursery.cancel_scope.cancel()
     assert world.ea.phone_opt_in("3125550481") == OptInStatus.OPT_OUT
+
+
+async def test_opt_outs_of_a_non_us_mobile_number_still_travel_both_ways(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Found by the stateful test: a Toronto cell's data never syncs (country_not_us), but an opt-out is always
+    safe and must reach the other system (it crashed mc_to_ea, and ea_to_mc dropped it)."""
+    world = await make_world(tmp_path)
+    cam = world.ea.add_person("Cam", "North", email="cam@example.org", phone="4165550491", **HOME,
+                              country_code="CA")
+    world.ea.add_person("Dee", "North", email="dee@example.org", phone="4165550492",
+                        phone_opt_in=OptInStatus.OPT_OUT, **HOME, country_code="CA")
+    async with trio.open_nursery() as nursery:
+        sup = await world.start(nursery, make_config(tmp_path, world.path_id, day_hours=["06:00", "07:00"]))
+        await sup.activate(NAME)
+        world.mc.opt_in("4165550491", world.path_id)
+        world.mc.opt_in("4165550492", world.path_id)
+        await world.run("mc_to_ea")
+        world.mc.opt_out("4165550491")  # Cam texts STOP
+        tick = await world.run("mc_to_ea")
+        await trio.sleep(60)
+        world.ea.set_phone_opt_in(cam, "4165550491", OptInStatus.OPT_OUT)  # touch: Dee is still opted out in EA
+        world.ea.set_phone_opt_in(world.ea.van_ids_with_phone("4165550492")[0], "4165550492", OptInStatus.OPT_OUT)
+        nightly = await world.run("ea_to_mc")
+        nursery.cancel_scope.cancel()
+    assert tick["run"]["status"] == "success", tick
+    assert world.ea.phone_opt_in("4165550491") == OptInStatus.OPT_OUT
+    dee = world.mc.profile("4165550492")
+    assert nightly["run"]["status"] == "success", nightly
+    assert dee is not None and dee.status != "Active Subscriber"

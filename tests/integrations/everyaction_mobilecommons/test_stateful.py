@@ -335,7 +335,7 @@ class EaMcMachine(RuleBasedStateMachine):
             profile = self.mc.profile(phone)
             won = model.winner(events)
             if won == "out":
-                if model.mc_opt_out_reaches_ea(record is not None) and is_us(phone):
+                if model.mc_opt_out_reaches_ea(record is not None):
                     assert self._ea_status(phone) != OptInStatus.OPT_IN, (phone, events)
                 if record is not None and model.ea_opt_out_reaches_mc(record, profile is not None):
                     assert self._mc_status(phone) != "in", (phone, events)

@@ -137,6 +137,19 @@ async def _sync_rows(config: EveryActionMobileCommonsConfig, ea: EveryActionClie
     await run.flush(*pending, store.set_cursor(name, FLOW, until.isoformat(), run.now_iso()))
 
 
+async def _opt_out_only(mc: MobileCommonsClient, run: RunContext, van_id: str, phone: str,
+                        obs: rules.EaObservation) -> None:
+    profile = await mc.find_profile(phone) if obs.status == rules.Consent.OUT else None
+    mc_fact = rules.mc_consent(profile)
+    if profile is not None and mc_fact.status != rules.Consent.OUT and \
+            rules.resolve_consent(obs.fact(), mc_fact) == rules.Consent.OUT:
+        await mc.profile_opt_out(phone)
+        run.record("updated", crm_id=van_id, messaging_id=profile.id,
+                   message="opted out in Mobile Commons; profile data not synced (country_not_us)")
+        return
+    run.skip("country_not_us", crm_id=van_id, messaging_id=profile.id if profile else None)
+
+
 async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
                    run: RunContext, van_id: str) -> list[store.TxFn]:
     name, now = run.integration, run.clock.now()
@@ -146,13 +159,18 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
         run.skip("not_found_in_everyaction", crm_id=van_id)
         return []
     contact = rules.contact_from_van(person)
-    ea_status = rules.van_consent(person, contact.phone)
-    known = await run.db.tx(store.read_for_van, name, van_id, contact.phone)
-    if contact.phone is None:
-        run.skip("country_not_us" if contact.mobile_not_us else "no_mobile_number", crm_id=van_id)
+    phone = contact.consent_phone
+    if phone is None:
+        run.skip("no_mobile_number", crm_id=van_id)
         return []
+    ea_status = rules.van_consent(person, phone)
+    known = await run.db.tx(store.read_for_van, name, van_id, phone)
     obs = rules.observe_ea(known.observation, ea_status, now)
-    writes = [store.put_observation(name, contact.phone, obs)]
+    writes = [store.put_observation(name, phone, obs)]
+    if contact.phone is None:
+        # a non-US mobile: its data never syncs, but an opt-out is always safe and still travels
+        await _opt_out_only(mc, run, van_id, phone, obs)
+        return writes
     profile = await mc.find_profile(contact.phone)
     messaging_id = profile.id if profile else None
     owner = await profile_owner(ea, run, profile, van_id, contact.phone) if profile else None

@@ -87,16 +87,16 @@ async def _match(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, 
                 return await ea.get_person(ref)
             except NotFoundError:
                 continue
-    if contact.phone is not None:
-        digits = contact.phone[2:]
-        people = cast("AsyncGenerator[VanPerson, None]", ea.search_people(phoneNumber=digits))
+    phone = contact.consent_phone
+    if phone is not None:
+        people = cast("AsyncGenerator[VanPerson, None]", ea.search_people(phoneNumber=phone[2:]))
         async with contextlib.aclosing(people):
             async for person in people:
-                if person.phone(contact.phone) is not None:
+                if any(rules.nanp_e164(p.number) == phone for p in person.phones or ()):
                     return person  # the lowest VAN ID listing this number (VAN keeps opt-in per phone)
     try:
         candidate = match_candidate(first_name=contact.first_name, last_name=contact.last_name,
-                                    email=contact.email, phone=contact.phone)
+                                    email=contact.email, phone=contact.phone)  # VAN matches US numbers only
     except ValueError:
         return None
     if not candidate.can_match:
@@ -115,10 +115,11 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
     person = await _match(config, ea, profile, contact, known.link)
     writes: list[store.TxFn] = []
     obs = None
-    if person is not None and contact.phone is not None:
-        previous = await run.db.tx(store.read_observation, name, contact.phone)
-        obs = rules.observe_ea(previous, rules.van_consent(person, contact.phone), now)
-        writes.append(store.put_observation(name, contact.phone, obs))
+    phone = contact.consent_phone
+    if person is not None and phone is not None:
+        previous = await run.db.tx(store.read_observation, name, phone)
+        obs = rules.observe_ea(previous, rules.van_consent(person, phone), now)
+        writes.append(store.put_observation(name, phone, obs))
     payload_fp = rules.fingerprint(rules.mc_payload(contact, mc_fact.status, pid))
     id_type = config.everyaction.identifier_type
     plan = rules.plan_mc_to_ea(
@@ -131,7 +132,9 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
     if plan.skip is not None and not plan.opt_out:
         run.skip(plan.skip, crm_id=str(person.van_id) if person else None, messaging_id=pid, message=plan.note)
         return writes
-    assert contact.phone is not None  # an opt-in, an opt-out or data to a match all come with a US mobile
+    # an opt-in, an opt-out or data to a match all come with a North-American mobile (a US one for anything but
+    # an opt-out)
+    assert phone is not None
     created = wrote = False
     if person is None:
         # A new opt-in with an email: findOrCreate (matches by email first, so a retry finds what an
@@ -142,17 +145,17 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
             address_line1=contact.street_address, city=contact.city, state=contact.state,
             zip=contact.zip_code, country_code=contact.country or "US"))
         van_id, created, wrote = str(result.van_id), result.created, True
-        writes.append(store.put_observation(name, contact.phone, rules.written_ea(rules.Consent.IN, now)))
+        writes.append(store.put_observation(name, phone, rules.written_ea(rules.Consent.IN, now)))
         if not result.created:  # matched after all: make sure the opt-in is on the listed number
-            await ea.set_phone_opt_in(van_id, contact.phone, OptInStatus.OPT_IN)
+            await ea.set_phone_opt_in(van_id, phone, OptInStatus.OPT_IN)
     else:
         van_id = str(person.van_id)
         body: dict[str, Any] = {} if plan.skip else van_body(contact, plan)
         if plan.opt_in or plan.opt_out:
             status = OptInStatus.OPT_IN if plan.opt_in else OptInStatus.OPT_OUT
-            body.update(phone_opt_in_update(contact.phone, status))
+            body.update(phone_opt_in_update(phone, status))
             writes.append(store.put_observation(
-                name, contact.phone, rules.written_ea(rules.Consent.IN if plan.opt_in else rules.Consent.OUT, now)))
+                name, phone, rules.written_ea(rules.Consent.IN if plan.opt_in else rules.Consent.OUT, now)))
         if plan.link_id:
             body.update(identifier_update(id_type, pid))  # with an opt-out too (Conservative included)
         if body:
@@ -160,7 +163,7 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
             wrote = True
     if plan.links and profile.constituent_id != van_id:
         # the VAN ID into the profile's Constituent ID: both records stay linked
-        await mc.profile_update(ProfileUpdate(phone_number=contact.phone, constituent_id=van_id))
+        await mc.profile_update(ProfileUpdate(phone_number=phone, constituent_id=van_id))
         wrote = True
     writes.append(store.put_link(name, van_id, pid, stamp))
     if plan.skip is not None:

@@ -87,6 +87,13 @@ class Contact:
     country: str | None = None
     has_phone: bool = False  # some phone is listed, mobile or not (for the skip reason)
     mobile_not_us: bool = False  # a mobile number is listed, but it is not a US number
+    #: that non-US (North-American) mobile in E.164: its data never syncs, but an opt-out still travels to it
+    other_mobile: str | None = None
+
+    @property
+    def consent_phone(self) -> str | None:
+        """The number whose opt-in status this record carries (VAN and Mobile Commons key consent by phone)."""
+        return self.phone or self.other_mobile
 
     def merged_over(self, other: Contact) -> Contact:
         """This record's values, with ``other``'s filling what this one lacks (phone and country stay
@@ -113,7 +120,7 @@ def contact_from_van(person: VanPerson) -> Contact:
     A listed mobile that is not a US number (a Canadian cell, say) marks the record as not US."""
     phones = list(person.phones or ())
     mobiles = sorted((p for p in phones if p.is_mobile and p.e164), key=lambda p: not p.is_preferred)
-    foreign = not mobiles and any(p.is_mobile for p in phones)
+    foreign = [e for e in (nanp_e164(p.number) for p in phones if p.is_mobile) if e] if not mobiles else []
     address = person.preferred_address
     return Contact(
         phone=mobiles[0].e164 if mobiles else None, email=_clean(person.preferred_email),
@@ -123,13 +130,22 @@ def contact_from_van(person: VanPerson) -> Contact:
         city=_clean(address.city) if address else None, state=_clean(address.state) if address else None,
         zip_code=_clean(address.zip) if address else None,
         country=_clean(address.country_code) if address else None, has_phone=bool(phones),
-        mobile_not_us=foreign,
+        mobile_not_us=bool(foreign) or (not mobiles and any(p.is_mobile for p in phones)),
+        other_mobile=foreign[0] if foreign else None,
     )
+
+
+def nanp_e164(raw: str | None) -> str | None:
+    """E.164 of a North-American number (US or not): what both APIs accept and key consent by."""
+    digits = "".join(c for c in raw or "" if c.isdigit())
+    if len(digits) == 11 and digits.startswith("1"):
+        digits = digits[1:]
+    return f"+1{digits}" if len(digits) == 10 and digits[0] in "23456789" else None
 
 
 def van_consent(person: VanPerson, phone: str | None) -> Consent:
     """VAN stores opt-in per phone: the status of the listed mobile number."""
-    match = person.phone(phone) if phone else None
+    match = next((p for p in person.phones or () if nanp_e164(p.number) == phone), None) if phone else None
     status = match.effective_opt_in if match else None
     return {OptInStatus.OPT_IN: Consent.IN, OptInStatus.OPT_OUT: Consent.OUT}.get(status, Consent.UNKNOWN) \
         if status is not None else Consent.UNKNOWN
@@ -139,7 +155,8 @@ def contact_from_profile(profile: Profile) -> Contact:
     """A profile's phone is its mobile number (11 digits on the wire); only US numbers count."""
     phone = us_e164(profile.raw_phone_number)
     return Contact(
-        phone=phone, mobile_not_us=phone is None and bool(profile.raw_phone_number), email=_clean(profile.email),
+        phone=phone, mobile_not_us=phone is None and bool(profile.raw_phone_number),
+        other_mobile=nanp_e164(profile.raw_phone_number) if phone is None else None, email=_clean(profile.email),
         first_name=_clean(profile.first_name), last_name=_clean(profile.last_name),
         street_address=_clean(profile.street1), street_address_2=_clean(profile.street2),
         city=_clean(profile.city), state=_clean(profile.state), zip_code=_clean(profile.postal_code),
@@ -417,7 +434,8 @@ def plan_mc_to_ea(
         if contact.phone is None:
             reason = "country_not_us" if contact.mobile_not_us else "no_mobile_number"
         return Plan(skip=reason, consent=final, note=note)
-    judged = replace(person, phone=contact.phone, mobile_not_us=contact.mobile_not_us).merged_over(contact)
+    judged = replace(person, phone=contact.phone, mobile_not_us=contact.mobile_not_us,
+                     other_mobile=contact.other_mobile).merged_over(contact)
     opt_out = final == Consent.OUT and ea.status != Consent.OUT and mc.status == Consent.OUT
     opt_in = final == Consent.IN and mc.status == Consent.IN and ea.status != Consent.IN
     # The identifier goes with any write to a matched record (an opt-out included) and whenever it syncs.
