@@ -47,6 +47,7 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import structlog
+import trio
 
 from crmsync.clock import WallClock
 from crmsync.connectors.everyaction.exports import MAX_FILE_SIZE_KB, MIN_FILE_SIZE_KB, parse_van_datetime
@@ -254,6 +255,7 @@ class EveryActionSimulator(SimulatorApp):
     * ``link_lifetime``: how long download links work (docs say 24 hours and 20 days; default the shorter);
     * ``identifier_types``: if given, the external-id types that exist in this instance (others: 400);
     * ``server_timezone``: offset used to echo dates (VAN answers in US Eastern);
+    * ``latency``: seconds each call takes (default 0), for benchmarks and the sandbox;
     * ``export_columns``: the Contacts columns this instance exports. Only ``VanID, FirstName, LastName, Phone,
       PhoneOptInStatus, DateCreated`` are confirmed names; the others (``Email``, address columns, ...) are
       guesses. A requested column outside this list is silently left out of the files, and the job's
@@ -281,6 +283,7 @@ class EveryActionSimulator(SimulatorApp):
         server_timezone: str = "America/New_York",
         public_url: str | None = None,
         export_columns: Iterable[str] = CONTACT_EXPORT_FIELDS,
+        latency: float = 0.0,
     ):
         super().__init__()
         if polls_to_complete < 1:
@@ -306,6 +309,9 @@ class EveryActionSimulator(SimulatorApp):
         if unknown:
             raise ValueError(f"the simulator cannot export {sorted(unknown)}")
         self.export_columns = tuple(export_columns)
+        if latency < 0:
+            raise ValueError("latency must be >= 0")
+        self.latency = latency  # seconds per call (benchmarks, sandbox); VAN publishes no rate limit
         self._dbs: dict[int, _Database] = {0: _Database(), 1: _Database()}
         self._van_ids = itertools.count(100_001)
         self._phone_ids = itertools.count(5_000_001)
@@ -429,6 +435,8 @@ class EveryActionSimulator(SimulatorApp):
                           reference_code=secrets.token_hex(3).upper() if fault.status >= 500 else None)
 
     async def handle(self, request: Request) -> Response:
+        if self.latency > 0:
+            await trio.sleep(self.latency)
         try:
             if request.path.startswith(BLOB_PREFIX):
                 return self._download(request)

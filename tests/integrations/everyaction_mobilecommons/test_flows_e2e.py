@@ -222,7 +222,7 @@ async def test_a_run_cancelled_halfway_then_rerun_duplicates_nothing(
     world = await make_world(tmp_path)
     people = _seed_opted_in(world, 8)
     async with trio.open_nursery() as nursery:
-        sup = await world.start(nursery, make_config(tmp_path, world.path_id))
+        sup = await world.start(nursery, make_config(tmp_path, world.path_id, workers=1))  # one at a time
         await sup.activate(NAME)
         await trio.sleep(1)
         world.mc.faults.slow(10, times=100, path_contains="profile_update")

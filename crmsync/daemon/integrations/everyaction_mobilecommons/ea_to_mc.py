@@ -18,8 +18,8 @@ from typing import cast
 
 import structlog
 
-from crmsync.connectors.errors import FatalApiError, NotFoundError
-from crmsync.connectors.everyaction import ContactChange, EveryActionClient
+from crmsync.connectors.errors import NotFoundError
+from crmsync.connectors.everyaction import ContactChange, EveryActionClient, VanPerson
 from crmsync.connectors.everyaction.errors import ExportColumnMissingError
 from crmsync.connectors.everyaction.exports import ExportJob
 from crmsync.connectors.everyaction.records import identifier_update
@@ -30,13 +30,14 @@ from crmsync.daemon.integrations.everyaction_mobilecommons.config import (
     EA_MAX_LOOKBACK,
     EveryActionMobileCommonsConfig,
 )
+from crmsync.daemon.integrations.everyaction_mobilecommons.pipeline import PhoneTurns, Pipeline, RecordRun
 from crmsync.daemon.runs import RunContext
 from crmsync.state import queries as q
 
 log = structlog.get_logger("crmsync.integrations.everyaction_mobilecommons.ea_to_mc")
 
 FLOW = "ea_to_mc"
-BATCH = 50
+BATCH = 100  # records acknowledged per store transaction
 # VAN refuses a dateChangedFrom older than 90 days, measured on its own (later) clock: keep a margin.
 LOOKBACK_MARGIN = timedelta(hours=1)
 
@@ -53,7 +54,7 @@ def window_start(now: datetime, cursor: datetime | None, window: timedelta) -> d
 SHARED_PHONE = "mobile_number_linked_to_another_record"
 
 
-async def profile_owner(ea: EveryActionClient, run: RunContext, profile: Profile, van_id: str,
+async def profile_owner(ea: EveryActionClient, run: RecordRun, profile: Profile, van_id: str,
                         phone: str) -> str | None:
     """The other VAN ID that owns this phone's profile (its stored link, or the Constituent ID already on the
     profile), if that person still lists this mobile number; None when the profile is free or ours. A number
@@ -110,34 +111,24 @@ def missing_column_message(config: EveryActionMobileCommonsConfig, name: str, ex
 
 async def _sync_rows(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
                      run: RunContext, job: ExportJob) -> None:
+    """The export's rows through the pipeline (read, plan and write, acknowledge in order)."""
     name = run.integration
     # the window end VAN actually used is where the next window starts
     until = job.date_changed_to or run.clock.now().replace(microsecond=0)
-    pending: list[store.TxFn] = []
-    seen: set[int] = set()
-    async with contextlib.aclosing(cast("AsyncGenerator[ContactChange, None]", ea.iter_export_rows(job))) as rows:
-        async for change in rows:
-            if change.van_id in seen:  # rows may repeat across files; each person once per run
-                continue
-            if run.should_stop():
-                run.interrupted = True  # stop at a safe point: what was done is flushed, the cursor stays
-                await run.flush(*pending)
-                return
-            seen.add(change.van_id)
-            run.fetched()
-            van_id = str(change.van_id)
-            try:
-                pending += await sync_one(config, ea, mc, run, van_id)
-            except FatalApiError as exc:
-                # One record refused (validation, ...): report the API's message, carry on (run is partial).
-                run.record("rejected", crm_id=van_id, message=exc.message)
-            if run.pending_rows >= BATCH:
-                await run.flush(*pending)
-                pending = []
-    await run.flush(*pending, store.set_cursor(name, FLOW, until.isoformat(), run.now_iso()))
+    turns = PhoneTurns()
+
+    async def handle(seq: int, change: ContactChange, record: RecordRun) -> list[store.TxFn]:
+        return await sync_one(config, ea, mc, record, str(change.van_id), seq, turns)
+
+    pipeline = Pipeline[ContactChange](
+        run=run, handle=handle, ids=lambda change: {"crm_id": str(change.van_id)},
+        key=lambda change: change.van_id, workers=config.workers, group=BATCH)
+    rows = cast("AsyncGenerator[ContactChange, None]", ea.iter_export_rows(job))
+    async with contextlib.aclosing(rows):
+        await pipeline.run_all(rows, lambda: [store.set_cursor(name, FLOW, until.isoformat(), run.now_iso())])
 
 
-async def _opt_out_only(mc: MobileCommonsClient, run: RunContext, van_id: str, phone: str,
+async def _opt_out_only(mc: MobileCommonsClient, run: RecordRun, van_id: str, phone: str,
                         obs: rules.EaObservation) -> None:
     profile = await mc.find_profile(phone) if obs.status == rules.Consent.OUT else None
     mc_fact = rules.mc_consent(profile)
@@ -151,18 +142,35 @@ async def _opt_out_only(mc: MobileCommonsClient, run: RunContext, van_id: str, p
 
 
 async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
-                   run: RunContext, van_id: str) -> list[store.TxFn]:
-    name, now = run.integration, run.clock.now()
+                   run: RecordRun, van_id: str, seq: int, turns: PhoneTurns) -> list[store.TxFn]:
+    """One changed contact: read it once from each side, plan (pure rules), write. Records sharing a mobile
+    number take turns in export order (Mobile Commons keeps one profile per phone)."""
     try:
         person = await ea.get_person(van_id)
     except NotFoundError:
+        turns.register(seq, None)
         run.skip("not_found_in_everyaction", crm_id=van_id)
         return []
+    except BaseException:
+        turns.register(seq, None)  # later records must not wait for this one
+        raise
     contact = rules.contact_from_van(person)
     phone = contact.consent_phone
+    turns.register(seq, phone)
     if phone is None:
         run.skip("no_mobile_number", crm_id=van_id)
         return []
+    await turns.wait_turn(seq, phone)
+    try:
+        return await _sync_person(config, ea, mc, run, van_id, person, contact, phone)
+    finally:
+        turns.release(seq, phone)
+
+
+async def _sync_person(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
+                       run: RecordRun, van_id: str, person: VanPerson, contact: rules.Contact, phone: str
+                       ) -> list[store.TxFn]:
+    name, now = run.integration, run.clock.now()
     ea_status = rules.van_consent(person, phone)
     known = await run.db.tx(store.read_for_van, name, van_id, phone)
     obs = rules.observe_ea(known.observation, ea_status, now)

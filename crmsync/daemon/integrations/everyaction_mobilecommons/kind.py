@@ -83,7 +83,7 @@ class EveryActionMobileCommons(IntegrationKind):
             poll_interval=ea_cfg.export_poll_interval.total_seconds(),
             job_timeout=ea_cfg.export_timeout.total_seconds(),
             exclude_changes_from_self=ea_cfg.exclude_changes_from_self,
-            contact_columns=ea_cfg.contact_columns(),
+            contact_columns=ea_cfg.contact_columns(), max_concurrency=self.cfg.workers,
             transport=self.ctx.transports.get("everyaction"), observer=self.ctx.observer,
             timeout=self.ctx.http_timeout,
         )
@@ -92,7 +92,8 @@ class EveryActionMobileCommons(IntegrationKind):
                 mc_cfg.base_url, login=mc_cfg.login if mc_cfg.auth == "basic" else None,
                 password=_reveal(mc_cfg.password), api_token=_reveal(mc_cfg.token),
                 company_key=mc_cfg.company_key, constituent_id_field=mc_cfg.constituent_id_field,
-                range_format=mc_cfg.range_format, transport=self.ctx.transports.get("mobilecommons"),
+                range_format=mc_cfg.range_format, max_concurrency=self.cfg.workers,
+                transport=self.ctx.transports.get("mobilecommons"),
                 observer=self.ctx.observer, timeout=self.ctx.http_timeout,
             )
             try:

@@ -18,19 +18,20 @@ from typing import Any, cast
 
 import structlog
 
-from crmsync.connectors.errors import FatalApiError, NotFoundError
+from crmsync.connectors.errors import NotFoundError
 from crmsync.connectors.everyaction import EveryActionClient, OptInStatus, VanPerson, match_candidate
 from crmsync.connectors.everyaction.records import identifier_update, phone_opt_in_update
 from crmsync.connectors.mobilecommons import MobileCommonsClient, Profile, ProfileUpdate
 from crmsync.daemon.integrations.everyaction_mobilecommons import rules, store
 from crmsync.daemon.integrations.everyaction_mobilecommons.config import EveryActionMobileCommonsConfig
+from crmsync.daemon.integrations.everyaction_mobilecommons.pipeline import Pipeline, RecordRun
 from crmsync.daemon.runs import RunContext
 from crmsync.state import queries as q
 
 log = structlog.get_logger("crmsync.integrations.everyaction_mobilecommons.mc_to_ea")
 
 FLOW = "mc_to_ea"
-BATCH = 50
+BATCH = 100  # records acknowledged per store transaction
 VAN_NAMES = {"first_name": "firstName", "last_name": "lastName"}
 ADDRESS = {"street_address": "addressLine1", "street_address_2": "addressLine2", "city": "city",
            "state": "stateOrProvince", "zip_code": "zipOrPostalCode", "country": "countryCode"}
@@ -54,27 +55,16 @@ async def run_mc_to_ea(config: EveryActionMobileCommonsConfig, ea: EveryActionCl
     raw_cursor = await run.db.tx(q.get_cursor, name, FLOW)
     start = (datetime.fromisoformat(raw_cursor) - config.mc_overlap if raw_cursor
              else now - config.mc_initial_lookback)
-    pending: list[store.TxFn] = []
-    seen: set[str] = set()
-    async with contextlib.aclosing(
-            cast("AsyncGenerator[Profile, None]", mc.profiles(updated_from=start, updated_to=now))) as profiles:
-        async for profile in profiles:
-            if profile.id in seen:
-                continue
-            if run.should_stop():
-                run.interrupted = True
-                await run.flush(*pending)
-                return
-            seen.add(profile.id)
-            run.fetched()
-            try:
-                pending += await sync_one(config, ea, mc, run, profile)
-            except FatalApiError as exc:
-                run.record("rejected", messaging_id=profile.id, message=exc.message)
-            if run.pending_rows >= BATCH:
-                await run.flush(*pending)
-                pending = []
-    await run.flush(*pending, store.set_cursor(name, FLOW, now.isoformat(), run.now_iso()))
+
+    async def handle(seq: int, profile: Profile, record: RecordRun) -> list[store.TxFn]:
+        return await sync_one(config, ea, mc, record, profile)
+
+    pipeline = Pipeline[Profile](
+        run=run, handle=handle, ids=lambda profile: {"messaging_id": profile.id}, key=lambda profile: profile.id,
+        workers=config.workers, group=BATCH)
+    profiles = cast("AsyncGenerator[Profile, None]", mc.profiles(updated_from=start, updated_to=now))
+    async with contextlib.aclosing(profiles):
+        await pipeline.run_all(profiles, lambda: [store.set_cursor(name, FLOW, now.isoformat(), run.now_iso())])
 
 
 async def _match(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, profile: Profile,
@@ -106,7 +96,7 @@ async def _match(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, 
 
 
 async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
-                   run: RunContext, profile: Profile) -> list[store.TxFn]:
+                   run: RecordRun, profile: Profile) -> list[store.TxFn]:
     name, now, stamp = run.integration, run.clock.now(), run.now_iso()
     pid = profile.id
     contact = rules.contact_from_profile(profile)
