@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import functools
 import io
 import re
 import unicodedata
@@ -195,8 +196,9 @@ class VanPhone:
     phone_id: int | None = None
     ext: str | None = None
 
-    @property
+    @functools.cached_property
     def e164(self) -> str | None:
+        """Parsed once per phone (phonenumbers is the costliest step of reading a person)."""
         return normalize_us_phone(self.number)
 
     @property

@@ -505,10 +505,11 @@ class MobileCommonsSimulator(SimulatorApp):
             raise SimError(35, "Invalid date range") from None
         if start and end and start > end:
             raise SimError(35, "Invalid date range")
-        selected = self.profiles()
         if params.get("phone_number"):
             wanted = {sim_phone(p) for p in params["phone_number"].split(",")}
-            selected = [p for p in selected if p.phone_number in wanted]
+            selected = sorted((self._profiles[n] for n in wanted if n in self._profiles), key=lambda p: int(p.id))
+        else:
+            selected = self.profiles()
         # [INF] Both bounds inclusive; an incremental cursor on max(updated_at) therefore re-reads its last
         # second, which is the safe direction.
         selected = [p for p in selected if (start is None or p.updated_at >= start)

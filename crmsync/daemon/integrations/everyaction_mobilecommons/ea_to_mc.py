@@ -30,7 +30,12 @@ from crmsync.daemon.integrations.everyaction_mobilecommons.config import (
     EA_MAX_LOOKBACK,
     EveryActionMobileCommonsConfig,
 )
-from crmsync.daemon.integrations.everyaction_mobilecommons.pipeline import PhoneTurns, Pipeline, RecordRun
+from crmsync.daemon.integrations.everyaction_mobilecommons.pipeline import (
+    PhoneTurns,
+    Pipeline,
+    ProfileReads,
+    RecordRun,
+)
 from crmsync.daemon.runs import RunContext
 from crmsync.state import queries as q
 
@@ -116,16 +121,18 @@ async def _sync_rows(config: EveryActionMobileCommonsConfig, ea: EveryActionClie
     # the window end VAN actually used is where the next window starts
     until = job.date_changed_to or run.clock.now().replace(microsecond=0)
     turns = PhoneTurns()
+    reads = ProfileReads(mc)
 
     async def handle(seq: int, change: ContactChange, record: RecordRun) -> list[store.TxFn]:
-        return await sync_one(config, ea, mc, record, str(change.van_id), seq, turns)
+        return await sync_one(config, ea, mc, record, str(change.van_id), seq, turns, reads)
 
     pipeline = Pipeline[ContactChange](
         run=run, handle=handle, ids=lambda change: {"crm_id": str(change.van_id)},
         key=lambda change: change.van_id, workers=config.workers, group=BATCH)
     rows = cast("AsyncGenerator[ContactChange, None]", ea.iter_export_rows(job))
     async with contextlib.aclosing(rows):
-        await pipeline.run_all(rows, lambda: [store.set_cursor(name, FLOW, until.isoformat(), run.now_iso())])
+        await pipeline.run_all(rows, lambda: [store.set_cursor(name, FLOW, until.isoformat(), run.now_iso())],
+                               background=reads.run)
 
 
 async def _opt_out_only(mc: MobileCommonsClient, run: RecordRun, van_id: str, phone: str,
@@ -142,7 +149,8 @@ async def _opt_out_only(mc: MobileCommonsClient, run: RecordRun, van_id: str, ph
 
 
 async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
-                   run: RecordRun, van_id: str, seq: int, turns: PhoneTurns) -> list[store.TxFn]:
+                   run: RecordRun, van_id: str, seq: int, turns: PhoneTurns, reads: ProfileReads
+                   ) -> list[store.TxFn]:
     """One changed contact: read it once from each side, plan (pure rules), write. Records sharing a mobile
     number take turns in export order (Mobile Commons keeps one profile per phone)."""
     try:
@@ -162,14 +170,14 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
         return []
     await turns.wait_turn(seq, phone)
     try:
-        return await _sync_person(config, ea, mc, run, van_id, person, contact, phone)
+        return await _sync_person(config, ea, mc, run, van_id, person, contact, phone, reads)
     finally:
         turns.release(seq, phone)
 
 
 async def _sync_person(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
-                       run: RecordRun, van_id: str, person: VanPerson, contact: rules.Contact, phone: str
-                       ) -> list[store.TxFn]:
+                       run: RecordRun, van_id: str, person: VanPerson, contact: rules.Contact, phone: str,
+                       reads: ProfileReads) -> list[store.TxFn]:
     name, now = run.integration, run.clock.now()
     ea_status = rules.van_consent(person, phone)
     known = await run.db.tx(store.read_for_van, name, van_id, phone)
@@ -179,7 +187,7 @@ async def _sync_person(config: EveryActionMobileCommonsConfig, ea: EveryActionCl
         # a non-US mobile: its data never syncs, but an opt-out is always safe and still travels
         await _opt_out_only(mc, run, van_id, phone, obs)
         return writes
-    profile = await mc.find_profile(contact.phone)
+    profile = await reads.get(contact.phone)
     messaging_id = profile.id if profile else None
     owner = await profile_owner(ea, run, profile, van_id, contact.phone) if profile else None
     payload_fp = rules.fingerprint(rules.ea_payload(contact, ea_status, van_id))

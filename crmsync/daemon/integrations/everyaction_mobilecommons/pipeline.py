@@ -15,15 +15,17 @@ few ahead of the acknowledgements, so memory is bounded by the settings, not by 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import trio
 
 from crmsync.clock import WallClock
 from crmsync.connectors.errors import FatalApiError
+from crmsync.connectors.mobilecommons import MobileCommonsClient, Profile
 from crmsync.daemon.runs import RunContext
 from crmsync.state import Database
 
@@ -74,18 +76,23 @@ class Pipeline(Generic[T]):
     workers: int
     group: int
 
-    async def run_all(self, source: AsyncIterator[T], final: Callable[[], list[TxFn]]) -> None:
+    async def run_all(self, source: AsyncIterator[T], final: Callable[[], list[TxFn]],
+                      background: Callable[[trio.Nursery], Awaitable[None]] | None = None) -> None:
         """Drive every record of ``source``; ``final()`` gives the writes of the run's last transaction (the
-        cursor), committed only if the run was not interrupted."""
+        cursor), committed only if the run was not interrupted. ``background`` (e.g. a batched reader the
+        workers use) runs beside the stages and is cancelled once every record is acknowledged."""
         send_items, recv_items = trio.open_memory_channel[tuple[int, T]](self.workers * 2)
         send_done, recv_done = trio.open_memory_channel[_Done](self.workers * 4)
         try:
             async with trio.open_nursery() as nursery:
+                if background is not None:
+                    nursery.start_soon(background, nursery)
                 nursery.start_soon(self._read, source, send_items)
                 async with recv_items, send_done:
                     for _ in range(self.workers):
                         nursery.start_soon(self._work, recv_items.clone(), send_done.clone())
                 await self._acknowledge(recv_done, final)
+                nursery.cancel_scope.cancel()  # only the background task is left
         except BaseExceptionGroup as group:
             # the first real failure ends the run, as it would without workers (the others were cancelled)
             cause = _first_failure(group)
@@ -196,3 +203,63 @@ class PhoneTurns:
         if not queue:
             del self._queues[phone]
         self._notify()
+
+
+@dataclass
+class _Slot:
+    phone: str
+    done: trio.Event
+    profile: Profile | None = None
+    error: BaseException | None = None
+
+
+class ProfileReads:
+    """Mobile Commons profiles read many at a time: ``profiles?phone_number=a,b,c`` takes a comma-separated
+    list (research B3). Each worker asks for one phone; the phones asked for within ``gather`` seconds of each
+    other share one call (up to ``max_batch``), so a contact costs a fraction of a read instead of one."""
+
+    def __init__(self, mc: MobileCommonsClient, *, max_batch: int = 100, gather: float = 0.005):
+        self.mc = mc
+        self.max_batch = max_batch
+        self.gather = gather
+        self._queue: list[_Slot] = []
+        self._wakeup = trio.Event()
+
+    async def get(self, phone: str) -> Profile | None:
+        slot = _Slot(phone, trio.Event())
+        self._queue.append(slot)
+        self._wakeup.set()
+        await slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        return slot.profile
+
+    async def run(self, nursery: trio.Nursery) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            await trio.sleep(self.gather)  # let the requests arriving together share the call
+            while self._queue:
+                batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+                nursery.start_soon(self._fetch, batch)
+
+    async def _fetch(self, batch: list[_Slot]) -> None:
+        wanted = set(dict.fromkeys(slot.phone for slot in batch))
+        found: dict[str, Profile] = {}
+        try:
+            profiles = cast("AsyncGenerator[Profile, None]", self.mc.profiles(phone_numbers=sorted(wanted)))
+            async with contextlib.aclosing(profiles):
+                async for profile in profiles:
+                    if profile.phone_number in wanted:
+                        found[profile.phone_number] = profile
+                        if len(found) == len(wanted):
+                            break  # every phone answered: no need for the empty last page
+        except BaseException as exc:
+            for slot in batch:
+                slot.error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for slot in batch:
+                slot.profile = found.get(slot.phone)
+                slot.done.set()
