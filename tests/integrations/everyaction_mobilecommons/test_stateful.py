@@ -158,9 +158,10 @@ class EaMcMachine(RuleBasedStateMachine):
         phone = PHONES[i]
         if phone not in self._ea_people(phone):
             return
-        for van in self._ea_people(phone)[phone]:
-            self.ea.set_phone_opt_in(van, phone, OptInStatus.OPT_IN if opt_in else OptInStatus.OPT_OUT)
-            break  # opt-in is stored per phone: one change is everyone's
+        status = OptInStatus.OPT_IN if opt_in else OptInStatus.OPT_OUT
+        if self._ea_status(phone) == status:
+            return  # setting the status it already has changes nothing in VAN: not a consent change
+        self.ea.set_phone_opt_in(self._ea_people(phone)[phone][0], phone, status)  # per phone: everyone's
         self._event(phone, "ea", "in" if opt_in else "out")
 
     @rule(i=st.integers(0, len(PHONES) - 1))
