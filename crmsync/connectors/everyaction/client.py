@@ -36,6 +36,7 @@ from crmsync.connectors.errors import (
     RetriableApiError,
 )
 from crmsync.connectors.everyaction.errors import (
+    ExportColumnMissingError,
     ExportFileExpiredError,
     ExportJobFailedError,
     ExportJobTimeoutError,
@@ -54,6 +55,7 @@ from crmsync.connectors.everyaction.records import (
     MatchResult,
     OptInStatus,
     VanPerson,
+    export_header,
     identifier_update,
     mask_phone,
     normalize_us_phone,
@@ -128,6 +130,7 @@ class EveryActionClient(ApiClient):
         poll_interval: float = 10.0,
         job_timeout: float = 1200.0,
         contact_fields: Sequence[str] = DEFAULT_CONTACT_FIELDS,
+        contact_columns: Mapping[str, str] | None = None,
         exclude_changes_from_self: bool | None = True,
         file_size_kb_limit: int | None = None,
         **kwargs: Any,
@@ -143,7 +146,10 @@ class EveryActionClient(ApiClient):
         self.db_mode = db_mode
         self.poll_interval = poll_interval
         self.job_timeout = job_timeout
-        self.contact_fields = tuple(contact_fields)
+        #: column name per ContactChange attribute (``contact_columns``), else the plain list of columns
+        self.contact_columns = dict(contact_columns) if contact_columns else None
+        self.contact_fields = (tuple(dict.fromkeys(self.contact_columns.values())) if self.contact_columns
+                               else tuple(contact_fields))
         self.exclude_changes_from_self = exclude_changes_from_self
         self.file_size_kb_limit = file_size_kb_limit
         token = base64.b64encode(f"{application_name}:{api_key.strip()}|{db_mode}".encode()).decode("ascii")
@@ -342,13 +348,9 @@ class EveryActionClient(ApiClient):
             file_size_kb_limit=self.file_size_kb_limit,
             exclude_changes_from_self=self.exclude_changes_from_self,
         )
+        # The answer does not echo requestedFields (issue 7, item 11): the first file's header is checked
+        # against what was requested instead (iter_export_rows).
         job = self._job_from(await self.request("POST", "changedEntityExportJobs", json=body))
-        if job.requested_fields is not None:
-            # "A property missing from the response was not accepted" (research A5.1).
-            refused = sorted(set(requested) - set(job.requested_fields))
-            if refused:
-                log.warning("everyaction_export_fields_refused", fields=refused,
-                            export_job_id=job.export_job_id)
         log.info("everyaction_export_created", export_job_id=job.export_job_id, status=job.job_status)
         return job
 
@@ -395,7 +397,10 @@ class EveryActionClient(ApiClient):
         """
         total = 0
         for index, file in enumerate(job.files):
-            rows = parse_contacts_csv(await self.download_export_file(file))
+            text = await self.download_export_file(file)
+            if index == 0 and text.strip():
+                self.check_export_header(text)
+            rows = parse_contacts_csv(text, self.contact_columns)
             total += len(rows)
             log.debug("everyaction_export_file", export_job_id=job.export_job_id, file_index=index,
                       files=len(job.files), rows=len(rows))
@@ -404,6 +409,15 @@ class EveryActionClient(ApiClient):
         if total != job.exported_record_count:
             log.warning("everyaction_export_count_mismatch", export_job_id=job.export_job_id, rows=total,
                         exported_record_count=job.exported_record_count)
+
+    def check_export_header(self, text: str) -> None:
+        """Every requested column must be in the file's header (compared case-insensitively), or
+        :class:`ExportColumnMissingError` names the missing ones."""
+        header = export_header(text)
+        present = {c.lower() for c in header}
+        missing = tuple(c for c in self.contact_fields if c.lower() not in present)
+        if missing:
+            raise ExportColumnMissingError(missing, tuple(header))
 
     async def run_contacts_export(self, since: datetime, until: datetime | None = None) -> ExportJob:
         """Create a Contacts export and wait for it; the job tells the caller the window VAN actually used."""

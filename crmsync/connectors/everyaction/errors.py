@@ -38,3 +38,18 @@ class ExportFileExpiredError(FatalApiError):
 
     Fatal for this file; the remedy is a new export job for the same window.
     """
+
+
+class ExportColumnMissingError(FatalApiError):
+    """The first export file lacks columns that were requested.
+
+    The real API does not echo ``requestedFields`` in its answer (issue 7, item 11), so the header is the only
+    evidence of what was accepted; only a few Contacts column names are confirmed. Values are never silently
+    read as empty: the run fails and names the columns.
+    """
+
+    def __init__(self, columns: tuple[str, ...], header: tuple[str, ...]):
+        self.columns = columns
+        self.header = header
+        super().__init__(SYSTEM, f"the Contacts export has no column {', '.join(map(repr, columns))} "
+                         f"(its header: {', '.join(header)})", code="EXPORT_COLUMN_MISSING")

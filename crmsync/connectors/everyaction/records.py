@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import functools
 import io
 import re
 import unicodedata
@@ -195,8 +196,9 @@ class VanPhone:
     phone_id: int | None = None
     ext: str | None = None
 
-    @property
+    @functools.cached_property
     def e164(self) -> str | None:
+        """Parsed once per phone (phonenumbers is the costliest step of reading a person)."""
         return normalize_us_phone(self.number)
 
     @property
@@ -557,14 +559,22 @@ def fold(text: str | None) -> str:
 # --------------------------------------------------------------------------------------------------------
 # Changed-entity export rows
 
-#: Fields requested for Contacts exports. Only ``VanID``, ``FirstName``, ``LastName``, ``Phone``,
-#: ``PhoneOptInStatus`` and ``DateCreated`` appear in the research's sources; the email and address field
-#: names are unverified, which is why :class:`~crmsync.connectors.everyaction.client.EveryActionClient` takes
-#: the list as a setting and logs fields the server did not accept.
-DEFAULT_CONTACT_FIELDS: tuple[str, ...] = (
-    "VanID", "FirstName", "LastName", "Email", "Phone", "PhoneOptInStatus",
-    "AddressLine1", "City", "State", "Zip5", "DateCreated",
-)
+#: Contacts export columns, by :class:`ContactChange` attribute. Only ``VanID``, ``FirstName``, ``LastName``,
+#: ``Phone``, ``PhoneOptInStatus`` and ``DateCreated`` are confirmed column names (research A5, issue 7 item
+#: 11); the email and address columns are not, so they are not requested unless configured, and the header of
+#: the first file is checked against what was requested.
+CONFIRMED_CONTACT_COLUMNS: Mapping[str, str] = {
+    "van_id": "VanID", "first_name": "FirstName", "last_name": "LastName", "phone": "Phone",
+    "phone_opt_in": "PhoneOptInStatus", "date_created": "DateCreated",
+}
+DEFAULT_CONTACT_FIELDS: tuple[str, ...] = tuple(CONFIRMED_CONTACT_COLUMNS.values())
+
+
+def export_header(text: str) -> list[str]:
+    """The column names of an export file's header row (delimiter sniffed, BOM dropped)."""
+    text = text.lstrip("\ufeff")
+    header = text.split("\n", 1)[0].rstrip("\r")
+    return [c.strip() for c in next(csv.reader([header], delimiter=sniff_delimiter(text)), [])]
 
 
 @dataclass(frozen=True)
@@ -628,29 +638,33 @@ def _pick(row: Mapping[str, str], *names: str) -> str | None:
     return None
 
 
-def parse_contact_row(row: Mapping[str, str]) -> ContactChange:
-    """Typed row from one CSV record (header names matched case-insensitively)."""
+def parse_contact_row(row: Mapping[str, str], columns: Mapping[str, str] | None = None) -> ContactChange:
+    """Typed row from one CSV record (header names matched case-insensitively). ``columns`` names the column
+    of each :class:`ContactChange` attribute where an instance uses other names than the defaults."""
     lowered = {k.strip().lower(): (v or "") for k, v in row.items() if k is not None}
-    van_id_text = _pick(lowered, "vanid")
+    for attr, column in (columns or {}).items():
+        if column.strip().lower() in lowered:
+            lowered[f"@{attr}"] = lowered[column.strip().lower()]
+    van_id_text = _pick(lowered, "@van_id", "vanid")
     if van_id_text is None:
         raise ValueError("export row has no VanID")
     return ContactChange(
         van_id=int(float(van_id_text)),
-        first_name=_pick(lowered, "firstname"),
-        last_name=_pick(lowered, "lastname"),
-        email=_pick(lowered, "email", "emailaddress", "preferredemail"),
-        phone=normalize_us_phone(_pick(lowered, "phone", "phonenumber", "preferredphone")),
-        phone_opt_in=opt_in_from_export(_pick(lowered, "phoneoptinstatus", "phoneoptinstatusid")),
-        address_line1=_pick(lowered, "addressline1", "streetaddress"),
-        city=_pick(lowered, "city"),
-        state=_pick(lowered, "state", "stateorprovince"),
-        zip=_pick(lowered, "zip5", "zip", "zipcode", "ziporpostalcode"),
-        date_created=_parse_date(_pick(lowered, "datecreated")),
+        first_name=_pick(lowered, "@first_name", "firstname"),
+        last_name=_pick(lowered, "@last_name", "lastname"),
+        email=_pick(lowered, "@email", "email", "emailaddress", "preferredemail"),
+        phone=normalize_us_phone(_pick(lowered, "@phone", "phone", "phonenumber", "preferredphone")),
+        phone_opt_in=opt_in_from_export(_pick(lowered, "@phone_opt_in", "phoneoptinstatus", "phoneoptinstatusid")),
+        address_line1=_pick(lowered, "@address_line1", "addressline1", "streetaddress"),
+        city=_pick(lowered, "@city", "city"),
+        state=_pick(lowered, "@state", "state", "stateorprovince"),
+        zip=_pick(lowered, "@zip", "zip5", "zip", "zipcode", "ziporpostalcode"),
+        date_created=_parse_date(_pick(lowered, "@date_created", "datecreated")),
         raw=dict(row),
     )
 
 
-def parse_contacts_csv(text: str) -> list[ContactChange]:
+def parse_contacts_csv(text: str, columns: Mapping[str, str] | None = None) -> list[ContactChange]:
     """Parse a whole export file (delimiter sniffed, BOM and CRLF tolerated). Unparseable rows are logged and
     skipped rather than failing the file, because rows repeat in later windows anyway (research A5.4)."""
     text = text.lstrip("\ufeff")
@@ -662,7 +676,7 @@ def parse_contacts_csv(text: str) -> list[ContactChange]:
         if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
             continue
         try:
-            rows.append(parse_contact_row(row))
+            rows.append(parse_contact_row(row, columns))
         except ValueError as exc:
             log.warning("everyaction_export_row_skipped", line=line_no, error=str(exc))
     return rows

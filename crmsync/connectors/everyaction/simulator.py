@@ -23,7 +23,8 @@ Used by tests, benchmarks and ``crmsync sandbox``; it reproduces the research's 
    split into several files (by ``rows_per_file`` and/or ``fileSizeKbLimit``); numeric opt-in codes; download
    URLs are pre-signed, served without VAN auth, and expire; ``dateChangedFrom`` older than 90 days, a
    ``dateChangedTo`` in the future, or a bad ``fileSizeKbLimit`` answer 400; dates are echoed in the server's
-   local offset; requested fields the server does not know are dropped from the echo (= not accepted).
+   local offset; the answers do not echo ``requestedFields`` (the real one does not), and requested fields
+   the server does not know are simply absent from the files' header.
 9. Faults via :class:`~crmsync.connectors.simkit.FaultPlan`.
 
 Opt-in status is stored per phone number, not per person (research A4): setting it through one person changes
@@ -46,6 +47,7 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import structlog
+import trio
 
 from crmsync.clock import WallClock
 from crmsync.connectors.everyaction.exports import MAX_FILE_SIZE_KB, MIN_FILE_SIZE_KB, parse_van_datetime
@@ -61,7 +63,6 @@ from crmsync.connectors.everyaction.records import (
     candidate_combinations,
     contacts_csv,
     fold,
-    normalize_us_phone,
     opt_in_export_id,
     opt_in_from_code,
     parse_person,
@@ -94,7 +95,8 @@ RESTRICTED_EXPANSIONS = frozenset({"scores", "recordedaddresses"})
 #: ``changedEntityExportJobs/resources`` (subset); only Contacts produces rows here.
 RESOURCES = ("ActivistCodes", "ContactHistory", "Contacts", "ContactsActivistCodes", "ContactsOnlineForms")
 
-#: Contacts fields the simulator can export. ``VanID`` is the core field, always included.
+#: Contacts fields the simulator can export. ``VanID`` is the core field, always included. Only VanID,
+#: FirstName, LastName, Phone, PhoneOptInStatus and DateCreated are confirmed names (research A5).
 CONTACT_EXPORT_FIELDS = (
     "VanID", "FirstName", "MiddleName", "LastName", "DateOfBirth", "Email", "Phone", "PhoneOptInStatus",
     "AddressLine1", "AddressLine2", "City", "State", "Zip5", "CountryCode", "DateCreated",
@@ -252,7 +254,12 @@ class EveryActionSimulator(SimulatorApp):
     * ``csv_delimiter`` / ``opt_in_as_float``: export rendering (tab or comma; ``1`` or ``1.0``);
     * ``link_lifetime``: how long download links work (docs say 24 hours and 20 days; default the shorter);
     * ``identifier_types``: if given, the external-id types that exist in this instance (others: 400);
-    * ``server_timezone``: offset used to echo dates (VAN answers in US Eastern).
+    * ``server_timezone``: offset used to echo dates (VAN answers in US Eastern);
+    * ``latency``: seconds each call takes (default 0), for benchmarks and the sandbox;
+    * ``export_columns``: the Contacts columns this instance exports. Only ``VanID, FirstName, LastName, Phone,
+      PhoneOptInStatus, DateCreated`` are confirmed names; the others (``Email``, address columns, ...) are
+      guesses. A requested column outside this list is silently left out of the files, and the job's
+      answer never says so (it does not echo ``requestedFields``).
 
     A no-op write (nothing actually changes) does not stamp a change time [INF].
     """
@@ -275,6 +282,8 @@ class EveryActionSimulator(SimulatorApp):
         granted_expansions: Iterable[str] = (),
         server_timezone: str = "America/New_York",
         public_url: str | None = None,
+        export_columns: Iterable[str] = CONTACT_EXPORT_FIELDS,
+        latency: float = 0.0,
     ):
         super().__init__()
         if polls_to_complete < 1:
@@ -296,6 +305,13 @@ class EveryActionSimulator(SimulatorApp):
         self.granted_expansions = {e.lower() for e in granted_expansions}
         self.server_tz = ZoneInfo(server_timezone)
         self.public_url = public_url.rstrip("/") if public_url else None
+        unknown = set(export_columns) - set(CONTACT_EXPORT_FIELDS)
+        if unknown:
+            raise ValueError(f"the simulator cannot export {sorted(unknown)}")
+        self.export_columns = tuple(export_columns)
+        if latency < 0:
+            raise ValueError("latency must be >= 0")
+        self.latency = latency  # seconds per call (benchmarks, sandbox); VAN publishes no rate limit
         self._dbs: dict[int, _Database] = {0: _Database(), 1: _Database()}
         self._van_ids = itertools.count(100_001)
         self._phone_ids = itertools.count(5_000_001)
@@ -337,10 +353,11 @@ class EveryActionSimulator(SimulatorApp):
         if email:
             body["emails"] = [{"email": email, "isPreferred": True}]
         if phone:
-            e164 = normalize_us_phone(phone)
-            if e164 is None:
-                raise ValueError("not a valid US phone number")
-            ph: dict[str, Any] = {"phoneNumber": e164[2:], "phoneType": phone_type, "isPreferred": True}
+            # VAN takes any North-American number (a Canadian cell too), not only US ones (research A3.2)
+            digits = re.sub(r"\D", "", phone)
+            if not VAN_PHONE_PATTERN.match(digits):
+                raise ValueError("not a valid North-American phone number")
+            ph: dict[str, Any] = {"phoneNumber": digits[-10:], "phoneType": phone_type, "isPreferred": True}
             if phone_opt_in is not None:
                 ph["phoneOptInStatus"] = {OptInStatus.OPT_IN: "I", OptInStatus.UNKNOWN: "U",
                                           OptInStatus.OPT_OUT: "O"}[phone_opt_in]
@@ -369,11 +386,9 @@ class EveryActionSimulator(SimulatorApp):
     def set_phone_opt_in(self, van_id: int, phone: str, status: OptInStatus, *, db_mode: int = 1) -> None:
         """A user changes a phone's opt-in in EveryAction (adds the phone to the person if missing)."""
         db = self._db(db_mode)
-        e164 = normalize_us_phone(phone)
-        if e164 is None:
-            raise ValueError("not a valid US phone number")
+        number = _van_number(phone)
         code = {OptInStatus.OPT_IN: "I", OptInStatus.UNKNOWN: "U", OptInStatus.OPT_OUT: "O"}[status]
-        self._apply(db, db.people[van_id], {"phones": [{"phoneNumber": e164[2:], "phoneOptInStatus": code}]},
+        self._apply(db, db.people[van_id], {"phones": [{"phoneNumber": number, "phoneOptInStatus": code}]},
                     by=None)
 
     def edit_person(self, van_id: int, *, first_name: str | None = None, last_name: str | None = None,
@@ -387,13 +402,10 @@ class EveryActionSimulator(SimulatorApp):
 
     def phone_opt_in(self, phone: str, *, db_mode: int = 1) -> OptInStatus:
         """The opt-in status stored for a number (per phone, shared by everyone with that number)."""
-        e164 = normalize_us_phone(phone)
-        if e164 is None:
-            raise ValueError("not a valid US phone number")
-        return self._db(db_mode).opt_ins.get(e164[2:], OptInStatus.UNKNOWN)
+        return self._db(db_mode).opt_ins.get(_van_number(phone), OptInStatus.UNKNOWN)
 
     def van_ids_with_phone(self, phone: str, *, db_mode: int = 1) -> list[int]:
-        number = (normalize_us_phone(phone) or "")[2:]
+        number = _van_number(phone)
         return sorted(p.van_id for p in self._db(db_mode).people.values()
                       if any(ph.number == number for ph in p.phones))
 
@@ -423,6 +435,8 @@ class EveryActionSimulator(SimulatorApp):
                           reference_code=secrets.token_hex(3).upper() if fault.status >= 500 else None)
 
     async def handle(self, request: Request) -> Response:
+        if self.latency > 0:
+            await trio.sleep(self.latency)
         try:
             if request.path.startswith(BLOB_PREFIX):
                 return self._download(request)
@@ -834,7 +848,7 @@ class EveryActionSimulator(SimulatorApp):
         requested = body.get("requestedFields") or []
         if not isinstance(requested, list):
             raise _invalid("'requestedFields' must be an array.", "requestedFields")
-        known = {f.lower(): f for f in CONTACT_EXPORT_FIELDS} if resource == "Contacts" else {}
+        known = {f.lower(): f for f in self.export_columns} if resource == "Contacts" else {}
         accepted = [known[str(f).lower()] for f in requested if str(f).lower() in known]
         ids = [int(i) for i in body.get("requestedIds") or [] if str(i).isdigit()]
         job = _Job(
@@ -844,15 +858,11 @@ class EveryActionSimulator(SimulatorApp):
             echo={}, fail_with=self._fail_next_job,
         )
         self._fail_next_job = None
-        # "The response lists the properties that were accepted": unknown fields are simply absent.
+        # The real 201 carries the window and the job's state only (research A5.2's recorded answer): it
+        # does not echo requestedFields, so a field it did not accept shows only as a column missing from
+        # the files (issue 7, item 11).
         job.echo = {"dateChangedFrom": self._server_time(date_from),
-                    "dateChangedTo": self._server_time(date_to), "resourceType": resource,
-                    "requestedFields": accepted, "fileSizeKbLimit": size,
-                    "includeInactive": bool(body.get("includeInactive"))}
-        if "excludeChangesFromSelf" in body:
-            job.echo["excludeChangesFromSelf"] = job.exclude_self
-        if ids:
-            job.echo["requestedIds"] = ids
+                    "dateChangedTo": self._server_time(date_to)}
         db.jobs[job.job_id] = job
         log.debug("everyaction_sim_job_created", export_job_id=job.job_id)
         return Response.json(self._job_json(job), status=201)
@@ -961,6 +971,14 @@ class EveryActionSimulator(SimulatorApp):
 
     def _base(self, request: Request) -> str:
         return self.public_url or f"http://{request.header('host') or 'localhost'}"
+
+
+def _van_number(phone: str) -> str:
+    """The 10 digits VAN stores for any North-American number (a Canadian cell too, research A3.2)."""
+    digits = re.sub(r"\D", "", phone)
+    if not VAN_PHONE_PATTERN.match(digits):
+        raise ValueError("not a valid North-American phone number")
+    return digits[-10:]
 
 
 def _blob_error(status: int, code: str, message: str) -> Response:

@@ -16,6 +16,7 @@ It serves tests, benchmarks and ``crmsync sandbox``, so it reproduces the quirks
    attributes; empty values are self-closing; custom-column values carry surrounding whitespace.
 9. Faults render natively: a 429 fault is an HTTP 200 error 27, a 503 is the "heavy load" HTML page,
    502/504 gateway pages; malformed bodies are truncated XML.
+10. At most 160 calls in flight per company (B7); beyond, error 27. A per-call ``latency`` setting.
 
 Where the research marks behaviour as inferred, the choice is a constructor setting (see ``__init__``).
 All timestamps come from the injected :class:`~crmsync.clock.WallClock`, so MockClock tests can move days.
@@ -33,6 +34,7 @@ from typing import Literal
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 import structlog
+import trio
 
 from crmsync.clock import WallClock
 from crmsync.connectors.mobilecommons.records import (
@@ -46,6 +48,8 @@ log = structlog.get_logger("crmsync.connectors.mobilecommons.simulator")
 
 XML_HEADER = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 MAX_LIMIT = 1000
+#: "160 concurrent API calls" per company (research B7); beyond it, error 27.
+MAX_CONCURRENT_CALLS = 160
 
 #: Standard ``profile_update`` parameters; anything else is taken as a custom column name (B3).
 PROFILE_FIELDS = ("email", "first_name", "last_name")
@@ -189,7 +193,10 @@ class MobileCommonsSimulator(SimulatorApp):
     * ``touch_on_noop_update``: whether a ``profile_update`` that changes nothing still bumps
       ``updated_at`` (default ``False``) [INF];
     * ``default_limit``: page size when ``limit`` is absent (default 1000) [INF]; ``limit`` above 1000 is
-      capped at 1000 [INF].
+      capped at 1000 [INF];
+    * ``latency``: seconds each call takes (default 0), for benchmarks and the sandbox;
+    * ``max_concurrent_calls``: the documented 160 concurrent calls per company; a call beyond it is answered
+      with error 27 in an HTTP 200 (the refusal's HTTP status is undocumented [INF]).
     """
 
     def __init__(
@@ -205,6 +212,8 @@ class MobileCommonsSimulator(SimulatorApp):
         touch_on_noop_update: bool = False,
         default_limit: int = MAX_LIMIT,
         api_user_name: str = "API User",
+        latency: float = 0.0,
+        max_concurrent_calls: int = MAX_CONCURRENT_CALLS,
     ):
         super().__init__()
         self.clock = clock
@@ -217,6 +226,13 @@ class MobileCommonsSimulator(SimulatorApp):
         self.touch_on_noop_update = touch_on_noop_update
         self.default_limit = default_limit
         self.api_user_name = api_user_name
+        if latency < 0 or max_concurrent_calls < 1:
+            raise ValueError("latency must be >= 0 and max_concurrent_calls >= 1")
+        self.latency = latency  # seconds per call, so that benchmarks see a daemon bound by the API
+        self.max_concurrent_calls = max_concurrent_calls
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.concurrency_refusals = 0
         self.maintenance = False  # while True every API call gets the 503 "Site Maintenance" page
         self.campaigns: dict[str, SimCampaign] = {}
         self.opt_in_paths: dict[str, SimOptInPath] = {}
@@ -346,6 +362,22 @@ class MobileCommonsSimulator(SimulatorApp):
     # -- HTTP --------------------------------------------------------------------------------------------
 
     async def handle(self, request: Request) -> Response:
+        """The API's limit first: beyond ``max_concurrent_calls`` calls in flight the call is refused with
+        error 27 (research B7: "160 concurrent API calls" per company; the HTTP status of the refusal is not
+        documented, so it comes in a 200 like every logical error). Then ``latency``, then the call."""
+        self.in_flight += 1
+        try:
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            if self.in_flight > self.max_concurrent_calls:
+                self.concurrency_refusals += 1
+                return self._error(27, "API rate limit exceeded")
+            if self.latency > 0:
+                await trio.sleep(self.latency)
+            return self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    def _handle(self, request: Request) -> Response:
         if self.maintenance:
             return Response.text(MAINTENANCE_PAGE, status=503, content_type="text/html; charset=utf-8")
         if not self._authorized(request):
@@ -473,10 +505,11 @@ class MobileCommonsSimulator(SimulatorApp):
             raise SimError(35, "Invalid date range") from None
         if start and end and start > end:
             raise SimError(35, "Invalid date range")
-        selected = self.profiles()
         if params.get("phone_number"):
             wanted = {sim_phone(p) for p in params["phone_number"].split(",")}
-            selected = [p for p in selected if p.phone_number in wanted]
+            selected = sorted((self._profiles[n] for n in wanted if n in self._profiles), key=lambda p: int(p.id))
+        else:
+            selected = self.profiles()
         # [INF] Both bounds inclusive; an incremental cursor on max(updated_at) therefore re-reads its last
         # second, which is the safe direction.
         selected = [p for p in selected if (start is None or p.updated_at >= start)

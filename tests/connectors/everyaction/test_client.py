@@ -8,6 +8,7 @@ from datetime import timedelta
 import httpx
 import pytest
 import trio
+import trio.testing
 from structlog.testing import capture_logs
 
 from crmsync.clock import WallClock
@@ -20,6 +21,7 @@ from crmsync.connectors.errors import (
 )
 from crmsync.connectors.everyaction.client import EveryActionClient
 from crmsync.connectors.everyaction.errors import (
+    ExportColumnMissingError,
     ExportFileExpiredError,
     ExportJobFailedError,
     ExportJobTimeoutError,
@@ -316,14 +318,28 @@ async def test_export_excludes_own_changes_and_reports_window(sim: EveryActionSi
     assert job.date_changed_to.utcoffset() in (timedelta(hours=-4), timedelta(hours=-5))  # server offset
 
 
-async def test_export_refused_fields_are_logged(sim: EveryActionSimulator, http: httpx.AsyncClient,
-                                                wall: WallClock) -> None:
+async def test_issue7_11_a_column_missing_from_the_first_file_is_an_error_naming_it(
+        sim: EveryActionSimulator, http: httpx.AsyncClient, wall: WallClock,
+        autojump_clock: trio.testing.MockClock) -> None:
+    sim.add_person("Ann", "Lee", phone="4142020792")
+    await trio.sleep(1)  # export windows are [from, to)
     client = make_client(http, contact_fields=("VanID", "FirstName", "FavouriteColour"))
-    with capture_logs() as logs:
-        job = await client.create_contacts_export_job(wall.now() - timedelta(days=1))
-    assert job.job_status == "Pending" and job.files == ()
-    refused = [e for e in logs if e["event"] == "everyaction_export_fields_refused"]
-    assert refused and refused[0]["fields"] == ["FavouriteColour"]
+    job = await client.run_contacts_export(wall.now() - timedelta(days=1))
+    with pytest.raises(ExportColumnMissingError) as info:
+        [r async for r in client.iter_export_rows(job)]
+    assert info.value.columns == ("FavouriteColour",)
+    assert "FavouriteColour" in str(info.value)
+
+
+async def test_export_rows_are_read_by_the_requested_column_names(
+        sim: EveryActionSimulator, http: httpx.AsyncClient, wall: WallClock,
+        autojump_clock: trio.testing.MockClock) -> None:
+    van = sim.add_person("Ann", "Lee", phone="4142020792")
+    await trio.sleep(1)  # export windows are [from, to)
+    client = make_client(http, contact_fields=("VanID", "FirstName", "Phone"))
+    job = await client.run_contacts_export(wall.now() - timedelta(days=1))
+    rows = [r async for r in client.iter_export_rows(job)]
+    assert [(r.van_id, r.first_name, r.phone) for r in rows] == [(van, "Ann", "+14142020792")]
 
 
 async def test_export_older_than_90_days_is_refused(client: EveryActionClient, wall: WallClock) -> None:

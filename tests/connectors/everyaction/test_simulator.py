@@ -121,7 +121,7 @@ async def test_export_job_progression_files_and_downloads(sim: EveryActionSimula
     statuses, job = await _run_job(http, {"dateChangedFrom": since.isoformat(), "resourceType": "Contacts",
                                           "requestedFields": ["FirstName", "Bogus"]})
     assert statuses == ["Pending", "InProcess", "Complete"]
-    assert job["requestedFields"] == ["FirstName"]  # Bogus not accepted, so not echoed
+    assert "requestedFields" not in job  # the real API does not echo it (issue 7, item 11)
     assert job["dateChangedFrom"].endswith(("-05:00", "-04:00"))
     assert job["exportedRecordCount"] == 3 and len(job["files"]) == 2  # rows_per_file=2
     rows = []
@@ -135,6 +135,17 @@ async def test_export_job_progression_files_and_downloads(sim: EveryActionSimula
     assert (await http.get(tampered)).status_code == 403
     assert (await http.get(f"{BASE}/changedEntityExportJobs/{job['exportJobId']}",
                            headers=auth(mode="0"))).status_code == 404  # other dataset
+
+
+async def test_issue7_11_export_job_answers_do_not_echo_the_request(http: httpx.AsyncClient,
+                                                                     wall: WallClock) -> None:
+    """The real 201 carries only the fixture's keys (research A5.2): no requestedFields, no resourceType."""
+    created = await http.post(f"{BASE}/changedEntityExportJobs", headers=auth(), json={
+        "dateChangedFrom": (wall.now() - timedelta(days=1)).isoformat(), "resourceType": "Contacts",
+        "requestedFields": ["FirstName", "Bogus"], "fileSizeKbLimit": 40000, "excludeChangesFromSelf": True})
+    assert created.status_code == 201
+    assert set(created.json()) == {"dateChangedFrom", "dateChangedTo", "files", "message", "code",
+                                   "exportedRecordCount", "exportJobId", "jobStatus"}
 
 
 async def test_export_splits_by_file_size(sim: EveryActionSimulator, http: httpx.AsyncClient,

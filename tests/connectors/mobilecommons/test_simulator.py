@@ -8,6 +8,7 @@ from datetime import timedelta
 import defusedxml.ElementTree as SafeET
 import pytest
 import trio
+import trio.testing
 
 from crmsync.connectors.mobilecommons.simulator import MobileCommonsSimulator, sim_phone
 from crmsync.connectors.simkit import asgi_client
@@ -157,3 +158,24 @@ async def test_noop_update_does_not_touch_updated_at(sim: MobileCommonsSimulator
 ])
 def test_server_side_phone_normalisation(raw: str, expected: str | None) -> None:
     assert sim_phone(raw) == expected
+
+
+async def test_issue8_more_than_160_calls_in_flight_are_refused_with_error_27(
+        sim: MobileCommonsSimulator, autojump_clock: trio.testing.MockClock) -> None:
+    """Research B7: "160 concurrent API calls" per company; beyond it, error 27 (in a 200, like every logical
+    error). Each call takes ``latency`` seconds, so 170 sent at once overlap."""
+    sim.latency = 0.05
+    sim.add_profile("3125550100")
+    answers: list[str] = []
+    async with asgi_client(sim) as http:
+        async def one() -> None:
+            r = await http.get("http://sim.test/api/profile", params={"phone_number": "3125550100"},
+                               auth=(LOGIN, PASSWORD))
+            answers.append(r.text)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(170):
+                nursery.start_soon(one)
+    refused = [a for a in answers if 'id="27"' in a]
+    assert len(refused) == 10 and sim.concurrency_refusals == 10 and sim.peak_in_flight > 160
+    assert sum('success="true"' in a for a in answers) == 160

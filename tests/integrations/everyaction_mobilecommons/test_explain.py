@@ -89,7 +89,10 @@ async def test_explain_shows_each_rule_and_what_would_be_written(
         assert consent["note"] == "a known status beats an unknown one"
         assert section["verdict"]["outcome"] == "created"
         calls = [w["call"] for w in section["verdict"]["would_write"]]
-        assert calls == ["profile_update"] and "opt_in_path_id" in section["verdict"]["would_write"][0]["summary"]
+        # the new profile (with its welcome path), then its Mobile Commons id onto the EveryAction record in the
+        # same run (seed: "Mobile Commons pushes records to EveryAction to add the identifier")
+        assert calls[0] == "profile_update" and "opt_in_path_id" in section["verdict"]["would_write"][0]["summary"]
+        assert len(calls) == 2 and section["verdict"]["would_write"][1]["system"] == "everyaction"
         with pytest.raises(CommandError) as missing:
             await explain(sup, NAME, "nobody@example.org")
         assert missing.value.code == "not_found"

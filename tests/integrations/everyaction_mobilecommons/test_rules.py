@@ -34,11 +34,17 @@ def test_eligibility_needs_a_mobile_number_then_us_then_required_fields() -> Non
     assert rules.ineligible_reason(Contact(country="US"), frozenset()) == "no_mobile_number"
     assert rules.ineligible_reason(Contact(phone="+13125550100", country="CA"), frozenset()) == "country_not_us"
     assert rules.ineligible_reason(Contact(phone="+13125550100"), frozenset()) == "country_not_us"
-    assert rules.ineligible_reason(Contact(phone="+13125550100"), frozenset(), missing_country_is_us=True) is None
-    assert rules.ineligible_reason(Contact(phone="+13125550100", country="usa"), frozenset()) is None
+    e = "a@example.org"
+    assert rules.ineligible_reason(Contact(phone="+13125550100", email=e), frozenset(),
+                                   missing_country_is_us=True) is None
+    assert rules.ineligible_reason(Contact(phone="+13125550100", email=e, country="usa"), frozenset()) is None
+    # the seed: "The following fields are required: Phone number, Email, Opt-in status" (issue 7, item 1)
+    assert rules.ineligible_reason(Contact(phone="+13125550100", country="US"), frozenset()) == "no_email"
+    # a listed mobile that is not a US number is a country matter, not a missing number (issue 7, item 6)
+    assert rules.ineligible_reason(Contact(mobile_not_us=True, country="CA"), frozenset()) == "country_not_us"
     assert rules.ineligible_reason(US, frozenset({"zip_code"})) == "required_field_empty:zip_code"
     assert rules.ineligible_reason(US, frozenset({"first_name", "city"})) is None
-    blank = Contact(phone="+13125550100", country="US", first_name="  ")
+    blank = Contact(phone="+13125550100", email=e, country="US", first_name="  ")
     assert rules.ineligible_reason(blank, frozenset({"first_name"})) == "required_field_empty:first_name"
 
 
@@ -61,10 +67,11 @@ def test_mc_contact_and_consent() -> None:
     active = Profile(id="7", phone_number="+13125550100", raw_phone_number="13125550100", status="Active Subscriber",
                      subscriptions=(sub,), country="US")
     assert rules.contact_from_profile(active).phone == "+13125550100"
-    assert rules.mc_consent(active) == fact(IN, 1, 1)
+    second = timedelta(seconds=1)  # Mobile Commons stamps whole seconds
+    assert rules.mc_consent(active) == ConsentFact(IN, at(1), at(1) + second)
     out = Profile(id="8", phone_number=None, raw_phone_number="13125550100", status="Texted a STOP word",
                   opted_out_at=at(2))
-    assert rules.mc_consent(out) == fact(OUT, 2, 2)
+    assert rules.mc_consent(out) == ConsentFact(OUT, at(2), at(2) + second)
     assert rules.mc_consent(None).status == UNK
     assert rules.mc_consent(Profile(id="9", phone_number=None, raw_phone_number="1", status="No Subscriptions")
                             ).status == UNK
@@ -117,8 +124,12 @@ def test_ea_to_mc_subscribes_new_opt_ins_and_writes_the_van_id() -> None:
 
 
 def test_ea_to_mc_never_resubscribes_an_opt_out() -> None:
-    plan = ea_plan(profile=US, mc=fact(OUT, 5, 5), ea=fact(IN, None, 9))
-    assert plan.skip == "opted_out_in_mobile_commons" and not plan.subscribe
+    stale = Contact(phone=US.phone, email="old@example.org", country="US")
+    plan = ea_plan(profile=stale, mc=fact(OUT, 5, 5), ea=fact(IN, None, 9))
+    # issue 7, item 2: the data and the Constituent ID still sync; consent stays opted out, and says why
+    assert plan.skip is None and not plan.subscribe and not plan.opt_out
+    assert plan.data["email"] == "a@example.org" and plan.link_id == "42"
+    assert plan.note and plan.note.startswith("Mobile Commons opt-out wins")
     newer = ea_plan(profile=US, mc=fact(OUT, 5, 5), ea=fact(IN, 6, 9))  # EA re-opt-in certainly newer
     assert not newer.subscribe and newer.skip is None and newer.note and "re-subscribe" in newer.note
 
@@ -195,3 +206,14 @@ def test_first_nightly_run_is_never_the_activation_evening() -> None:
     assert first_nightly_not_before(afternoon, ny) == datetime(2026, 10, 28, 23, 59, 59, tzinfo=ny)
     morning = datetime(2026, 10, 28, 1, 0, tzinfo=ny)
     assert first_nightly_not_before(morning, ny) == morning
+
+
+def test_mobile_commons_times_have_one_second_resolution_so_an_opt_out_may_be_up_to_a_second_later() -> None:
+    """Found by the stateful test: Mobile Commons writes whole seconds (2022-06-29 17:28:24 UTC), so an opt-out
+    stamped 17:00:05 may have happened at 17:00:05.9. An EveryAction opt-in known to be after 17:00:05.2 is not
+    certainly newer: opt-out (invariant 1)."""
+    out = Profile(id="8", phone_number=None, raw_phone_number="13125550100", status="Texted a STOP word",
+                  opted_out_at=at(0))
+    mc = rules.mc_consent(out)
+    ea = ConsentFact(IN, at(0) + timedelta(milliseconds=200), at(1))
+    assert rules.resolve_consent(ea, mc) == OUT

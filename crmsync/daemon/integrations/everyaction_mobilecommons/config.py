@@ -19,6 +19,18 @@ from crmsync.daemon.secrets import Secret, SecretsModel, StrictModel
 
 EA_MAX_LOOKBACK = timedelta(days=90)
 
+#: ``everyaction.export_columns`` keys -> the ContactChange attribute each column fills.
+EXPORT_COLUMN_FIELDS: dict[str, str] = {
+    "van_id": "van_id", "first_name": "first_name", "last_name": "last_name", "phone": "phone",
+    "opt_in_status": "phone_opt_in", "date_created": "date_created", "email": "email",
+    "street_address": "address_line1", "city": "city", "state": "state", "zip_code": "zip",
+}
+#: The confirmed Contacts export column names (research A5; issue 7, item 11): requested by default.
+DEFAULT_EXPORT_COLUMNS: dict[str, str] = {
+    "van_id": "VanID", "first_name": "FirstName", "last_name": "LastName", "phone": "Phone",
+    "opt_in_status": "PhoneOptInStatus", "date_created": "DateCreated",
+}
+
 
 class FieldMapping(StrictModel):
     """One row of the field-mapping table: the EveryAction API field name and the Required? checkbox."""
@@ -142,6 +154,29 @@ class EveryActionSettings(SecretsModel):
     exclude_changes_from_self: bool = True  # our own writes do not echo back in the nightly export
     export_poll_interval: Duration = timedelta(seconds=10)
     export_timeout: Duration = timedelta(minutes=20)
+    #: Contacts export columns by field, merged over DEFAULT_EXPORT_COLUMNS; only those names are confirmed
+    export_columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("export_columns")
+    @classmethod
+    def _columns(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(EXPORT_COLUMN_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field {', '.join(map(repr, unknown))} (known: "
+                             f"{', '.join(EXPORT_COLUMN_FIELDS)})")
+        if any(not str(c).strip() for c in v.values()):
+            raise ValueError("a column name must not be empty")
+        return {k: str(c).strip() for k, c in v.items()}
+
+    def contact_columns(self) -> dict[str, str]:
+        """ContactChange attribute -> column name, for the EveryAction client."""
+        merged = {**DEFAULT_EXPORT_COLUMNS, **self.export_columns}
+        return {EXPORT_COLUMN_FIELDS[k]: c for k, c in merged.items()}
+
+    def export_field_of(self, column: str) -> str | None:
+        """The export_columns key whose column this is (for error messages)."""
+        merged = {**DEFAULT_EXPORT_COLUMNS, **self.export_columns}
+        return next((k for k, c in merged.items() if c.lower() == column.lower()), None)
 
     @field_validator("application_name")
     @classmethod
@@ -207,6 +242,8 @@ class EveryActionMobileCommonsConfig(IntegrationConfig):
     mc_overlap: Duration = timedelta(minutes=2)
     mc_initial_lookback: Duration = timedelta(hours=48)
     missing_country: Literal["skip", "assume_us"] = "skip"
+    #: records in flight at once in each flow (Mobile Commons allows 160 concurrent calls per company)
+    workers: int = Field(default=32, ge=1, le=150)
 
     @field_validator("default_opt_in_path_id", mode="before")
     @classmethod

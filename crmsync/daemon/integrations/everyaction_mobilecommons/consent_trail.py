@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 
 from crmsync.connectors.mobilecommons import Profile
+from crmsync.daemon.integrations.everyaction_mobilecommons.pipeline import RecordRun
 from crmsync.daemon.integrations.everyaction_mobilecommons.rules import Consent, ConsentFact, EaObservation, Plan
 from crmsync.daemon.runs import RunContext
 from crmsync.state import consent_history as ch
@@ -52,7 +53,7 @@ def mc_source(profile: Profile | None, status: Consent) -> tuple[str, str | None
     return "mobilecommons", name
 
 
-def observed_ea(run: RunContext, van_id: str, messaging_id: str | None, previous: EaObservation | None,
+def observed_ea(run: RunContext | RecordRun, van_id: str, messaging_id: str | None, previous: EaObservation | None,
                 now: EaObservation) -> list[ch.ConsentChange]:
     if now.status == Consent.UNKNOWN or (previous is not None and previous.status == now.status):
         return []
@@ -67,7 +68,7 @@ def observed_ea(run: RunContext, van_id: str, messaging_id: str | None, previous
                              detail="set between the two times shown (VAN does not say when)")]
 
 
-def _observed_mc(c: sqlite3.Connection, integration: str, run: RunContext, van_id: str | None,
+def _observed_mc(c: sqlite3.Connection, integration: str, run: RunContext | RecordRun, van_id: str | None,
                  profile: Profile | None, fact: ConsentFact, seen: str) -> list[ch.ConsentChange]:
     if profile is None or fact.status == Consent.UNKNOWN:
         return []
@@ -80,7 +81,7 @@ def _observed_mc(c: sqlite3.Connection, integration: str, run: RunContext, van_i
                              run_id=run.run_id, detail=detail)]
 
 
-def after_ea_to_mc(run: RunContext, van_id: str, messaging_id: str | None, profile: Profile | None,
+def after_ea_to_mc(run: RunContext | RecordRun, van_id: str, messaging_id: str | None, profile: Profile | None,
                    mc: ConsentFact, previous: EaObservation | None, observed: EaObservation, plan: Plan) -> ch.TxFn:
     """ea_to_mc, once per record after its writes: observed changes on both sides, then what crmsync wrote."""
     integration, seen = run.integration, run.now_iso()
@@ -106,7 +107,7 @@ def after_ea_to_mc(run: RunContext, van_id: str, messaging_id: str | None, profi
     return tx
 
 
-def observed_in_mc_to_ea(run: RunContext, van_id: str | None, profile: Profile, mc: ConsentFact,
+def observed_in_mc_to_ea(run: RunContext | RecordRun, van_id: str | None, profile: Profile, mc: ConsentFact,
                          previous: EaObservation | None, observed: EaObservation | None) -> ch.TxFn:
     """mc_to_ea, once per profile when it is read: observed changes on both sides."""
     integration, seen = run.integration, run.now_iso()
@@ -119,7 +120,7 @@ def observed_in_mc_to_ea(run: RunContext, van_id: str | None, profile: Profile, 
     return tx
 
 
-def written_by_mc_to_ea(run: RunContext, van_id: str, profile: Profile, mc: ConsentFact,
+def written_by_mc_to_ea(run: RunContext | RecordRun, van_id: str, profile: Profile, mc: ConsentFact,
                         before: EaObservation | None, wrote: Consent | None) -> ch.TxFn:
     """mc_to_ea, after its writes: the EveryAction opt-in status crmsync set (if it set one)."""
     integration, seen = run.integration, run.now_iso()

@@ -18,13 +18,23 @@ from typing import cast
 
 import structlog
 
-from crmsync.connectors.errors import FatalApiError, NotFoundError
-from crmsync.connectors.everyaction import ContactChange, EveryActionClient
+from crmsync.connectors.errors import NotFoundError
+from crmsync.connectors.everyaction import ContactChange, EveryActionClient, VanPerson
+from crmsync.connectors.everyaction.errors import ExportColumnMissingError
+from crmsync.connectors.everyaction.exports import ExportJob
+from crmsync.connectors.everyaction.records import identifier_update
 from crmsync.connectors.mobilecommons import MobileCommonsClient, Profile, ProfileUpdate
+from crmsync.daemon.integrations.base import FlowError
 from crmsync.daemon.integrations.everyaction_mobilecommons import consent_trail, rules, store
 from crmsync.daemon.integrations.everyaction_mobilecommons.config import (
     EA_MAX_LOOKBACK,
     EveryActionMobileCommonsConfig,
+)
+from crmsync.daemon.integrations.everyaction_mobilecommons.pipeline import (
+    PhoneTurns,
+    Pipeline,
+    ProfileReads,
+    RecordRun,
 )
 from crmsync.daemon.runs import RunContext
 from crmsync.state import queries as q
@@ -32,7 +42,7 @@ from crmsync.state import queries as q
 log = structlog.get_logger("crmsync.integrations.everyaction_mobilecommons.ea_to_mc")
 
 FLOW = "ea_to_mc"
-BATCH = 50
+BATCH = 100  # records acknowledged per store transaction
 # VAN refuses a dateChangedFrom older than 90 days, measured on its own (later) clock: keep a margin.
 LOOKBACK_MARGIN = timedelta(hours=1)
 
@@ -49,7 +59,7 @@ def window_start(now: datetime, cursor: datetime | None, window: timedelta) -> d
 SHARED_PHONE = "mobile_number_linked_to_another_record"
 
 
-async def profile_owner(ea: EveryActionClient, run: RunContext, profile: Profile, van_id: str,
+async def profile_owner(ea: EveryActionClient, run: RecordRun, profile: Profile, van_id: str,
                         phone: str) -> str | None:
     """The other VAN ID that owns this phone's profile (its stored link, or the Constituent ID already on the
     profile), if that person still lists this mobile number; None when the profile is free or ours. A number
@@ -86,49 +96,98 @@ async def run_ea_to_mc(config: EveryActionMobileCommonsConfig, ea: EveryActionCl
     log.info("ea_to_mc_window", since=since.isoformat(), until=now.isoformat(),
              widened=since < now - config.ea_window)
     job = await ea.run_contacts_export(since, now)
+    try:
+        await _sync_rows(config, ea, mc, run, job)
+    except ExportColumnMissingError as exc:
+        raise FlowError(missing_column_message(config, run.integration, exc)) from exc
+
+
+def missing_column_message(config: EveryActionMobileCommonsConfig, name: str, exc: ExportColumnMissingError
+                           ) -> str:
+    """Names each missing column, its field, and the setting that renames it."""
+    parts = []
+    for column in exc.columns:
+        field = config.everyaction.export_field_of(column) or "?"
+        parts.append(f"column {column!r} (field {field}; set integrations.{name}.everyaction.export_columns."
+                     f"{field} to the name your EveryAction instance uses)")
+    return (f"the EveryAction Contacts export has no {', '.join(parts)}; its header is: "
+            f"{', '.join(exc.header)}")
+
+
+async def _sync_rows(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
+                     run: RunContext, job: ExportJob) -> None:
+    """The export's rows through the pipeline (read, plan and write, acknowledge in order)."""
+    name = run.integration
     # the window end VAN actually used is where the next window starts
-    until = job.date_changed_to or now
-    pending: list[store.TxFn] = []
-    seen: set[int] = set()
-    async with contextlib.aclosing(cast("AsyncGenerator[ContactChange, None]", ea.iter_export_rows(job))) as rows:
-        async for change in rows:
-            if change.van_id in seen:  # rows may repeat across files; each person once per run
-                continue
-            if run.should_stop():
-                run.interrupted = True  # stop at a safe point: what was done is flushed, the cursor stays
-                await run.flush(*pending)
-                return
-            seen.add(change.van_id)
-            run.fetched()
-            van_id = str(change.van_id)
-            try:
-                pending += await sync_one(config, ea, mc, run, van_id)
-            except FatalApiError as exc:
-                # One record refused (validation, ...): report the API's message, carry on (run is partial).
-                run.record("rejected", crm_id=van_id, message=exc.message)
-            if run.pending_rows >= BATCH:
-                await run.flush(*pending)
-                pending = []
-    await run.flush(*pending, store.set_cursor(name, FLOW, until.isoformat(), run.now_iso()))
+    until = job.date_changed_to or run.clock.now().replace(microsecond=0)
+    turns = PhoneTurns()
+    reads = ProfileReads(mc)
+
+    async def handle(seq: int, change: ContactChange, record: RecordRun) -> list[store.TxFn]:
+        return await sync_one(config, ea, mc, record, str(change.van_id), seq, turns, reads)
+
+    pipeline = Pipeline[ContactChange](
+        run=run, handle=handle, ids=lambda change: {"crm_id": str(change.van_id)},
+        key=lambda change: change.van_id, workers=config.workers, group=BATCH)
+    rows = cast("AsyncGenerator[ContactChange, None]", ea.iter_export_rows(job))
+    async with contextlib.aclosing(rows):
+        await pipeline.run_all(rows, lambda: [store.set_cursor(name, FLOW, until.isoformat(), run.now_iso())],
+                               background=reads.run)
+
+
+async def _opt_out_only(mc: MobileCommonsClient, run: RecordRun, van_id: str, phone: str,
+                        obs: rules.EaObservation) -> None:
+    profile = await mc.find_profile(phone) if obs.status == rules.Consent.OUT else None
+    mc_fact = rules.mc_consent(profile)
+    if profile is not None and mc_fact.status != rules.Consent.OUT and \
+            rules.resolve_consent(obs.fact(), mc_fact) == rules.Consent.OUT:
+        await mc.profile_opt_out(phone)
+        run.record("updated", crm_id=van_id, messaging_id=profile.id,
+                   message="opted out in Mobile Commons; profile data not synced (country_not_us)")
+        return
+    run.skip("country_not_us", crm_id=van_id, messaging_id=profile.id if profile else None)
 
 
 async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
-                   run: RunContext, van_id: str) -> list[store.TxFn]:
-    name, now = run.integration, run.clock.now()
+                   run: RecordRun, van_id: str, seq: int, turns: PhoneTurns, reads: ProfileReads
+                   ) -> list[store.TxFn]:
+    """One changed contact: read it once from each side, plan (pure rules), write. Records sharing a mobile
+    number take turns in export order (Mobile Commons keeps one profile per phone)."""
     try:
         person = await ea.get_person(van_id)
     except NotFoundError:
+        turns.register(seq, None)
         run.skip("not_found_in_everyaction", crm_id=van_id)
         return []
+    except BaseException:
+        turns.register(seq, None)  # later records must not wait for this one
+        raise
     contact = rules.contact_from_van(person)
-    ea_status = rules.van_consent(person, contact.phone)
-    known = await run.db.tx(store.read_for_van, name, van_id)
-    obs = rules.observe_ea(known.observation, ea_status, now)
-    writes = [store.put_observation(name, van_id, obs)]
-    if contact.phone is None:
+    phone = contact.consent_phone
+    turns.register(seq, phone)
+    if phone is None:
         run.skip("no_mobile_number", crm_id=van_id)
+        return []
+    await turns.wait_turn(seq, phone)
+    try:
+        return await _sync_person(config, ea, mc, run, van_id, person, contact, phone, reads)
+    finally:
+        turns.release(seq, phone)
+
+
+async def _sync_person(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
+                       run: RecordRun, van_id: str, person: VanPerson, contact: rules.Contact, phone: str,
+                       reads: ProfileReads) -> list[store.TxFn]:
+    name, now = run.integration, run.clock.now()
+    ea_status = rules.van_consent(person, phone)
+    known = await run.db.tx(store.read_for_van, name, van_id, phone)
+    obs = rules.observe_ea(known.observation, ea_status, now)
+    writes = [store.put_observation(name, phone, obs)]
+    if contact.phone is None:
+        # a non-US mobile: its data never syncs, but an opt-out is always safe and still travels
+        await _opt_out_only(mc, run, van_id, phone, obs)
         return writes
-    profile = await mc.find_profile(contact.phone)
+    profile = await reads.get(contact.phone)
     messaging_id = profile.id if profile else None
     owner = await profile_owner(ea, run, profile, van_id, contact.phone) if profile else None
     payload_fp = rules.fingerprint(rules.ea_payload(contact, ea_status, van_id))
@@ -143,7 +202,7 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
     if owner is not None and plan.skip is None:
         # Mobile Commons keeps one profile per phone: it stays with the record linked to it. An opt-out still
         # travels (VAN keeps opt-in status per phone, so both records agree on it anyway).
-        plan = replace(plan, skip=SHARED_PHONE, data={}, link_id=None, subscribe=False)
+        plan = replace(plan, skip=SHARED_PHONE, data={}, link_id=None, subscribe=False, links=False)
     wrote = created = False
     if plan.skip is None and (plan.data or plan.link_id or plan.subscribe):
         saved = await mc.profile_update(profile_update(contact, plan, van_id, config.default_opt_in_path_id))
@@ -158,11 +217,17 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
             run.record("updated", crm_id=van_id, messaging_id=messaging_id,
                        message=f"opted out in Mobile Commons; profile data not synced ({plan.skip})")
         else:
-            run.skip(plan.skip, crm_id=van_id, messaging_id=messaging_id,
-                     message=f"this mobile number's profile belongs to VAN ID {owner}" if owner else None)
+            message = f"this mobile number's profile belongs to VAN ID {owner}" if owner else plan.note
+            run.skip(plan.skip, crm_id=van_id, messaging_id=messaging_id, message=message)
         return writes
-    stamp = run.now_iso()
     assert messaging_id is not None  # a profile existed or was just written
+    id_type = config.everyaction.identifier_type
+    if plan.links and person.identifier(id_type) != messaging_id:
+        # the Mobile Commons id goes to EveryAction in the same run (the seed: "Mobile Commons pushes records
+        # to EveryAction to add the identifier to the profile")
+        await ea.update_person(van_id, identifier_update(id_type, messaging_id))
+        wrote = True
+    stamp = run.now_iso()
     writes.append(store.put_link(name, van_id, messaging_id, stamp))
     writes.append(store.put_fingerprint(name, f"mc:{van_id}", payload_fp, ea_status.value, stamp))
     outcome = "created" if created else "updated" if wrote else "unchanged"

@@ -9,16 +9,20 @@ clients (see :mod:`crmsync.daemon.explain`).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
+
+import trio
 
 from crmsync.connectors.errors import NotFoundError
 from crmsync.connectors.everyaction import VanPerson
 from crmsync.connectors.everyaction.records import normalize_us_phone
 from crmsync.connectors.mobilecommons import Profile
-from crmsync.daemon.explain import ExplainContext, RecordNotFound, rule
+from crmsync.daemon.explain import ExplainContext, ExplainRun, RecordNotFound, rule
 from crmsync.daemon.integrations.everyaction_mobilecommons import ea_to_mc, mc_to_ea, rules, store
 from crmsync.daemon.integrations.everyaction_mobilecommons.config import EveryActionMobileCommonsConfig
+from crmsync.daemon.integrations.everyaction_mobilecommons.pipeline import PhoneTurns, ProfileReads, RecordRun
 from crmsync.state import queries as q
 
 
@@ -155,7 +159,7 @@ async def explain_ea_to_mc(kind: Any, person: VanPerson, profile: Profile | None
     now = ctx.clock.now()
     contact = rules.contact_from_van(person)
     ea_status = rules.van_consent(person, contact.phone)
-    known = await ctx.db.tx(store.read_for_van, ctx.integration, van_id)
+    known = await ctx.db.tx(store.read_for_van, ctx.integration, van_id, contact.consent_phone)
     obs = rules.observe_ea(known.observation, ea_status, now)
     mc = rules.mc_consent(profile)
     steps = [*_eligibility(contact, cfg), _sync_type(cfg, ea_status)]
@@ -163,8 +167,8 @@ async def explain_ea_to_mc(kind: Any, person: VanPerson, profile: Profile | None
     steps.append(rule("consent resolution", {"EveryAction": fact_dict(obs.fact()), "Mobile Commons": fact_dict(mc)},
                       final.value, deciding_rule(obs.fact(), mc)))
     if profile is not None and contact.phone is not None:
-        run = ctx.new_run(ea_to_mc.FLOW)
-        owner = await ea_to_mc.profile_owner(kind.ea, run, profile, van_id, contact.phone)
+        owner = await ea_to_mc.profile_owner(kind.ea, RecordRun(ctx.new_run(ea_to_mc.FLOW)), profile, van_id,
+                                             contact.phone)
         steps.append(rule("the mobile number's profile belongs to this record",
                           {"profile": profile.id, "Constituent ID": profile.constituent_id, "other owner": owner},
                           _yes(owner is None), ea_to_mc.SHARED_PHONE if owner else None))
@@ -183,7 +187,15 @@ async def explain_ea_to_mc(kind: Any, person: VanPerson, profile: Profile | None
                                "subscribe (welcome message)": plan.subscribe, "opt out": plan.opt_out},
                       "skip" if plan.skip and not plan.opt_out else "write" if plan.writes else "nothing to write",
                       plan.note))
-    verdict = await ctx.verdict(ea_to_mc.FLOW, lambda run: ea_to_mc.sync_one(cfg, kind.ea, kind.mc, run, van_id))
+    async def sync(run: ExplainRun) -> None:  # the flow's own per-record code, as one pipeline worker runs it
+        reads = ProfileReads(kind.mc)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reads.run, nursery)
+            await _one_record(run, lambda record: ea_to_mc.sync_one(cfg, kind.ea, kind.mc, record, van_id, 0,
+                                                                    PhoneTurns(), reads))
+            nursery.cancel_scope.cancel()
+
+    verdict = await ctx.verdict(ea_to_mc.FLOW, sync)
     return {"flow": ea_to_mc.FLOW, "from": {"system": "everyaction", "id": van_id},
             "to": {"system": "mobilecommons", "id": profile.id if profile else None}, "rules": steps,
             "verdict": verdict}
@@ -199,9 +211,10 @@ async def explain_mc_to_ea(kind: Any, profile: Profile, person: VanPerson | None
                   {"stored link": link, "Constituent ID": profile.constituent_id,
                    "matched VAN ID": person.van_id if person else None}, "found" if person else "none")]
     ea = rules.ConsentFact(rules.Consent.UNKNOWN)
-    if person is not None:
-        previous = await ctx.db.tx(store.read_observation, ctx.integration, str(person.van_id))
-        ea = rules.observe_ea(previous, rules.van_consent(person, contact.phone), ctx.clock.now()).fact()
+    phone = contact.consent_phone
+    if person is not None and phone is not None:
+        previous = await ctx.db.tx(store.read_observation, ctx.integration, phone)
+        ea = rules.observe_ea(previous, rules.van_consent(person, phone), ctx.clock.now()).fact()
     steps += _eligibility(contact, cfg)
     steps.append(_sync_type(cfg, ea.status))
     final = rules.resolve_consent(ea, mc)
@@ -211,10 +224,19 @@ async def explain_mc_to_ea(kind: Any, profile: Profile, person: VanPerson | None
         steps.append(rule("a new EveryAction record needs an email (new opt-ins only)", {"email": contact.email},
                           _yes(contact.email is not None)))
     steps.append(_mapping(contact, rules.contact_from_van(person) if person else None, False, "everyaction"))
-    verdict = await ctx.verdict(mc_to_ea.FLOW, lambda run: mc_to_ea.sync_one(cfg, kind.ea, kind.mc, run, profile))
+    verdict = await ctx.verdict(mc_to_ea.FLOW, lambda run: _one_record(
+        run, lambda record: mc_to_ea.sync_one(cfg, kind.ea, kind.mc, record, profile)))
     return {"flow": mc_to_ea.FLOW, "from": {"system": "mobilecommons", "id": profile.id},
             "to": {"system": "everyaction", "id": str(person.van_id) if person else None}, "rules": steps,
             "verdict": verdict}
+
+
+async def _one_record(run: ExplainRun, sync: Callable[[RecordRun], Awaitable[Any]]) -> None:
+    """One record as a pipeline worker handles it; its report rows go to explain's run (its writes, none
+    of which reach the store, are dropped)."""
+    record = RecordRun(run)
+    await sync(record)
+    record.report_to(run)
 
 
 async def explain_record(kind: Any, record: str, ctx: ExplainContext) -> dict[str, Any]:

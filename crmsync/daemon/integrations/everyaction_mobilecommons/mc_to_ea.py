@@ -18,19 +18,20 @@ from typing import Any, cast
 
 import structlog
 
-from crmsync.connectors.errors import FatalApiError, NotFoundError
+from crmsync.connectors.errors import NotFoundError
 from crmsync.connectors.everyaction import EveryActionClient, OptInStatus, VanPerson, match_candidate
 from crmsync.connectors.everyaction.records import identifier_update, phone_opt_in_update
 from crmsync.connectors.mobilecommons import MobileCommonsClient, Profile, ProfileUpdate
 from crmsync.daemon.integrations.everyaction_mobilecommons import consent_trail, rules, store
 from crmsync.daemon.integrations.everyaction_mobilecommons.config import EveryActionMobileCommonsConfig
+from crmsync.daemon.integrations.everyaction_mobilecommons.pipeline import Pipeline, RecordRun
 from crmsync.daemon.runs import RunContext
 from crmsync.state import queries as q
 
 log = structlog.get_logger("crmsync.integrations.everyaction_mobilecommons.mc_to_ea")
 
 FLOW = "mc_to_ea"
-BATCH = 50
+BATCH = 100  # records acknowledged per store transaction
 VAN_NAMES = {"first_name": "firstName", "last_name": "lastName"}
 ADDRESS = {"street_address": "addressLine1", "street_address_2": "addressLine2", "city": "city",
            "state": "stateOrProvince", "zip_code": "zipOrPostalCode", "country": "countryCode"}
@@ -54,41 +55,38 @@ async def run_mc_to_ea(config: EveryActionMobileCommonsConfig, ea: EveryActionCl
     raw_cursor = await run.db.tx(q.get_cursor, name, FLOW)
     start = (datetime.fromisoformat(raw_cursor) - config.mc_overlap if raw_cursor
              else now - config.mc_initial_lookback)
-    pending: list[store.TxFn] = []
-    seen: set[str] = set()
-    async with contextlib.aclosing(
-            cast("AsyncGenerator[Profile, None]", mc.profiles(updated_from=start, updated_to=now))) as profiles:
-        async for profile in profiles:
-            if profile.id in seen:
-                continue
-            if run.should_stop():
-                run.interrupted = True
-                await run.flush(*pending)
-                return
-            seen.add(profile.id)
-            run.fetched()
-            try:
-                pending += await sync_one(config, ea, mc, run, profile)
-            except FatalApiError as exc:
-                run.record("rejected", messaging_id=profile.id, message=exc.message)
-            if run.pending_rows >= BATCH:
-                await run.flush(*pending)
-                pending = []
-    await run.flush(*pending, store.set_cursor(name, FLOW, now.isoformat(), run.now_iso()))
+
+    async def handle(seq: int, profile: Profile, record: RecordRun) -> list[store.TxFn]:
+        return await sync_one(config, ea, mc, record, profile)
+
+    pipeline = Pipeline[Profile](
+        run=run, handle=handle, ids=lambda profile: {"messaging_id": profile.id}, key=lambda profile: profile.id,
+        workers=config.workers, group=BATCH)
+    profiles = cast("AsyncGenerator[Profile, None]", mc.profiles(updated_from=start, updated_to=now))
+    async with contextlib.aclosing(profiles):
+        await pipeline.run_all(profiles, lambda: [store.set_cursor(name, FLOW, now.isoformat(), run.now_iso())])
 
 
 async def _match(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, profile: Profile,
                  contact: rules.Contact, link: str | None) -> VanPerson | None:
-    """By link, else by the profile's Constituent ID, else ``people/find``."""
+    """By link, else by the profile's Constituent ID, else by the mobile number (the seed: "Mobile Commons
+    can match a record based on the mobile phone number"), else ``people/find`` (email, or names + phone)."""
     for ref in (link, profile.constituent_id):
         if ref and ref.isdigit():
             try:
                 return await ea.get_person(ref)
             except NotFoundError:
                 continue
+    phone = contact.consent_phone
+    if phone is not None:
+        people = cast("AsyncGenerator[VanPerson, None]", ea.search_people(phoneNumber=phone[2:]))
+        async with contextlib.aclosing(people):
+            async for person in people:
+                if any(rules.nanp_e164(p.number) == phone for p in person.phones or ()):
+                    return person  # the lowest VAN ID listing this number (VAN keeps opt-in per phone)
     try:
         candidate = match_candidate(first_name=contact.first_name, last_name=contact.last_name,
-                                    email=contact.email, phone=contact.phone)
+                                    email=contact.email, phone=contact.phone)  # VAN matches US numbers only
     except ValueError:
         return None
     if not candidate.can_match:
@@ -98,23 +96,20 @@ async def _match(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, 
 
 
 async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, mc: MobileCommonsClient,
-                   run: RunContext, profile: Profile) -> list[store.TxFn]:
+                   run: RecordRun, profile: Profile) -> list[store.TxFn]:
     name, now, stamp = run.integration, run.clock.now(), run.now_iso()
     pid = profile.id
     contact = rules.contact_from_profile(profile)
-    if contact.phone is None:
-        run.skip("no_mobile_number", messaging_id=pid)
-        return []
     known = await run.db.tx(store.read_for_profile, name, pid)
     mc_fact = rules.mc_consent(profile)
     person = await _match(config, ea, profile, contact, known.link)
     writes: list[store.TxFn] = []
     obs = previous = None
-    if person is not None:
-        van_id = str(person.van_id)
-        previous = await run.db.tx(store.read_observation, name, van_id)
-        obs = rules.observe_ea(previous, rules.van_consent(person, contact.phone), now)
-        writes.append(store.put_observation(name, van_id, obs))
+    phone = contact.consent_phone
+    if person is not None and phone is not None:
+        previous = await run.db.tx(store.read_observation, name, phone)
+        obs = rules.observe_ea(previous, rules.van_consent(person, phone), now)
+        writes.append(store.put_observation(name, phone, obs))
     writes.append(consent_trail.observed_in_mc_to_ea(run, str(person.van_id) if person else None, profile, mc_fact,
                                                      previous, obs))  # the consent history
     payload_fp = rules.fingerprint(rules.mc_payload(contact, mc_fact.status, pid))
@@ -127,8 +122,11 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
         missing_country_is_us=config.missing_country == "assume_us",
     )
     if plan.skip is not None and not plan.opt_out:
-        run.skip(plan.skip, crm_id=str(person.van_id) if person else None, messaging_id=pid)
+        run.skip(plan.skip, crm_id=str(person.van_id) if person else None, messaging_id=pid, message=plan.note)
         return writes
+    # an opt-in, an opt-out or data to a match all come with a North-American mobile (a US one for anything but
+    # an opt-out)
+    assert phone is not None
     created = wrote = False
     if person is None:
         # A new opt-in with an email: findOrCreate (matches by email first, so a retry finds what an
@@ -139,35 +137,39 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
             address_line1=contact.street_address, city=contact.city, state=contact.state,
             zip=contact.zip_code, country_code=contact.country or "US"))
         van_id, created, wrote = str(result.van_id), result.created, True
-        writes.append(store.put_observation(name, van_id, rules.written_ea(rules.Consent.IN, now)))
+        writes.append(store.put_observation(name, phone, rules.written_ea(rules.Consent.IN, now)))
         if not result.created:  # matched after all: make sure the opt-in is on the listed number
-            await ea.set_phone_opt_in(van_id, contact.phone, OptInStatus.OPT_IN)
+            await ea.set_phone_opt_in(van_id, phone, OptInStatus.OPT_IN)
     else:
         van_id = str(person.van_id)
         body: dict[str, Any] = {} if plan.skip else van_body(contact, plan)
         if plan.opt_in or plan.opt_out:
             status = OptInStatus.OPT_IN if plan.opt_in else OptInStatus.OPT_OUT
-            body.update(phone_opt_in_update(contact.phone, status))
+            body.update(phone_opt_in_update(phone, status))
             writes.append(store.put_observation(
-                name, van_id, rules.written_ea(rules.Consent.IN if plan.opt_in else rules.Consent.OUT, now)))
-        if plan.link_id and plan.skip in (None, "not_opted_in"):
-            body.update(identifier_update(id_type, pid))
+                name, phone, rules.written_ea(rules.Consent.IN if plan.opt_in else rules.Consent.OUT, now)))
+        if plan.link_id:
+            body.update(identifier_update(id_type, pid))  # with an opt-out too (Conservative included)
         if body:
             await ea.update_person(van_id, body)
             wrote = True
-    if plan.skip in (None, "not_opted_in") and profile.constituent_id != van_id:
+    if plan.links and profile.constituent_id != van_id:
         # the VAN ID into the profile's Constituent ID: both records stay linked
-        await mc.profile_update(ProfileUpdate(phone_number=contact.phone, constituent_id=van_id))
+        await mc.profile_update(ProfileUpdate(phone_number=phone, constituent_id=van_id))
         wrote = True
     writes.append(consent_trail.written_by_mc_to_ea(  # the consent history
         run, van_id, profile, mc_fact, obs,
         rules.Consent.IN if person is None or plan.opt_in else rules.Consent.OUT if plan.opt_out else None))
+    writes.append(store.put_link(name, van_id, pid, stamp))
     if plan.skip is not None:
         run.record("updated", crm_id=van_id, messaging_id=pid,
-                   message=f"opt-out set in EveryAction; profile data not synced ({plan.skip})")
-        writes.append(store.put_link(name, van_id, pid, stamp))
+                   message=_join(f"opt-out set in EveryAction; profile data not synced ({plan.skip})", plan.note))
         return writes
-    writes.append(store.put_link(name, van_id, pid, stamp))
     writes.append(store.put_fingerprint(name, f"ea:{pid}", payload_fp, mc_fact.status.value, stamp))
-    run.record("created" if created else "updated" if wrote else "unchanged", crm_id=van_id, messaging_id=pid)
+    run.record("created" if created else "updated" if wrote else "unchanged", crm_id=van_id, messaging_id=pid,
+               message=plan.note)
     return writes
+
+
+def _join(*parts: str | None) -> str:
+    return "; ".join(p for p in parts if p)

@@ -19,6 +19,8 @@ from crmsync.connectors.mobilecommons import MobileCommonsSimulator
 from crmsync.connectors.simkit import serve_app
 from crmsync.daemon.integrations.base import SandboxPart
 
+SANDBOX_LATENCY = 0.02  # seconds per simulated API call
+
 FIRST = ["Ann", "Bob", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jo"]
 LAST = ["Lee", "Ray", "Moss", "Park", "Diaz", "Khan", "Ortiz", "Nagy"]
 
@@ -61,8 +63,10 @@ def seed(ea: EveryActionSimulator, mc: MobileCommonsSimulator, contacts: int) ->
 
 async def build_sandbox(*, name: str, clock: WallClock, contacts: int, secrets_dir: Path,
                         nursery: trio.Nursery) -> SandboxPart:
-    ea = EveryActionSimulator(clock, rows_per_file=max(10, contacts // 4), polls_to_complete=2)
-    mc = MobileCommonsSimulator(clock, api_token=None)
+    # a modest per-call latency, as real APIs have; the first runs of the demo data still take seconds
+    ea = EveryActionSimulator(clock, rows_per_file=max(10, contacts // 4), polls_to_complete=2,
+                              latency=SANDBOX_LATENCY)
+    mc = MobileCommonsSimulator(clock, api_token=None, latency=SANDBOX_LATENCY)
     path_id = seed(ea, mc, contacts)
     # VAN's export windows have second resolution: let the seeded changes fall before the kickoff run
     await trio.sleep(1.1)

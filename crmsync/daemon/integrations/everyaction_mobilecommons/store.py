@@ -3,7 +3,9 @@
 * links: crm_id = VAN ID, messaging_id = Mobile Commons profile id;
 * fingerprints: ``mc:{vanId}`` (last payload ea_to_mc wanted Mobile Commons to hold) and ``ea:{profileId}``
   (last payload mc_to_ea wanted EveryAction to hold);
-* kv ``ea_consent:{vanId}``: the last EveryAction opt-in status seen and when (see rules.EaObservation).
+* kv ``ea_consent_phone:{E.164}``: the last EveryAction opt-in status seen for that phone number and when (see
+  rules.EaObservation). VAN stores opt-in per phone, so it is observed per phone: a record seen without a
+  listed mobile must not overwrite what another flow saw for the number.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ class Known:
     observation: EaObservation | None
 
 
-def read_for_van(c: sqlite3.Connection, integration: str, van_id: str) -> Known:
+def read_for_van(c: sqlite3.Connection, integration: str, van_id: str, phone: str | None) -> Known:
     fp = q.get_fingerprint(c, integration, f"mc:{van_id}")
     return Known(q.link_for_crm(c, integration, van_id), fp[0] if fp else None,
-                 EaObservation.loads(q.kv_get(c, integration, f"ea_consent:{van_id}")))
+                 read_observation(c, integration, phone) if phone else None)
 
 
 def read_for_profile(c: sqlite3.Connection, integration: str, profile_id: str) -> Known:
@@ -37,12 +39,12 @@ def read_for_profile(c: sqlite3.Connection, integration: str, profile_id: str) -
     return Known(q.link_for_messaging(c, integration, profile_id), fp[0] if fp else None, None)
 
 
-def read_observation(c: sqlite3.Connection, integration: str, van_id: str) -> EaObservation | None:
-    return EaObservation.loads(q.kv_get(c, integration, f"ea_consent:{van_id}"))
+def read_observation(c: sqlite3.Connection, integration: str, phone: str) -> EaObservation | None:
+    return EaObservation.loads(q.kv_get(c, integration, f"ea_consent_phone:{phone}"))
 
 
-def put_observation(integration: str, van_id: str, obs: EaObservation) -> TxFn:
-    return lambda c: q.kv_set(c, integration, f"ea_consent:{van_id}", obs.dumps())
+def put_observation(integration: str, phone: str, obs: EaObservation) -> TxFn:
+    return lambda c: q.kv_set(c, integration, f"ea_consent_phone:{phone}", obs.dumps())
 
 
 def put_link(integration: str, van_id: str, profile_id: str, now: str) -> TxFn:
