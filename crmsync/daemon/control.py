@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 import trio
 
-from crmsync import __version__
+from crmsync import __version__, jsonlimits
 from crmsync.daemon.config import ConfigError
 from crmsync.daemon.supervisor import CommandError, Supervisor
 
@@ -119,8 +119,8 @@ class ControlServer:
 
     async def dispatch_line(self, line: bytes, creds: tuple[int, int, int] | None = None) -> dict[str, Any]:
         try:
-            request = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
+            request = jsonlimits.loads(line)
+        except ValueError as exc:  # jsonlimits: malformed, too deep, NaN, not UTF-8
             return _error(None, "bad_json", f"not a JSON object: {exc}")
         if not isinstance(request, dict):
             return _error(None, "bad_request", "a request is a JSON object with id, cmd and args")
