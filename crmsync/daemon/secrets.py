@@ -8,6 +8,7 @@ works with ``password_file = "everyaction-key"``. The value is held in a :class:
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,6 +37,26 @@ class Secret:
         return hash(self._value)
 
 
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file. A FIFO, device, socket or directory is refused without blocking: the file is
+    opened non-blocking and checked with fstat before any read (a FIFO would otherwise hang the open)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(0, f"larger than {limit} bytes")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)
+
+
 def read_secret_file(raw: str) -> str:
     path = Path(raw)
     if not path.is_absolute():
@@ -43,9 +64,11 @@ def read_secret_file(raw: str) -> str:
         if creds and (Path(creds) / path).exists():
             path = Path(creds) / path
     try:
-        value = path.read_text(encoding="utf-8")
+        value = read_regular_file(path).decode("utf-8")
     except OSError as exc:
         raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text") from None
     value = value.strip("\r\n")
     if not value:
         raise ValueError(f"{str(path)!r} is empty")
