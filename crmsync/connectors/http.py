@@ -35,6 +35,7 @@ from crmsync.connectors.errors import (
     RateLimitedError,
     RetriableApiError,
 )
+from crmsync.redaction import learn_headers
 
 log = structlog.get_logger("crmsync.connectors.http")
 _stdlog = logging.getLogger("crmsync.connectors.http")
@@ -224,6 +225,7 @@ class ApiClient:
             request = self.http.build_request(method, self.url(path), **{k: v for k, v in kwargs.items()
                                                                          if v is not None})
             await self.prepare_request(request)
+            learn_headers(request.headers.items())  # what we send is what an echoing error page would show
             try:
                 response = await self.http.send(request)
                 await response.aread()

@@ -3,7 +3,8 @@
 Flows bind ``integration`` and ``flow`` into structlog's context variables; trio gives every task a copy of
 the context, so bindings never leak between integrations. Standard-library loggers (Hypercorn's, trio's) go
 through the same JSON renderer. Secrets cannot appear: config secrets are :class:`~crmsync.daemon.secrets.Secret`
-objects whose repr is masked, and connectors build error messages from API answers, not from requests.
+objects whose repr is masked, connectors build error messages from API answers, not from requests, and every
+line passes :func:`crmsync.redaction.redact_value` (known secrets, authorization-like values).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+
+from crmsync.redaction import redact_value
 
 _PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
 
@@ -30,6 +34,11 @@ def _render(journal: bool) -> Any:
         return str(line)
 
     return render
+
+
+def _redact(logger: Any, name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    # the last net: an upstream answer logged as it came may echo our credentials (crmsync.redaction)
+    return {k: redact_value(v) for k, v in event.items()}
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
@@ -59,6 +68,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                _redact,
                 _render(journal),
             ],
             foreign_pre_chain=shared,

@@ -15,12 +15,15 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
+from crmsync import redaction
+
 
 class Secret:
     __slots__ = ("_value",)
 
     def __init__(self, value: str):
         self._value = value
+        redaction.register(value)  # from now on, redacted from errors, reports and logs in every form
 
     def reveal(self) -> str:
         return self._value
