@@ -147,6 +147,9 @@ class DaemonConfig(StrictModel):
     control_socket: Path = Path("/run/crmsync-control.sock")  # matches systemd/crmsync.socket
     control_socket_mode: SocketMode = 0o660
     control_idle_timeout: Duration = timedelta(minutes=5)
+    # a client whose reply cannot be sent within this (it pipelines and never reads) is disconnected
+    control_send_timeout: Duration = timedelta(seconds=10)
+    control_max_clients: int = Field(default=32, ge=1, le=10_000)
     shutdown_timeout: Duration = timedelta(seconds=20)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     report_retention_days: int = Field(default=30, ge=1)
@@ -164,6 +167,10 @@ class HttpConfig(StrictModel):
     webhook_listen: str = "127.0.0.1:8787"
     metrics_listen: str | None = None  # None: /metrics and /healthz share the webhook listener
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # the whole webhook body must arrive within this, however slowly it is trickled (else 408)
+    request_timeout: Duration = timedelta(seconds=30)
+    # connections served at once per listener; more wait in the kernel's backlog
+    max_connections: int = Field(default=100, ge=1, le=100_000)
     graceful_timeout: Duration = timedelta(seconds=5)
 
     @field_validator("webhook_listen", "metrics_listen")

@@ -2,9 +2,12 @@
 
 Request ``{"id": 1, "cmd": "status", "args": {}}``; reply ``{"id": 1, "ok": true, "result": {...}}`` or
 ``{"id": 1, "ok": false, "error": {"code": "...", "message": "..."}}``. Requests are answered in order and may
-be pipelined. A line over 64 KiB, bad JSON or an unknown command gets an error reply, never a crash; an
-oversized line also closes the connection (the rest of it cannot be framed). Connections idle for longer than
-the configured timeout are closed. Each state-changing command is logged with the caller's uid and pid.
+be pipelined. A line over 64 KiB, bad JSON (nested deeper than 32 levels included) or an unknown command gets
+an error reply, never a crash; an oversized line also closes the connection (the rest of it cannot be framed).
+Connections idle for longer than the configured timeout are closed, and so is one whose reply cannot be sent
+within ``daemon.control_send_timeout`` (a client that pipelines and never reads). At most
+``daemon.control_max_clients`` are connected at once; another is answered ``too_many_clients`` and closed.
+Each state-changing command is logged with the caller's uid and pid.
 
 ``trio`` has no Unix listener helper, so :func:`open_unix_listener` binds one (under a umask, so the socket
 never exists with wider permissions than asked).
@@ -28,6 +31,7 @@ import trio
 from crmsync import __version__, jsonlimits
 from crmsync.daemon.config import ConfigError
 from crmsync.daemon.supervisor import CommandError, Supervisor
+from crmsync.redaction import redact
 
 log = structlog.get_logger("crmsync.daemon.control")
 
@@ -74,15 +78,42 @@ def peer_credentials(stream: trio.SocketStream) -> tuple[int, int, int] | None:
 
 class ControlServer:
     def __init__(self, supervisor: Supervisor, idle_timeout: float,
-                 reload_config: Callable[[], Awaitable[dict[str, Any]]]):
+                 reload_config: Callable[[], Awaitable[dict[str, Any]]], *, send_timeout: float = 10.0,
+                 max_clients: int = 32):
         self.supervisor = supervisor
         self.idle_timeout = idle_timeout
         self.reload_config = reload_config
+        self.send_timeout = send_timeout
+        self.max_clients = max_clients
+        self.clients = 0
 
     async def serve(self, listener: trio.SocketListener) -> None:
         await trio.serve_listeners(self.handle_connection, [listener])
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
+        if self.clients >= self.max_clients:
+            # answered rather than left in the backlog, so `crmsync status` says why instead of hanging
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
+                                     ConnectionError):
+                await self._send(stream, _error(None, "too_many_clients",
+                                                f"at most {self.max_clients} control clients at once"))
+            await stream.aclose()
+            return
+        self.clients += 1
+        try:
+            await self._serve_connection(stream)
+        except trio.TooSlowError:  # the client does not read its replies
+            log.warning("control_client_not_reading", send_timeout_s=self.send_timeout)
+        finally:
+            self.clients -= 1
+            await stream.aclose()
+
+    async def _send(self, stream: trio.SocketStream, obj: dict[str, Any]) -> None:
+        """One reply, within ``send_timeout`` (TooSlowError otherwise: the connection is then closed)."""
+        with trio.fail_after(self.send_timeout):
+            await _send(stream, obj)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
         creds = peer_credentials(stream)
         buf = bytearray()
         try:
@@ -90,8 +121,8 @@ class ControlServer:
                 with trio.move_on_after(self.idle_timeout) as idle:
                     chunk = await stream.receive_some(65536)
                 if idle.cancelled_caught:
-                    await _send(stream, {"id": None, "ok": False,
-                                         "error": {"code": "idle_timeout", "message": "closing idle connection"}})
+                    await self._send(stream, {"id": None, "ok": False, "error": {
+                        "code": "idle_timeout", "message": "closing idle connection"}})
                     return
                 if not chunk:
                     return
@@ -100,20 +131,20 @@ class ControlServer:
                     nl = buf.find(b"\n")
                     if nl < 0:
                         if len(buf) > MAX_LINE:
-                            await _send(stream, _error(None, "line_too_long",
-                                                       f"request lines are capped at {MAX_LINE} bytes"))
+                            await self._send(stream, _error(None, "line_too_long",
+                                                            f"request lines are capped at {MAX_LINE} bytes"))
                             return
                         break
                     line = bytes(buf[:nl])
                     del buf[: nl + 1]
                     if len(line) > MAX_LINE:
-                        await _send(stream, _error(None, "line_too_long",
-                                                   f"request lines are capped at {MAX_LINE} bytes"))
+                        await self._send(stream, _error(None, "line_too_long",
+                                                        f"request lines are capped at {MAX_LINE} bytes"))
                         return
                     if not line.strip():
                         continue
                     reply = await self.dispatch_line(line, creds)
-                    await _send(stream, reply)
+                    await self._send(stream, reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             return
 
@@ -154,7 +185,7 @@ class ControlServer:
         except Exception as exc:  # never let one command take the socket down
             log.exception("control_command_failed", cmd=cmd)
             self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
-            return _error(rid, "internal_error", f"{type(exc).__name__}: {exc}")
+            return _error(rid, "internal_error", redact(f"{type(exc).__name__}: {exc}"))
         self.supervisor.metrics.control_commands.labels(cmd, "ok").inc()
         return {"id": rid, "ok": True, "result": result}
 
