@@ -31,8 +31,12 @@ def _finite_float(text: str) -> float:
 
 def loads(data: str | bytes | bytearray, *, max_depth: int = MAX_DEPTH, constants: bool = False) -> Any:
     """Parse ``data``; :class:`JsonInputError` for anything malformed, too deep or (unless ``constants``)
-    holding NaN/Infinity or a number too large for a float (``1e999``). Never raises anything but a ``ValueError``."""
+    holding NaN/Infinity or a number too large for a float (``1e999``). Bytes must be UTF-8.
+    Never raises anything but a ``ValueError``."""
     try:
+        if isinstance(data, bytes | bytearray):
+            # UTF-8 only (RFC 8259 8.1): json.loads would otherwise guess UTF-16/32 from the first bytes
+            data = bytes(data).decode("utf-8")
         value = (json.loads(data) if constants else
                  json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float))
     except RecursionError:

@@ -31,7 +31,7 @@ import trio
 from crmsync import __version__, jsonlimits
 from crmsync.daemon.config import ConfigError
 from crmsync.daemon.supervisor import CommandError, Supervisor
-from crmsync.redaction import redact
+from crmsync.redaction import redact, redact_value
 
 log = structlog.get_logger("crmsync.daemon.control")
 
@@ -111,7 +111,7 @@ class ControlServer:
     async def _send(self, stream: trio.SocketStream, obj: dict[str, Any]) -> None:
         """One reply, within ``send_timeout`` (TooSlowError otherwise: the connection is then closed)."""
         with trio.fail_after(self.send_timeout):
-            await _send(stream, obj)
+            await _send(stream, redact_value(obj))  # an echoed request or error may carry a secret
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         creds = peer_credentials(stream)

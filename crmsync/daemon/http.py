@@ -33,6 +33,7 @@ from crmsync.daemon.integrations.base import WebhookRejected
 from crmsync.daemon.metrics import CONTENT_TYPE, Metrics
 from crmsync.daemon.supervisor import CommandError, Supervisor
 from crmsync.daemon.webhook_auth import verify
+from crmsync.redaction import redact
 
 log = structlog.get_logger("crmsync.daemon.http")
 
@@ -106,8 +107,9 @@ class HttpApp:
         try:
             accepted = await self.supervisor.accept_webhook(name, headers, body)
         except WebhookRejected as exc:
-            log.warning("webhook_rejected", integration=name, reason=str(exc))
-            await _respond(send, 400, {"error": str(exc)})
+            reason = redact(str(exc))  # it may quote the body
+            log.warning("webhook_rejected", integration=name, reason=reason)
+            await _respond(send, 400, {"error": reason})
             return 400
         except CommandError as exc:
             await _respond(send, 404, {"error": exc.message})
