@@ -166,7 +166,7 @@ class DaemonConfig(StrictModel):
 class HttpConfig(StrictModel):
     webhook_listen: str = "127.0.0.1:8787"
     metrics_listen: str | None = None  # None: /metrics and /healthz share the webhook listener
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     # the whole webhook body must arrive within this, however slowly it is trickled (else 408)
     request_timeout: Duration = timedelta(seconds=30)
     # connections served at once per listener; more wait in the kernel's backlog
