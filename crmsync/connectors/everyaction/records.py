@@ -25,6 +25,8 @@ from typing import Any
 import phonenumbers
 import structlog
 
+from crmsync.connectors.errors import MalformedResponseError
+
 log = structlog.get_logger("crmsync.connectors.everyaction.records")
 
 # --------------------------------------------------------------------------------------------------------
@@ -305,6 +307,8 @@ def _collection(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]] | 
 
 def parse_person(data: Mapping[str, Any]) -> VanPerson:
     """Parse ``GET people/{vanId}`` JSON. ``null`` collections stay ``None``; unknown keys are ignored."""
+    if not isinstance(data, Mapping):
+        raise ValueError("person JSON is not an object")
     if "vanId" not in data or data["vanId"] is None:
         raise ValueError("person JSON has no vanId")
     emails = _collection(data, "emails")
@@ -658,13 +662,16 @@ def parse_contacts_csv(text: str) -> list[ContactChange]:
         return []
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
     rows: list[ContactChange] = []
-    for line_no, row in enumerate(reader, start=2):
-        if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-            continue
-        try:
-            rows.append(parse_contact_row(row))
-        except ValueError as exc:
-            log.warning("everyaction_export_row_skipped", line=line_no, error=str(exc))
+    try:
+        for line_no, row in enumerate(reader, start=2):
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue
+            try:
+                rows.append(parse_contact_row(row))
+            except ValueError as exc:
+                log.warning("everyaction_export_row_skipped", line=line_no, error=str(exc))
+    except csv.Error as exc:  # the file itself cannot be read (a field past the csv module's limit...)
+        raise MalformedResponseError("everyaction", f"unreadable export file: {exc}") from None
     return rows
 
 
