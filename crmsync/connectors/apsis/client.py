@@ -384,7 +384,10 @@ class ApsisClient(ApiClient):
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise MalformedResponseError(SYSTEM, "consents answer is not a list of objects",
                                          status=response.status_code)
-        return [Consent.from_api(i) for i in items]
+        try:
+            return [Consent.from_api(i) for i in items]
+        except ValueError as exc:
+            raise MalformedResponseError(SYSTEM, f"consents answer: {exc}", status=response.status_code) from None
 
     async def opted_out_profiles(self, keys: Iterable[str], topic: str, channel: str) -> list[str]:
         """Which of ``keys`` are opted out of ``topic`` on ``channel`` (the consent backflow).

@@ -306,7 +306,15 @@ def _collection(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]] | 
 
 
 def parse_person(data: Mapping[str, Any]) -> VanPerson:
-    """Parse ``GET people/{vanId}`` JSON. ``null`` collections stay ``None``; unknown keys are ignored."""
+    """Parse ``GET people/{vanId}`` JSON. ``null`` collections stay ``None``; unknown keys are ignored.
+    :class:`ValueError` for anything else (a wrong type anywhere inside included: the answer is untrusted)."""
+    try:
+        return _parse_person(data)
+    except (TypeError, AttributeError, KeyError, OverflowError) as exc:
+        raise ValueError(f"unexpected person JSON ({type(exc).__name__}: {exc})") from None
+
+
+def _parse_person(data: Mapping[str, Any]) -> VanPerson:
     if not isinstance(data, Mapping):
         raise ValueError("person JSON is not an object")
     if "vanId" not in data or data["vanId"] is None:
@@ -660,9 +668,9 @@ def parse_contacts_csv(text: str) -> list[ContactChange]:
     text = text.lstrip("\ufeff")
     if not text.strip():
         return []
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
     rows: list[ContactChange] = []
     try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
         for line_no, row in enumerate(reader, start=2):
             if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
                 continue
