@@ -29,7 +29,9 @@ NAME = "efficy"
 
 
 class Daemon:
-    def __init__(self, tmp: Path):
+    """``upstream``: where the integrations' APIs are (nothing listens at the default); ``extra``: more config."""
+
+    def __init__(self, tmp: Path, upstream: str = "http://127.0.0.1:9", extra: str = ""):
         self.tmp = tmp
         for name, value in (("webhook", corpus.WEBHOOK_SECRET), ("efficy", corpus.EFFICY_KEY),
                             ("apsis", corpus.APSIS_SECRET)):
@@ -49,11 +51,11 @@ max_body_bytes = 1048576
 kind = "efficy_apsis"
 
 [integrations.{NAME}.efficy]
-url = "http://127.0.0.1:9"
+url = "{upstream}"
 api_key_file = "{tmp}/efficy.secret"
 
 [integrations.{NAME}.apsis]
-url = "http://127.0.0.1:9"
+url = "{upstream}"
 client_id = "corpus"
 client_secret_file = "{tmp}/apsis.secret"
 
@@ -62,7 +64,7 @@ mode = "hmac"
 header = "X-Justin-Signature"
 prefix = "sha256="
 secret_file = "{tmp}/webhook.secret"
-""")
+{extra}""")
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("NOTIFY_SOCKET", None)
         self.log = tmp / "stdout.log"
