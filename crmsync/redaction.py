@@ -49,6 +49,7 @@ _PATTERNS = [
 ]
 
 _known: dict[str, None] = {}  # an ordered set
+_known_re: re.Pattern[str] | None = None  # all of them, longest first: one pass per string
 _lock = threading.Lock()
 
 
@@ -72,6 +73,13 @@ def register(value: str | None) -> None:
             _known[form] = None
         while len(_known) > MAX_KNOWN:
             _known.pop(next(iter(_known)))
+        _compile()
+
+
+def _compile() -> None:
+    global _known_re
+    forms = sorted(_known, key=len, reverse=True)
+    _known_re = re.compile("|".join(map(re.escape, forms))) if forms else None
 
 
 def learn_headers(headers: Iterable[tuple[str, str]] | Mapping[str, str]) -> None:
@@ -104,14 +112,16 @@ def redact(text: str, *, cut: bool = False) -> str:
     (upstream error excerpts), so a trailing start of a known secret goes too."""
     if not text:
         return text
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    for shape, replacement in _PATTERNS:
+        text = shape.sub(replacement, text)
+    known_re = _known_re
+    if known_re is not None:
+        text = known_re.sub(REDACTED, text)
+    if not cut:
+        return text
     with _lock:
-        known = sorted(_known, key=len, reverse=True)
-    for form in known:
-        if form in text:
-            text = text.replace(form, REDACTED)
-    for form in known if cut else ():  # a message truncated inside a secret
+        known = list(_known)
+    for form in known:  # a message truncated inside a secret
         for size in range(len(form) - 1, MIN_TAIL - 1, -1):
             if text.endswith(form[:size]):
                 text = text[: len(text) - size] + REDACTED
@@ -134,3 +144,4 @@ def forget_all() -> None:
     """Tests only: start from an empty registry."""
     with _lock:
         _known.clear()
+        _compile()
