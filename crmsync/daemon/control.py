@@ -104,6 +104,8 @@ class ControlServer:
             await self._serve_connection(stream)
         except trio.TooSlowError:  # the client does not read its replies
             log.warning("control_client_not_reading", send_timeout_s=self.send_timeout)
+        except Exception:  # one connection never takes the daemon down (serve_listeners would re-raise it)
+            log.exception("control_connection_failed")
         finally:
             self.clients -= 1
             await stream.aclose()

@@ -84,7 +84,7 @@ requests = st.fixed_dictionaries({"cmd": st.one_of(commands, scalars)}, optional
 control_lines = st.one_of(requests.map(lambda r: json.dumps(r).encode()), raw_json)
 
 
-@FUZZ
+@settings(FUZZ, max_examples=max(25, settings.default.max_examples // 4))  # a daemon per example: costlier
 @given(st.lists(control_lines, min_size=1, max_size=8))
 def test_fuzz_control_lines_always_get_a_documented_reply(lines: list[bytes]) -> None:
     async def run() -> None:

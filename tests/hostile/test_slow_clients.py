@@ -73,7 +73,8 @@ async def test_http_connections_are_capped(tmp_path: Path, db: Any, sim_clock: A
                 await trio.testing.wait_all_tasks_blocked(cushion=0.3)
                 events.append("slot freed")
                 await idle[0].aclose()
-        assert events == ["slot freed", "answered"]  # served only once a connection slot was free
+        # served only once a slot was free (Hypercorn lets a closed connection go within its keep-alive timer)
+        assert events == ["slot freed", "answered"]
         await idle[1].aclose()
         await third.aclose()
         nursery.cancel_scope.cancel()
