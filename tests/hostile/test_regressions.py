@@ -189,3 +189,19 @@ password_file = "{tmp_path / 'k'}"
 """
     lines = _problems(text)
     assert any(line.startswith("integrations.ea.ea_window:") for line in lines), lines
+
+
+# -- found by the fuzzers -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("van_id", ["INF", "-inf", "nan", "1.9", "1e5", "-3", "0", "\u0661\u0662"])
+def test_export_row_with_a_non_integer_vanid_is_skipped_not_crashed_or_rounded(van_id: str) -> None:
+    from crmsync.connectors.everyaction.records import parse_contacts_csv
+
+    only_bob = parse_contacts_csv("VanID,FirstName\n7,Bob\n")
+    assert parse_contacts_csv(f"VanID,FirstName\n{van_id},Ann\n7,Bob\n") == only_bob
+
+
+def test_export_row_vanid_written_as_float_still_reads() -> None:
+    from crmsync.connectors.everyaction.records import parse_contacts_csv
+
+    assert [r.van_id for r in parse_contacts_csv("VanID\n12.0\n 13 \n")] == [12, 13]

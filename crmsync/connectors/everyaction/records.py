@@ -640,6 +640,18 @@ def _pick(row: Mapping[str, str], *names: str) -> str | None:
     return None
 
 
+_EXPORT_VAN_ID = re.compile(r"([0-9]{1,18})(?:\.0+)?", re.ASCII)
+
+
+def _export_van_id(text: str) -> int:
+    """A positive vanId as an export writes it ("123", or "123.0" from a spreadsheet round trip); never rounds
+    "1.9" to 1 nor takes INF, NaN or a negative number (:class:`ValueError`: the row is skipped)."""
+    m = _EXPORT_VAN_ID.fullmatch(text.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise ValueError(f"export row VanID {text[:30]!r} is not a positive integer")
+    return int(m.group(1))
+
+
 def parse_contact_row(row: Mapping[str, str]) -> ContactChange:
     """Typed row from one CSV record (header names matched case-insensitively)."""
     lowered = {k.strip().lower(): (v or "") for k, v in row.items() if k is not None}
@@ -647,7 +659,7 @@ def parse_contact_row(row: Mapping[str, str]) -> ContactChange:
     if van_id_text is None:
         raise ValueError("export row has no VanID")
     return ContactChange(
-        van_id=int(float(van_id_text)),
+        van_id=_export_van_id(van_id_text),
         first_name=_pick(lowered, "firstname"),
         last_name=_pick(lowered, "lastname"),
         email=_pick(lowered, "email", "emailaddress", "preferredemail"),
