@@ -55,6 +55,27 @@ async def test_trickled_webhook_body_is_cut_off_by_the_whole_request_bound(tmp_p
         nursery.cancel_scope.cancel()
 
 
+async def test_trickled_headers_are_cut_off_too(tmp_path: Path, db: Any, sim_clock: Any) -> None:
+    """Headers are bounded by Hypercorn's keep-alive timer (5 s), which runs until they are complete."""
+    async with trio.open_nursery() as nursery:
+        host, port = await _http(nursery, tmp_path, db, sim_clock)
+        stream = await trio.open_tcp_stream(host, port)
+        await stream.send_all(b"POST /webhooks/hooked HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        sent, closed = 0, False
+        with trio.fail_after(HANG_GUARD):
+            while sent < 200 and not closed:  # one byte per 0.2 s: 40 s if never cut off
+                try:
+                    await stream.send_all(b"a")
+                    sent += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    break
+                with trio.move_on_after(0.2):
+                    closed = await stream.receive_some(4096) == b""
+        assert sent < 200
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
 async def test_http_connections_are_capped(tmp_path: Path, db: Any, sim_clock: Any) -> None:
     async with trio.open_nursery() as nursery:
         host, port = await _http(nursery, tmp_path, db, sim_clock, max_connections=2)
