@@ -26,6 +26,7 @@ import httpx
 import structlog
 import trio
 
+from crmsync import jsonlimits
 from crmsync.connectors.errors import (
     ApiError,
     AuthError,
@@ -35,6 +36,7 @@ from crmsync.connectors.errors import (
     RateLimitedError,
     RetriableApiError,
 )
+from crmsync.redaction import learn_headers
 
 log = structlog.get_logger("crmsync.connectors.http")
 _stdlog = logging.getLogger("crmsync.connectors.http")
@@ -247,6 +249,7 @@ class ApiClient:
                                                                          if v is not None})
             await self.prepare_request(request)
             sent = time.monotonic()  # real latency, even under a test's MockClock
+            learn_headers(request.headers.items())  # what we send is what an echoing error page would show
             try:
                 response = await self.http.send(request)
                 await response.aread()
@@ -293,10 +296,20 @@ def _redact_path(path: str) -> str:
     return path.split("?", 1)[0]
 
 
+# API answers nest far less than this; deeper is garbage (and json.loads would raise RecursionError, which no
+# caller expects: crmsync.jsonlimits)
+MAX_ANSWER_DEPTH = 64
+
+
+def parse_json_answer(content: bytes) -> Any:
+    """An API answer's JSON; ``ValueError`` (only) for anything malformed, too deep, NaN or not UTF-8."""
+    return jsonlimits.loads(content, max_depth=MAX_ANSWER_DEPTH)
+
+
 def json_body(system: str, response: httpx.Response) -> Any:
-    """Parse a JSON body, treating garbage as a retriable malformed response."""
+    """Parse a JSON body, treating garbage (too deep, NaN, not UTF-8 included) as a retriable malformed response."""
     try:
-        return response.json()
+        return parse_json_answer(response.content)
     except ValueError as exc:
         raise MalformedResponseError(
             system, f"malformed JSON in HTTP {response.status_code} response", status=response.status_code

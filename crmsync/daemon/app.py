@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -123,21 +124,28 @@ class Daemon:
                     self.control_path = str(cfg.daemon.control_socket)
                     self._own_control_socket = True
                 self.supervisor.listen["control"] = self.control_path
-                control = ControlServer(self.supervisor, cfg.daemon.control_idle_timeout.total_seconds(), self.reload)
+                control = ControlServer(self.supervisor, cfg.daemon.control_idle_timeout.total_seconds(), self.reload,
+                                        send_timeout=cfg.daemon.control_send_timeout.total_seconds(),
+                                        max_clients=cfg.daemon.control_max_clients)
                 ctl_scope = trio.CancelScope()
                 grace = cfg.http.graceful_timeout.total_seconds()
+                request_timeout = cfg.http.request_timeout.total_seconds()
+                serve = partial(serve_http, max_connections=cfg.http.max_connections)
                 if cfg.http.metrics_listen:
-                    hooks = HttpApp(self.supervisor, self.metrics, cfg.http.max_body_bytes, serve_metrics=False)
-                    mets = HttpApp(self.supervisor, self.metrics, cfg.http.max_body_bytes, serve_webhooks=False)
+                    hooks = HttpApp(self.supervisor, self.metrics, cfg.http.max_body_bytes, serve_metrics=False,
+                                    request_timeout=request_timeout)
+                    mets = HttpApp(self.supervisor, self.metrics, cfg.http.max_body_bytes, serve_webhooks=False,
+                                   request_timeout=request_timeout)
                     self.http_apps = [hooks, mets]
-                    self.webhook_url = await root.start(serve_http, hooks, cfg.http.webhook_listen, grace,
+                    self.webhook_url = await root.start(serve, hooks, cfg.http.webhook_listen, grace,
                                                         self._http_shutdown)
-                    self.metrics_url = await root.start(serve_http, mets, cfg.http.metrics_listen, grace,
+                    self.metrics_url = await root.start(serve, mets, cfg.http.metrics_listen, grace,
                                                         self._http_shutdown)
                 else:
-                    both = HttpApp(self.supervisor, self.metrics, cfg.http.max_body_bytes)
+                    both = HttpApp(self.supervisor, self.metrics, cfg.http.max_body_bytes,
+                                   request_timeout=request_timeout)
                     self.http_apps = [both]
-                    self.webhook_url = await root.start(serve_http, both, cfg.http.webhook_listen, grace,
+                    self.webhook_url = await root.start(serve, both, cfg.http.webhook_listen, grace,
                                                         self._http_shutdown)
                     self.metrics_url = self.webhook_url
                 self.supervisor.listen.update(

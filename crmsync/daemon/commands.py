@@ -245,6 +245,7 @@ ERROR_CODES: dict[str, str] = {
     "invalid_config": "reload: the new config is invalid; the running one is kept (problems lists each key)",
     "line_too_long": "the request line is over 64 KiB; the connection closes",
     "idle_timeout": "no request within the idle timeout; the connection closes",
+    "too_many_clients": "daemon.control_max_clients clients are connected already; the connection closes",
     "paused": "the integration is paused; resume it first",
     "unknown_dead_letter": "none of the ids given is a dead letter of the integration",
     "not_found": "explain: no record in either system matches",

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from crmsync.daemon.schedule import Daily, Interval, Schedule, parse_clock_time, parse_duration
-from crmsync.daemon.secrets import SecretsModel, StrictModel
+from crmsync.daemon.secrets import SecretsModel, StrictModel, read_regular_file
 
 DEFAULT_CONFIG_PATH = "/etc/crmsync/config.toml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -31,7 +31,10 @@ def _duration(v: Any) -> timedelta:
         return v
     if not isinstance(v, str):
         raise ValueError("must be a duration string like 30s, 5m or 48h")
-    return parse_duration(v)
+    try:
+        return parse_duration(v)
+    except OverflowError:  # "99999999999d": beyond what a timedelta holds
+        raise ValueError(f"{v[:40]!r} is too long a duration") from None
 
 
 def _clock_time(v: Any) -> time:
@@ -48,7 +51,21 @@ def _api_url(v: Any) -> str:
     return v.rstrip("/")
 
 
+def _socket_mode(v: Any) -> int:
+    """A Unix permission mode: an integer (TOML ``0o660``) or a string of octal digits ("0660"), read as octal
+    explicitly (never as the decimal 660), and never wider than 0660: the control socket can stop the daemon."""
+    if isinstance(v, str) and re.fullmatch(r"(0o|0)?[0-7]{1,4}", v.strip()):
+        v = int(v.strip().removeprefix("0o"), 8)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError("must be an octal mode like 0o660 (or the string \"0660\")")
+    if v < 0 or v & ~0o660:
+        raise ValueError(f"{v:#o} is wider than 0o660; the socket grants control of the daemon" if v >= 0 else
+                         f"{v} is not a permission mode")
+    return v
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+SocketMode = Annotated[int, BeforeValidator(_socket_mode)]
 ClockTime = Annotated[time, BeforeValidator(_clock_time)]
 # an API's base URL: http(s), no trailing slash
 ApiUrl = Annotated[str, BeforeValidator(_api_url)]
@@ -102,6 +119,14 @@ class WebhookAuthConfig(SecretsModel):
     secret: Any = None
     previous_secret: Any = None  # accepted too, during a rotation
 
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, v: str) -> str:
+        # an empty or malformed name can never be sent, so every delivery would be refused 401
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}", v):
+            raise ValueError(f"{v[:40]!r} is not an HTTP header name (letters, digits and - like X-Signature)")
+        return v
+
 
 class IntegrationConfig(SecretsModel):
     """Fields every integration has; kinds subclass this with their own sections."""
@@ -120,8 +145,11 @@ class DaemonConfig(StrictModel):
     database: Path | None = None
     timezone: str = "UTC"
     control_socket: Path = Path("/run/crmsync-control.sock")  # matches systemd/crmsync.socket
-    control_socket_mode: int = 0o660
+    control_socket_mode: SocketMode = 0o660
     control_idle_timeout: Duration = timedelta(minutes=5)
+    # a client whose reply cannot be sent within this (it pipelines and never reads) is disconnected
+    control_send_timeout: Duration = timedelta(seconds=10)
+    control_max_clients: int = Field(default=32, ge=1, le=10_000)
     shutdown_timeout: Duration = timedelta(seconds=20)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     report_retention_days: int = Field(default=30, ge=1)
@@ -139,7 +167,11 @@ class DaemonConfig(StrictModel):
 class HttpConfig(StrictModel):
     webhook_listen: str = "127.0.0.1:8787"
     metrics_listen: str | None = None  # None: /metrics and /healthz share the webhook listener
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # the whole webhook body must arrive within this, however slowly it is trickled (else 408)
+    request_timeout: Duration = timedelta(seconds=30)
+    # connections served at once per listener; more wait in the kernel's backlog
+    max_connections: int = Field(default=100, ge=1, le=100_000)
     graceful_timeout: Duration = timedelta(seconds=5)
     # webhook group commit: requests arriving within this many milliseconds share one transaction (and fsync)
     webhook_commit_window_ms: float = Field(default=2.0, ge=0, le=1000)
@@ -191,9 +223,11 @@ def default_config_path() -> str:
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path).decode("utf-8")
     except OSError as exc:
         raise ConfigError([("", f"cannot read {str(path)!r}: {exc.strerror or exc}")], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("", f"{str(path)!r} is not UTF-8 text (byte {exc.start})")], str(path)) from None
     return parse_config(text, source=str(path))
 
 
@@ -226,6 +260,8 @@ def parse_config(text: str, source: str | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([*duplicates, ("", f"TOML syntax: {exc}")] if duplicates else
                           [("", f"TOML syntax: {exc}")], source) from None
+    except RecursionError:  # tomllib recurses per nesting level of arrays and inline tables
+        raise ConfigError([("", "TOML syntax: arrays or inline tables nested too deeply")], source) from None
     problems: list[tuple[str, str]] = []
 
     daemon_raw = raw.get("daemon", {})

@@ -4,9 +4,12 @@ Request ``{"id": 1, "cmd": "status", "args": {}}``; reply ``{"id": 1, "ok": true
 ``{"id": 1, "ok": false, "error": {"code": "...", "message": "..."}}``. Requests are answered in order and may
 be pipelined. The commands and their arguments are the table in :mod:`crmsync.daemon.commands`, which
 validates every request (unknown or mistyped arguments: ``bad_request``) and answers ``help``.
-A line over 64 KiB, bad JSON or an unknown command gets an error reply, never a crash; an
-oversized line also closes the connection (the rest of it cannot be framed). Connections idle for longer than
-the configured timeout are closed. Each state-changing command is logged with the caller's uid and pid.
+A line over 64 KiB, bad JSON (nested deeper than 32 levels included) or an unknown command gets
+an error reply, never a crash; an oversized line also closes the connection (the rest of it cannot be framed).
+Connections idle for longer than the configured timeout are closed, and so is one whose reply cannot be sent
+within ``daemon.control_send_timeout`` (a client that pipelines and never reads). At most
+``daemon.control_max_clients`` are connected at once; another is answered ``too_many_clients`` and closed.
+Each state-changing command is logged with the caller's uid and pid.
 
 ``trio`` has no Unix listener helper, so :func:`open_unix_listener` binds one (under a umask, so the socket
 never exists with wider permissions than asked).
@@ -27,12 +30,13 @@ from typing import Any
 import structlog
 import trio
 
-from crmsync import __version__
+from crmsync import __version__, jsonlimits
 from crmsync.daemon import consent_history, dead_letters, explain
 from crmsync.daemon.commands import COMMANDS, ArgumentError, Command, help_result, lookup, validate
 from crmsync.daemon.config import ConfigError
 from crmsync.daemon.dry_run import run_dry
 from crmsync.daemon.supervisor import CommandError, Supervisor
+from crmsync.redaction import redact, redact_value
 
 log = structlog.get_logger("crmsync.daemon.control")
 
@@ -76,15 +80,44 @@ def peer_credentials(stream: trio.SocketStream) -> tuple[int, int, int] | None:
 
 class ControlServer:
     def __init__(self, supervisor: Supervisor, idle_timeout: float,
-                 reload_config: Callable[[], Awaitable[dict[str, Any]]]):
+                 reload_config: Callable[[], Awaitable[dict[str, Any]]], *, send_timeout: float = 10.0,
+                 max_clients: int = 32):
         self.supervisor = supervisor
         self.idle_timeout = idle_timeout
         self.reload_config = reload_config
+        self.send_timeout = send_timeout
+        self.max_clients = max_clients
+        self.clients = 0
 
     async def serve(self, listener: trio.SocketListener) -> None:
         await trio.serve_listeners(self.handle_connection, [listener])
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
+        if self.clients >= self.max_clients:
+            # answered rather than left in the backlog, so `crmsync status` says why instead of hanging
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
+                                     ConnectionError):
+                await self._send(stream, _error(None, "too_many_clients",
+                                                f"at most {self.max_clients} control clients at once"))
+            await stream.aclose()
+            return
+        self.clients += 1
+        try:
+            await self._serve_connection(stream)
+        except trio.TooSlowError:  # the client does not read its replies
+            log.warning("control_client_not_reading", send_timeout_s=self.send_timeout)
+        except Exception:  # one connection never takes the daemon down (serve_listeners would re-raise it)
+            log.exception("control_connection_failed")
+        finally:
+            self.clients -= 1
+            await stream.aclose()
+
+    async def _send(self, stream: trio.SocketStream, obj: dict[str, Any]) -> None:
+        """One reply, within ``send_timeout`` (TooSlowError otherwise: the connection is then closed)."""
+        with trio.fail_after(self.send_timeout):
+            await _send(stream, redact_value(obj))  # an echoed request or error may carry a secret
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
         creds = peer_credentials(stream)
         buf = bytearray()
         try:
@@ -92,8 +125,8 @@ class ControlServer:
                 with trio.move_on_after(self.idle_timeout) as idle:
                     chunk = await stream.receive_some(65536)
                 if idle.cancelled_caught:
-                    await _send(stream, {"id": None, "ok": False,
-                                         "error": {"code": "idle_timeout", "message": "closing idle connection"}})
+                    await self._send(stream, {"id": None, "ok": False, "error": {
+                        "code": "idle_timeout", "message": "closing idle connection"}})
                     return
                 if not chunk:
                     return
@@ -102,27 +135,27 @@ class ControlServer:
                     nl = buf.find(b"\n")
                     if nl < 0:
                         if len(buf) > MAX_LINE:
-                            await _send(stream, _error(None, "line_too_long",
-                                                       f"request lines are capped at {MAX_LINE} bytes"))
+                            await self._send(stream, _error(None, "line_too_long",
+                                                            f"request lines are capped at {MAX_LINE} bytes"))
                             return
                         break
                     line = bytes(buf[:nl])
                     del buf[: nl + 1]
                     if len(line) > MAX_LINE:
-                        await _send(stream, _error(None, "line_too_long",
-                                                   f"request lines are capped at {MAX_LINE} bytes"))
+                        await self._send(stream, _error(None, "line_too_long",
+                                                        f"request lines are capped at {MAX_LINE} bytes"))
                         return
                     if not line.strip():
                         continue
                     reply = await self.dispatch_line(line, creds)
-                    await _send(stream, reply)
+                    await self._send(stream, reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             return
 
     async def dispatch_line(self, line: bytes, creds: tuple[int, int, int] | None = None) -> dict[str, Any]:
         try:
-            request = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
+            request = jsonlimits.loads(line)
+        except ValueError as exc:  # jsonlimits: malformed, too deep, NaN, not UTF-8
             return _error(None, "bad_json", f"not a JSON object: {exc}")
         if not isinstance(request, dict):
             return _error(None, "bad_request", "a request is a JSON object with id, cmd and args")
@@ -163,7 +196,7 @@ class ControlServer:
         except Exception as exc:  # never let one command take the socket down
             log.exception("control_command_failed", cmd=cmd)
             self.supervisor.metrics.control_commands.labels(cmd, "error").inc()
-            return _error(rid, "internal_error", f"{type(exc).__name__}: {exc}")
+            return _error(rid, "internal_error", redact(f"{type(exc).__name__}: {exc}"))
         self.supervisor.metrics.control_commands.labels(cmd, "ok").inc()
         return {"id": rid, "ok": True, "result": result}
 

@@ -7,18 +7,28 @@ cannot parse 400 with nothing stored; 202 only after the events are committed to
 :mod:`crmsync.daemon.intake`), 503 when that commit failed (nothing stored); 200 with a note for a replay of a
 body already accepted within the replay window (nothing stored). Hypercorn has no body cap of its own for ASGI
 apps, hence the counting here.
+
+Slow clients: Hypercorn's ``read_timeout`` restarts on every read, so a body trickled a byte at a time would
+hold its connection forever; the whole body must arrive within ``http.request_timeout`` (else 408 and the
+connection closes). Headers are bounded by Hypercorn's keep-alive timer, which runs until a request's headers
+are complete. At most ``http.max_connections`` connections are served at once per listener; more wait in the
+kernel's backlog until one closes (:class:`ConnectionSlots`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from typing import Any
 
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import repr_socket_addr, wrap_app
 
 from crmsync.asgi import BodyTooLarge, Receive, Scope, Send, lifespan, read_body
 from crmsync.daemon.intake import IntakeFailed
@@ -26,6 +36,7 @@ from crmsync.daemon.integrations.base import WebhookRejected
 from crmsync.daemon.metrics import CONTENT_TYPE, Metrics
 from crmsync.daemon.supervisor import CommandError, Supervisor
 from crmsync.daemon.webhook_auth import verify
+from crmsync.redaction import redact
 
 log = structlog.get_logger("crmsync.daemon.http")
 
@@ -37,10 +48,11 @@ class HttpApp:
     """ASGI app. ``serve_webhooks``/``serve_metrics`` pick which routes this listener answers."""
 
     def __init__(self, supervisor: Supervisor, metrics: Metrics, max_body: int, *,
-                 serve_webhooks: bool = True, serve_metrics: bool = True):
+                 serve_webhooks: bool = True, serve_metrics: bool = True, request_timeout: float = 30.0):
         self.supervisor = supervisor
         self.metrics = metrics
         self.max_body = max_body
+        self.request_timeout = request_timeout
         self.serve_webhooks = serve_webhooks
         self.serve_metrics = serve_metrics
         self.accepting = True
@@ -83,10 +95,17 @@ class HttpApp:
             await _respond(send, 413, {"error": f"body larger than {self.max_body} bytes"})
             return 413
         try:
-            body = await read_body(receive, self.max_body)
+            # the whole body within the bound, however it is trickled (read_timeout restarts per read)
+            with trio.move_on_after(self.request_timeout) as slow:
+                body = await read_body(receive, self.max_body)
         except BodyTooLarge:
             await _respond(send, 413, {"error": f"body larger than {self.max_body} bytes"})
             return 413
+        if slow.cancelled_caught:
+            log.warning("webhook_request_timeout", integration=name, timeout_s=self.request_timeout)
+            await _respond(send, 408, {"error": f"request not received within {self.request_timeout:g}s"},
+                           [(b"connection", b"close")])
+            return 408
         if not verify(kind.config.webhook, headers, body):
             log.warning("webhook_unauthenticated", integration=name, header=kind.config.webhook.header)
             await _respond(send, 401, {"error": "missing or invalid signature"})
@@ -94,8 +113,9 @@ class HttpApp:
         try:
             result = await self.supervisor.accept_webhook(name, headers, body)
         except WebhookRejected as exc:
-            log.warning("webhook_rejected", integration=name, reason=str(exc))
-            await _respond(send, 400, {"error": str(exc)})
+            reason = redact(str(exc))  # it may quote the body
+            log.warning("webhook_rejected", integration=name, reason=reason)
+            await _respond(send, 400, {"error": reason})
             return 400
         except CommandError as exc:
             await _respond(send, 404, {"error": exc.message})
@@ -136,14 +156,63 @@ def hypercorn_config(bind: str, graceful_timeout: float) -> HypercornConfig:
     return cfg
 
 
+class ConnectionSlots(trio.abc.Listener[trio.SocketStream]):
+    """A listener that accepts only while fewer than ``limit`` of its connections are open: the rest wait in
+    the kernel's backlog. The handler calls :meth:`release` when its connection ends."""
+
+    def __init__(self, inner: trio.SocketListener, limit: int):
+        self.inner = inner
+        self._slots = trio.Semaphore(limit)
+
+    async def accept(self) -> trio.SocketStream:
+        await self._slots.acquire()
+        try:
+            return await self.inner.accept()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self) -> None:
+        self._slots.release()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 async def serve_http(app: HttpApp, bind: str, graceful_timeout: float, shutdown: trio.Event, *,
+                     max_connections: int = 100,
                      task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until ``shutdown`` is set; in-flight requests get ``graceful_timeout`` to finish."""
+    """Serve until ``shutdown`` is set; in-flight requests get ``graceful_timeout`` to finish.
+
+    Hypercorn's own ``serve`` builds its listeners itself, leaving no place for a connection cap, so this runs
+    its per-connection :class:`TCPServer` over :class:`ConnectionSlots` listeners (same shutdown order: stop
+    accepting, tell keep-alive connections to close, give in-flight requests ``graceful_timeout``).
+    """
     cfg = hypercorn_config(bind, graceful_timeout)
+    sockets = cfg.create_sockets()
+    listeners = []
+    binds = []
+    for sock in sockets.insecure_sockets:
+        sock.listen(cfg.backlog)
+        listeners.append(ConnectionSlots(trio.SocketListener(trio.socket.from_stdlib_socket(sock)),
+                                         max_connections))
+        binds.append("http://" + repr_socket_addr(sock.family, sock.getsockname()))
+    wrapped = wrap_app(app, cfg.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    context = WorkerContext(None)
 
-    async def _serve(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(app, cfg, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
+    async def handle(slots: ConnectionSlots, stream: trio.SocketStream) -> None:
+        try:
+            await TCPServer(wrapped, cfg, context, ConnectionState({}), stream)  # type: ignore[arg-type]
+        finally:
+            slots.release()
 
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(_serve)
-        task_status.started(binds[0] if binds else bind)
+    async with trio.open_nursery() as handlers:
+        async with trio.open_nursery() as accepting:
+            for listener in listeners:
+                accepting.start_soon(partial(trio.serve_listeners, partial(handle, listener), [listener],
+                                             handler_nursery=handlers))
+            task_status.started(binds[0] if binds else bind)
+            await shutdown.wait()
+            accepting.cancel_scope.cancel()
+        await context.terminated.set()
+        handlers.cancel_scope.deadline = trio.current_time() + graceful_timeout

@@ -10,18 +10,21 @@ and ``error``. Reports in the store keep every record's outcome whatever the lev
 Flows bind ``integration`` and ``flow`` into structlog's context variables; trio gives every task a copy of
 the context, so bindings never leak between integrations. Standard-library loggers (Hypercorn's, trio's) go
 through the same renderer. Secrets cannot appear: config secrets are :class:`~crmsync.daemon.secrets.Secret`
-objects whose repr is masked, and connectors build error messages from API answers, not from requests.
+objects whose repr is masked, connectors build error messages from API answers, not from requests, and every
+line passes :func:`crmsync.redaction.redact_value` (known secrets, authorization-like values).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
 from crmsync.daemon.systemd import connected_to_journal
+from crmsync.redaction import redact_value
 
 _PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
 LOG_FORMATS = ("json", "console")
@@ -45,6 +48,11 @@ def _json_render(journal: bool) -> Any:
         return f"<{_PRIORITY.get(level, 6)}>{line}" if journal else line
 
     return render
+
+
+def _redact(logger: Any, name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    # the last net: an upstream answer logged as it came may echo our credentials (crmsync.redaction)
+    return {k: redact_value(v) for k, v in event.items()}
 
 
 def _stream_fd(stream: TextIO) -> int | None:
@@ -80,9 +88,9 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, fmt: st
     renderer: list[Any]
     if fmt == "console":
         colors = bool(getattr(stream, "isatty", lambda: False)())
-        renderer = [structlog.dev.ConsoleRenderer(colors=colors)]
+        renderer = [structlog.processors.format_exc_info, _redact, structlog.dev.ConsoleRenderer(colors=colors)]
     else:
-        renderer = [structlog.processors.format_exc_info, _json_render(journal)]
+        renderer = [structlog.processors.format_exc_info, _redact, _json_render(journal)]
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

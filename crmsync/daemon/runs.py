@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from crmsync.clock import WallClock
+from crmsync.redaction import redact
 from crmsync.state import Database
 from crmsync.state import queries as q
 from crmsync.state.queries import ReportRow
@@ -70,7 +71,7 @@ class RunContext:
         self.flow = flow
         self.run_id = run_id
         self.counts = Counts()
-        self.error: str | None = None
+        self._error: str | None = None
         # set when the run stopped early at a safe point because the daemon is stopping
         self.interrupted = False
         # flows poll this between batches; the runtime points it at its graceful-stop flag
@@ -78,6 +79,15 @@ class RunContext:
         self._rows: list[ReportRow] = []
         self._on_record = on_record
         self.log = structlog.get_logger("crmsync.run").bind(integration=integration, flow=flow, run_id=run_id)
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    @error.setter
+    def error(self, text: str | None) -> None:
+        # kept in the store and shown by runs/report: never with a secret (crmsync.redaction)
+        self._error = redact(text, cut=True) if text is not None else None
 
     def now_iso(self) -> str:
         return self.clock.now().isoformat()
@@ -105,7 +115,8 @@ class RunContext:
             self.counts.skipped[reason] += 1
         else:
             setattr(self.counts, outcome, getattr(self.counts, outcome) + 1)
-        self._rows.append(ReportRow(outcome, crm_id, messaging_id, reason, message))
+        self._rows.append(ReportRow(outcome, crm_id, messaging_id, reason,
+                                    redact(message, cut=True) if message is not None else None))
         if self._on_record:
             self._on_record(self.integration, self.flow, outcome)
 

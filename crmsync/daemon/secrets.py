@@ -10,6 +10,7 @@ errors or reports by accident.
 from __future__ import annotations
 
 import os
+import stat
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,15 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
+from crmsync import redaction
+
 
 class Secret:
     __slots__ = ("_value",)
 
     def __init__(self, value: str):
         self._value = value
+        redaction.register(value)  # from now on, redacted from errors, reports and logs in every form
 
     def reveal(self) -> str:
         return self._value
@@ -52,6 +56,24 @@ class CredentialLookups:
 
 
 CREDENTIAL_LOOKUPS: ContextVar[CredentialLookups | None] = ContextVar("credential_lookups", default=None)
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file. A FIFO, device, socket or directory is refused without blocking: the file is
+    opened non-blocking and checked with fstat before any read (a FIFO would otherwise hang the open)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(0, f"larger than {limit} bytes")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)
 
 
 def read_secret_file(raw: str) -> str:
@@ -79,12 +101,16 @@ def read_secret_file(raw: str) -> str:
                           "LoadCredential=)")
     where = " -> ".join([*looked, str(path)])
     try:
-        value = path.read_text(encoding="utf-8")
+        value = read_regular_file(path).decode("utf-8")
     except OSError as exc:
         if lookups is not None:
             lookups.seen.append((raw, where, False))
         raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}"
                          + (f" (looked in: {where})" if looked else "")) from None
+    except UnicodeDecodeError:
+        if lookups is not None:
+            lookups.seen.append((raw, where, False))
+        raise ValueError(f"{str(path)!r} is not UTF-8 text") from None
     value = value.strip("\r\n")
     if not value:
         raise ValueError(f"{str(path)!r} is empty")

@@ -159,7 +159,7 @@ class _TokenEndpoint(ApiClient):
         await self._window.acquire()
         response = await self.request("POST", TOKEN_PATH, json=self._credentials.token_request(),
                                       headers={"accept": ACCEPT})
-        body: Mapping[str, Any] = response.json()
+        body: Mapping[str, Any] = json_body(SYSTEM, response)
         return body
 
 
@@ -305,7 +305,7 @@ class ApsisClient(ApiClient):
 
     async def _items(self, path: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         response = await self.request("GET", path, params=params)
-        body = response.json()
+        body = json_body(SYSTEM, response)
         items = body.get("items", []) if isinstance(body, dict) else body
         return [i for i in items if isinstance(i, dict)]
 
@@ -389,9 +389,15 @@ class ApsisClient(ApiClient):
         params = [("consent_types", t) for t in types] if types else None
         path = self._profile_path(key, "consents", keyspace=keyspace, v2=True)
         response = await self.request("GET", path, params=params)
-        body = response.json()
+        body = json_body(SYSTEM, response)
         items = body.get("items", []) if isinstance(body, dict) else body
-        return [Consent.from_api(i) for i in items if isinstance(i, dict)]
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise MalformedResponseError(SYSTEM, "consents answer is not a list of objects",
+                                         status=response.status_code)
+        try:
+            return [Consent.from_api(i) for i in items]
+        except ValueError as exc:
+            raise MalformedResponseError(SYSTEM, f"consents answer: {exc}", status=response.status_code) from None
 
     async def opted_out_profiles(self, keys: Iterable[str], topic: str, channel: str) -> list[str]:
         """Which of ``keys`` are opted out of ``topic`` on ``channel`` (the consent backflow).
@@ -477,7 +483,7 @@ class ApsisClient(ApiClient):
     def _poll_url(self, response: httpx.Response) -> str:
         body: Any = None
         if response.content and _is_json(response):
-            body = response.json()
+            body = json_body(SYSTEM, response)
         if isinstance(body, dict):
             for name in self.consent_report_settings.poll_url_fields:
                 value = body.get(name)
@@ -583,7 +589,7 @@ class ApsisClient(ApiClient):
 
     async def get_tags(self, key: str, *, keyspace: str | None = None) -> frozenset[str]:
         response = await self.request("GET", self._profile_path(key, "tags", keyspace=keyspace))
-        return parse_tags(response.json(), self.tag_encoding)
+        return parse_tags(json_body(SYSTEM, response), self.tag_encoding)
 
     # -- one profile, end to end (§6.1) -----------------------------------------------------------------
 
@@ -655,7 +661,7 @@ class ApsisClient(ApiClient):
                         raise
                     log.info("apsis_import_slots_busy", error=exc.message, wait_s=self.import_poll_interval)
                     await trio.sleep(self.import_poll_interval)
-            created = response.json()
+            created = json_body(SYSTEM, response)
             try:
                 import_id = str(created["import_id"])
                 upload_url = str(created["file_upload_url"])
@@ -673,7 +679,7 @@ class ApsisClient(ApiClient):
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.import_poll_interval)
                 poll = await self.request("GET", f"/audience/sections/{section}/imports/{quote(import_id)}")
-                body = poll.json()
+                body = json_body(SYSTEM, poll)
                 result = body.get("result", body) if isinstance(body, dict) else {}
                 status = str(result.get("status", ""))
                 if status == "completed":

@@ -22,7 +22,7 @@ from crmsync.connectors.errors import (
     RateLimitedError,
     RetriableApiError,
 )
-from crmsync.connectors.http import parse_retry_after
+from crmsync.connectors.http import parse_json_answer, parse_retry_after
 
 SYSTEM = "apsis"
 
@@ -94,7 +94,7 @@ class ImportFailedError(FatalApiError):
 def problem_fields(response: httpx.Response) -> tuple[str | None, str | None]:
     """``(title, detail)`` from a problem+json body; ``(None, None)`` when the body is not one."""
     try:
-        body: Any = response.json()
+        body: Any = parse_json_answer(response.content)
     except ValueError:
         return None, None
     if not isinstance(body, dict):

@@ -99,14 +99,14 @@ class Consent:
 
     @classmethod
     def from_api(cls, item: Mapping[str, Any]) -> Consent:
-        return cls(
-            topic=str(item["topic_discriminator"]),
-            channel=str(item["channel_discriminator"]),
-            type=str(item["type"]),
-            source=item.get("source"),
-            reason=item.get("reason"),
-            modified_at=item.get("modified_at"),
-        )
+        """:class:`ValueError` when a required member is missing or not a string (the answer is untrusted)."""
+        required = ("topic_discriminator", "channel_discriminator", "type")
+        if not all(isinstance(item.get(k), str) and item.get(k) for k in required):
+            raise ValueError(f"consent without {', '.join(required)} strings")
+        optional = {k: item.get(k) if isinstance(item.get(k), str) else None
+                    for k in ("source", "reason", "modified_at")}
+        return cls(topic=item["topic_discriminator"], channel=item["channel_discriminator"], type=item["type"],
+                   **optional)
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,7 @@ class EfficyClient(ApiClient):
             except EfficySessionExpiredError as second:
                 raise AuthError(self.system, f"refused after renewing the session: {second.message}",
                                 status=second.status, code=second.code) from second
-        result = response.json()
+        result = json_body(self.system, response)
         assert isinstance(result, list)  # check_response guarantees it
         return result
 

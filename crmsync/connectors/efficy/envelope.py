@@ -17,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from crmsync.connectors.errors import MalformedResponseError
+
 log = structlog.get_logger("crmsync.connectors.efficy.envelope")
 
 Row = dict[str, Any]
@@ -138,9 +140,9 @@ def function_results(body: Any, context_id: str) -> list[dict[str, Any]]:
 
     Falls back to positional matching only if Efficy did not echo the id (not seen, but cheap to tolerate).
     """
-    if not isinstance(body, list):
-        return []
-    contexts = [c for c in body if isinstance(c, Mapping)]
+    contexts = [c for c in body if isinstance(c, Mapping)] if isinstance(body, list) else []
+    if not contexts:  # no context at all is a broken answer, not "no rows": never read it as "not found"
+        raise MalformedResponseError("efficy", "Efficy answered no context")
     match = next((c for c in contexts if c.get("#id") == context_id), None)
     if match is None:
         log.debug("efficy_context_id_not_echoed", context_id=context_id)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import structlog
 
-from crmsync.connectors.efficy.envelope import normalise_key
+from crmsync import jsonlimits
 from crmsync.connectors.efficy.records import parse_datetime
 
 log = structlog.get_logger("crmsync.connectors.efficy.webhooks")
@@ -76,10 +76,39 @@ class ContactChange:
 def _load(body: bytes | str | Any) -> Any:
     if isinstance(body, bytes | bytearray | str):
         try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise WebhookPayloadError(f"webhook body is not valid JSON: {exc}") from exc
+            return jsonlimits.loads(body)
+        except ValueError as exc:  # malformed, nested too deep, NaN/Infinity, not UTF-8
+            raise WebhookPayloadError(f"webhook body is not valid JSON: {exc}") from None
     return body
+
+
+# Efficy keys are positive integers (K_CONTACT); 18 digits stay inside a signed 64-bit integer.
+MAX_KEY_DIGITS = 18
+_KEY_TEXT = re.compile(rf"[0-9]{{1,{MAX_KEY_DIGITS}}}", re.ASCII)
+_MAX_EXACT_FLOAT = 2 ** 53
+
+
+def contact_key(value: Any, where: str) -> str:
+    """The contact key of a pushed record as its decimal string, or :class:`WebhookPayloadError`.
+
+    A key is a positive integer of at most 18 digits, or its decimal ASCII string; an integral float is
+    taken too (SDKs parseFloat keys). Anything else (lists, objects, NaN, 1.5, -7, paths, SQL, control or
+    non-ASCII characters, 5,000 digits) refuses the whole body: such a key names no contact.
+    """
+    number: int | None = None
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value if 0 < value < 10 ** MAX_KEY_DIGITS else None
+    elif isinstance(value, float):
+        if value.is_integer() and 0 < value <= _MAX_EXACT_FLOAT:
+            number = int(value)
+    elif isinstance(value, str) and _KEY_TEXT.fullmatch(value):
+        number = int(value) or None
+    if number is None:
+        shown = repr(value) if isinstance(value, int | float | str) else type(value).__name__
+        raise WebhookPayloadError(f"{where} is not a contact key (a positive integer): {shown[:40]}")
+    return str(number)
 
 
 # -- native form ------------------------------------------------------------------------------------------
@@ -109,9 +138,9 @@ def parse_native_webhook(body: bytes | str | Any, *,
         if table != contact_table:
             skipped += 1
             continue
-        key = normalise_key(record.get("key"))
-        if key is None:
+        if record.get("key") is None:
             raise WebhookPayloadError(f"records[{index}] has no key")
+        key = contact_key(record.get("key"), f"records[{index}].key")
         operation = _NATIVE_OPERATIONS.get(str(record.get("operation", "")).strip().lower())
         if operation is None:
             raise WebhookPayloadError(f"records[{index}].operation {record.get('operation')!r} is not "
@@ -174,9 +203,9 @@ def parse_contract_webhook(body: bytes, *, signature: str | None, secret: str | 
     for index, item in enumerate(payload):
         if not isinstance(item, Mapping):
             raise WebhookPayloadError(f"item [{index}] is not an object")
-        key = normalise_key(item.get("record_id"))
-        if key is None:
+        if item.get("record_id") is None:
             raise WebhookPayloadError(f"item [{index}] has no record_id")
+        key = contact_key(item.get("record_id"), f"item [{index}].record_id")
         if "consent_base_id" in item:
             if not isinstance(item.get("has_consented"), bool):
                 raise WebhookPayloadError(f"item [{index}].has_consented is not a boolean")

@@ -17,7 +17,6 @@ VAN-specific:
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -64,7 +63,7 @@ from crmsync.connectors.everyaction.records import (
     parse_person,
     phone_opt_in_update,
 )
-from crmsync.connectors.http import ApiClient, parse_retry_after
+from crmsync.connectors.http import ApiClient, parse_json_answer, parse_retry_after
 
 log = structlog.get_logger("crmsync.connectors.everyaction.client")
 
@@ -183,7 +182,7 @@ class EveryActionClient(ApiClient):
         if status in _REDIRECTS and response.headers.get("location"):
             return  # a matched find may redirect to the person (research A3.5); the caller reads Location
         try:
-            body = json.loads(response.content) if response.content.strip() else None
+            body = parse_json_answer(response.content) if response.content.strip() else None
         except ValueError:
             body = None
         message, code = van_error_message(body)
@@ -462,7 +461,7 @@ def _person_ref(van_id: int | str) -> str:
 
 def _decode_json(response: httpx.Response) -> Any:
     try:
-        return json.loads(response.content)
+        return parse_json_answer(response.content)
     except ValueError as exc:
         raise MalformedResponseError(
             "everyaction", f"malformed JSON in HTTP {response.status_code} response",

@@ -26,6 +26,8 @@ from typing import Any
 import phonenumbers
 import structlog
 
+from crmsync.connectors.errors import MalformedResponseError
+
 log = structlog.get_logger("crmsync.connectors.everyaction.records")
 
 # --------------------------------------------------------------------------------------------------------
@@ -306,7 +308,17 @@ def _collection(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]] | 
 
 
 def parse_person(data: Mapping[str, Any]) -> VanPerson:
-    """Parse ``GET people/{vanId}`` JSON. ``null`` collections stay ``None``; unknown keys are ignored."""
+    """Parse ``GET people/{vanId}`` JSON. ``null`` collections stay ``None``; unknown keys are ignored.
+    :class:`ValueError` for anything else (a wrong type anywhere inside included: the answer is untrusted)."""
+    try:
+        return _parse_person(data)
+    except (TypeError, AttributeError, KeyError, OverflowError) as exc:
+        raise ValueError(f"unexpected person JSON ({type(exc).__name__}: {exc})") from None
+
+
+def _parse_person(data: Mapping[str, Any]) -> VanPerson:
+    if not isinstance(data, Mapping):
+        raise ValueError("person JSON is not an object")
     if "vanId" not in data or data["vanId"] is None:
         raise ValueError("person JSON has no vanId")
     emails = _collection(data, "emails")
@@ -574,7 +586,10 @@ def export_header(text: str) -> list[str]:
     """The column names of an export file's header row (delimiter sniffed, BOM dropped)."""
     text = text.lstrip("\ufeff")
     header = text.split("\n", 1)[0].rstrip("\r")
-    return [c.strip() for c in next(csv.reader([header], delimiter=sniff_delimiter(text)), [])]
+    try:
+        return [c.strip() for c in next(csv.reader([header], delimiter=sniff_delimiter(text)), [])]
+    except csv.Error:
+        raise MalformedResponseError("everyaction", "unreadable export file header") from None
 
 
 @dataclass(frozen=True)
@@ -607,7 +622,10 @@ def sniff_delimiter(text: str) -> str:
     header = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
     best, best_count = ",", 1
     for delimiter in _DELIMITERS:
-        count = len(next(csv.reader([header], delimiter=delimiter), []))
+        try:
+            count = len(next(csv.reader([header], delimiter=delimiter), []))
+        except csv.Error:  # not a header at all (a stray CR, a NUL...): the caller's check refuses the file
+            continue
         if count > best_count:
             best, best_count = delimiter, count
     return best
@@ -638,6 +656,18 @@ def _pick(row: Mapping[str, str], *names: str) -> str | None:
     return None
 
 
+_EXPORT_VAN_ID = re.compile(r"([0-9]{1,18})(?:\.0+)?", re.ASCII)
+
+
+def _export_van_id(text: str) -> int:
+    """A positive vanId as an export writes it ("123", or "123.0" from a spreadsheet round trip); never rounds
+    "1.9" to 1 nor takes INF, NaN or a negative number (:class:`ValueError`: the row is skipped)."""
+    m = _EXPORT_VAN_ID.fullmatch(text.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise ValueError(f"export row VanID {text[:30]!r} is not a positive integer")
+    return int(m.group(1))
+
+
 def parse_contact_row(row: Mapping[str, str], columns: Mapping[str, str] | None = None) -> ContactChange:
     """Typed row from one CSV record (header names matched case-insensitively). ``columns`` names the column
     of each :class:`ContactChange` attribute where an instance uses other names than the defaults."""
@@ -649,7 +679,7 @@ def parse_contact_row(row: Mapping[str, str], columns: Mapping[str, str] | None 
     if van_id_text is None:
         raise ValueError("export row has no VanID")
     return ContactChange(
-        van_id=int(float(van_id_text)),
+        van_id=_export_van_id(van_id_text),
         first_name=_pick(lowered, "@first_name", "firstname"),
         last_name=_pick(lowered, "@last_name", "lastname"),
         email=_pick(lowered, "@email", "email", "emailaddress", "preferredemail"),
@@ -670,15 +700,18 @@ def parse_contacts_csv(text: str, columns: Mapping[str, str] | None = None) -> l
     text = text.lstrip("\ufeff")
     if not text.strip():
         return []
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
     rows: list[ContactChange] = []
-    for line_no, row in enumerate(reader, start=2):
-        if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-            continue
-        try:
-            rows.append(parse_contact_row(row, columns))
-        except ValueError as exc:
-            log.warning("everyaction_export_row_skipped", line=line_no, error=str(exc))
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
+        for line_no, row in enumerate(reader, start=2):
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue
+            try:
+                rows.append(parse_contact_row(row, columns))
+            except ValueError as exc:
+                log.warning("everyaction_export_row_skipped", line=line_no, error=str(exc))
+    except csv.Error as exc:  # the file itself cannot be read (a field past the csv module's limit...)
+        raise MalformedResponseError("everyaction", f"unreadable export file: {exc}") from None
     return rows
 
 

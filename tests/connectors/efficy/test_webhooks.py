@@ -130,5 +130,5 @@ def test_contract_more_than_200_items() -> None:
     body, signature = contract([{"record_id": str(i), "operation": "updated"} for i in range(201)])
     with pytest.raises(WebhookTooLargeError):
         parse_contract_webhook(body, signature=signature, secret=SECRET)
-    body, signature = contract([{"record_id": str(i), "operation": "updated"} for i in range(200)])
+    body, signature = contract([{"record_id": str(i), "operation": "updated"} for i in range(1, 201)])
     assert len(parse_contract_webhook(body, signature=signature, secret=SECRET)) == 200

@@ -63,7 +63,7 @@ def test_credentials_and_secrets(tmp_path: Path) -> None:
     found = problems(tmp_path, everyaction={"application_name": "x", "api_key": "inline-key"})
     assert "never inline" in found["integrations.ea-mc.everyaction.api_key"]
     found = problems(tmp_path, ea_window="100d")
-    assert "90d" in found["integrations.ea-mc"]
+    assert "90d" in found["integrations.ea-mc.ea_window"]  # names the key (issue 9)
 
 
 def test_check_config_cli_names_the_key_and_the_caution(tmp_path: Path) -> None:

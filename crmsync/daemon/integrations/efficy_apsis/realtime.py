@@ -13,11 +13,11 @@ is newer, and the fingerprint's Efficy version keeps an older read from overwrit
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 import structlog
 
+from crmsync import jsonlimits
 from crmsync.connectors.apsis import ApsisClient
 from crmsync.connectors.efficy import EfficyClient, WebhookPayloadError, parse_contract_webhook, parse_native_webhook
 from crmsync.connectors.errors import NotFoundError
@@ -34,8 +34,8 @@ log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.realtime")
 def parse_body(body: bytes) -> list[WebhookEvent]:
     """Events ``{"contact_id", "operation", "changed_at"}`` from either push form; WebhookRejected if malformed."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = jsonlimits.loads(body)
+    except ValueError as exc:  # malformed, nested too deep, NaN/Infinity, not UTF-8
         raise WebhookRejected(f"body is not JSON: {exc}") from None
     try:
         if isinstance(data, Mapping):

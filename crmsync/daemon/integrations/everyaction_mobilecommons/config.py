@@ -254,13 +254,20 @@ class EveryActionMobileCommonsConfig(IntegrationConfig):
             raise ValueError("must be the numeric id of a Mobile Commons opt-in path")
         return v
 
-    @model_validator(mode="after")
-    def _windows(self) -> EveryActionMobileCommonsConfig:
-        if not timedelta(hours=1) <= self.ea_window <= EA_MAX_LOOKBACK:
-            raise ValueError("ea_window must be between 1h and 90d (EveryAction's export look-back limit)")
-        if self.day_every < timedelta(minutes=1):
-            raise ValueError("day_every must be at least 1m")
-        return self
+    # field validators, so that an error names its key path (integrations.NAME.ea_window)
+    @field_validator("ea_window")
+    @classmethod
+    def _ea_window(cls, v: timedelta) -> timedelta:
+        if not timedelta(hours=1) <= v <= EA_MAX_LOOKBACK:
+            raise ValueError("must be between 1h and 90d (EveryAction's export look-back limit)")
+        return v
+
+    @field_validator("day_every")
+    @classmethod
+    def _day_every(cls, v: timedelta) -> timedelta:
+        if v < timedelta(minutes=1):
+            raise ValueError("must be at least 1m")
+        return v
 
     def required_fields(self) -> frozenset[str]:
         return self.field_mappings.required_fields()
