@@ -283,16 +283,19 @@ EA_ANSWERS: list[Answer] = [
            "NotFoundError"),
 ]
 
+# the six column names EveryAction is known to write (a file without them is refused, issue 7 item 11)
+EA_CSV_HEADER = b"VanID,FirstName,LastName,Phone,PhoneOptInStatus,DateCreated\n"
+
 EA_CSV_ANSWERS: list[Answer] = [
     Answer("ea-csv-binary", 200, "text/csv", bytes(range(256)) * 4, "ExportColumnMissingError"),
     Answer("ea-csv-no-header", 200, "text/csv", b"", "skipped"),
     Answer("ea-csv-wrong-header", 200, "text/csv", b"a,b,c\n1,2,3\n", "ExportColumnMissingError"),
-    Answer("ea-csv-nul", 200, "text/csv", b"VanID,FirstName,LastName,Phone,PhoneOptInStatus,DateCreated\n1\x00,a,b,2025550143,1,2\n", "skipped"),
+    Answer("ea-csv-nul", 200, "text/csv", EA_CSV_HEADER + b"1\x00,a,b,2025550143,1,2\n", "skipped"),
     Answer("ea-csv-unclosed-quote", 200, "text/csv",
            b'VanID,FirstName,LastName,Phone,PhoneOptInStatus,DateCreated\n"1,2026-01-01\n', "skipped"),
-    Answer("ea-csv-vanid-text", 200, "text/csv", b"VanID,FirstName,LastName,Phone,PhoneOptInStatus,DateCreated\nabc,a,b,,,2026-01-01T00:00:00\n",
+    Answer("ea-csv-vanid-text", 200, "text/csv", EA_CSV_HEADER + b"abc,a,b,,,2026-01-01T00:00:00\n",
            "skipped"),
-    Answer("ea-csv-huge-field", 200, "text/csv", b"VanID,FirstName,LastName,Phone,PhoneOptInStatus,DateCreated\n" + b"9" * 200000 + b",x\n",
+    Answer("ea-csv-huge-field", 200, "text/csv", EA_CSV_HEADER + b"9" * 200000 + b",x\n",
            "MalformedResponseError"),
     Answer("ea-csv-403-echo", 403, "text/html", _echo_page(403), "FatalApiError"),
     Answer("ea-csv-500-echo", 500, "text/html", _echo_page(500), "RetriableApiError"),
