@@ -51,6 +51,7 @@ _PATTERNS = [
 _known: dict[str, None] = {}  # an ordered set
 _known_re: re.Pattern[str] | None = None  # all of them, longest first: one pass per string
 _lock = threading.Lock()
+_learnt: dict[tuple[str, str], None] = {}  # header values already learnt: each request re-sends the same ones
 
 
 def encoded_forms(value: str) -> set[str]:
@@ -68,9 +69,15 @@ def register(value: str | None) -> None:
         return
     forms = encoded_forms(value.strip()) | encoded_forms(value)
     with _lock:
-        for form in forms:
-            _known.pop(form, None)
+        new = False
+        for form in forms:  # newest last (the oldest go first past MAX_KNOWN)
+            if form in _known:
+                del _known[form]
+            else:
+                new = True
             _known[form] = None
+        if not new:
+            return  # every request re-sends the same credentials: nothing to recompile
         while len(_known) > MAX_KNOWN:
             _known.pop(next(iter(_known)))
         _compile()
@@ -86,8 +93,11 @@ def learn_headers(headers: Iterable[tuple[str, str]] | Mapping[str, str]) -> Non
     """Register the credentials in a request's authorization-like headers (called for every request sent)."""
     items = headers.items() if isinstance(headers, Mapping) else headers
     for name, value in items:
-        if not _HEADER_NAMES.match(name) or not value:
+        if not _HEADER_NAMES.match(name) or not value or (name, value) in _learnt:
             continue
+        _learnt[(name, value)] = None
+        if len(_learnt) > MAX_KNOWN:
+            _learnt.pop(next(iter(_learnt)), None)
         if name.lower() in ("cookie", "set-cookie"):
             for part in value.split(";"):
                 register(part.partition("=")[2].strip())
