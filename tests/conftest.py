@@ -35,7 +35,7 @@ def _fresh_fake_worlds() -> None:
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
     # inline: these tests run under MockClock, which would jump time during a worker-thread hop
-    database = await Database.open(tmp_path / "test.db", inline=True)
+    database = await Database.open(tmp_path / "test.db", inline=True, durable=False)
     yield database
     await database.aclose()
 

@@ -104,7 +104,7 @@ async def scratch_copy(db: Database) -> AsyncIterator[Database]:
             copy()
         else:
             await trio.to_thread.run_sync(copy)
-        scratch = await Database.open(raw, inline=db.inline)
+        scratch = await Database.open(raw, inline=db.inline, durable=False)  # deleted afterwards
         try:
             yield scratch
         finally:

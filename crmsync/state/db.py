@@ -53,11 +53,13 @@ class Database:
         self.thread_hops = 0  # worker-thread hops taken by :meth:`tx`
 
     @classmethod
-    async def open(cls, path: str | Path, *, inline: bool = False) -> Database:
+    async def open(cls, path: str | Path, *, inline: bool = False, durable: bool = True) -> Database:
+        """``durable=False`` (throwaway stores: tests, scratch copies) skips the fsync of each commit: a commit
+        then survives a process crash but not a power loss. The daemon's store is always durable."""
         path = str(path)
         if inline:
-            return cls(_connect(path), path, inline=True)
-        conn = await trio.to_thread.run_sync(partial(_connect, path))
+            return cls(_connect(path, durable), path, inline=True)
+        conn = await trio.to_thread.run_sync(partial(_connect, path, durable))
         return cls(conn, path)
 
     @classmethod
@@ -126,7 +128,7 @@ def _abort_if_cancelled() -> int:
     return 0
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _connect(path: str, durable: bool = True) -> sqlite3.Connection:
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -134,7 +136,7 @@ def _connect(path: str) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
     # WAL + FULL: each COMMIT is fsynced, so it survives a power loss, not only a process crash (see above)
-    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys = ON")
     migrate(conn)
     return conn

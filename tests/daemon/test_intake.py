@@ -191,10 +191,14 @@ async def test_queue_depth_counter_starts_from_the_store_and_follows_consumption
     assert f'crmsync_realtime_queue_depth{{integration="{NAME}"}} 0.0' in metrics
 
 
-async def test_the_store_commits_fully_synchronously(db: Database) -> None:
-    # a 202 must survive a power loss: WAL with synchronous = FULL (2), not NORMAL (1)
-    assert await db.tx(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2
-    assert await db.tx(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+async def test_the_store_commits_fully_synchronously(tmp_path: Path) -> None:
+    # a 202 must survive a power loss: WAL with synchronous = FULL (2), not NORMAL (1), as the daemon opens it
+    db = await Database.open(tmp_path / "daemon.db")
+    try:
+        assert await db.tx(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2
+        assert await db.tx(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+    finally:
+        await db.aclose()
 
 
 # -- issue 9 item 3: replayed deliveries --------------------------------------------------------------------

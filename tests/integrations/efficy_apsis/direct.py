@@ -108,7 +108,7 @@ async def flows(tmp_path: Path, clock: WallClock, *, config: Config | None = Non
     config = config or make_config(tmp_path)
     icfg = config.integrations[NAME]
     assert isinstance(icfg, EfficyApsisConfig)
-    db = await Database.open(db_path or tmp_path / "crmsync.db", inline=True)
+    db = await Database.open(db_path or tmp_path / "crmsync.db", inline=True, durable=False)
     transports = transports or {"efficy": httpx.ASGITransport(app=efficy),  # type: ignore[arg-type]
                                 "apsis": httpx.ASGITransport(app=apsis)}  # type: ignore[arg-type]
     ctx = IntegrationContext(name=NAME, db=db, clock=clock, observer=Metrics(), state_dir=tmp_path,

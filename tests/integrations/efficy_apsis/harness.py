@@ -135,7 +135,7 @@ async def world(tmp_path: Path, clock: WallClock, *, contacts: int = 0, config: 
         seed(efficy, contacts)
         efficy.add_query("VIP", predicate=lambda c: int(c["K_CONTACT"]) % 2 == 0, query_id=99990001)
     config = config or make_config(tmp_path)
-    db = await Database.open(db_path or tmp_path / "crmsync.db", inline=True)
+    db = await Database.open(db_path or tmp_path / "crmsync.db", inline=True, durable=False)
     supervisor = Supervisor(config, db, Metrics(), clock, transports={
         "efficy": httpx.ASGITransport(app=efficy), "apsis": httpx.ASGITransport(app=apsis)})  # type: ignore[arg-type]
     try:

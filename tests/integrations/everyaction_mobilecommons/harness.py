@@ -107,7 +107,7 @@ async def make_world(tmp_path: Path) -> World:
     mc = MobileCommonsSimulator(clock)
     campaign = mc.add_campaign("Supporters")
     path = mc.add_opt_in_path(campaign.id, "Web join", welcome_message="Welcome to Supporters!")
-    db = await Database.open(tmp_path / "state.db", inline=True)
+    db = await Database.open(tmp_path / "state.db", inline=True, durable=False)
     return World(clock, ea, mc, path.id, campaign.id, db)
 
 
