@@ -34,6 +34,7 @@ from crmsync.connectors.apsis.records import (
     ConsentKey,
 )
 from crmsync.connectors.efficy.records import EfficyContact, parse_flag, parse_number
+from crmsync.daemon.integrations.efficy_apsis.phones import normalise_phone
 
 log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.rules")
 
@@ -134,23 +135,6 @@ def contact_region(fields: Mapping[str, Any], country_field: str | None, default
         if code in phonenumbers.SUPPORTED_REGIONS:
             return code
     return default_region.upper() if default_region else None
-
-
-def normalise_phone(value: Any, region: str | None) -> str | None:
-    """A phone number in E.164 (``+32470123456``), read in ``region`` when it is in national form; None
-    when it is not a valid number."""
-    if isinstance(value, bool) or value is None:
-        return None
-    text = f"+{value}" if isinstance(value, int) else str(value).strip()
-    if not text:
-        return None
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def normalise_email(value: Any) -> str | None:
