@@ -365,7 +365,8 @@ class FullSync:
                             w.report(run)
                             settled_tx.extend(w.tx)
                         else:
-                            plan = replace(plan, desired=sent)
+                            if sent is not plan.desired:
+                                plan = replace(plan, desired=sent)
                             desired, seen, records = await check_apsis_optouts(source, plan, contact, self.spec)
                             if self.queries:
                                 desired = with_query_membership(desired, self.spec.query_tags, frozenset(
