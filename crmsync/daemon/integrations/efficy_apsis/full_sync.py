@@ -210,17 +210,19 @@ class FullSync:
         states, optouts, self._page_query_tags = await run.db.tx(load)
         now = run.now_iso()
         writes: list[tuple[Plan, EfficyContact]] = []
+        plans: list[Plan] = []
         settled_tx: list[store.TxFn] = []
         for contact in page.records:
             st = states[contact.contact_id]
             plan = plan_contact(contact, self.spec, known=st, read_at=read.read_at)
-            settled_tx.append(store.plan_sightings(self.integration, plan))
+            plans.append(plan)
             if plan.action == "write":
                 writes.append((plan, contact))
             else:
                 w = settled(plan, contact, self.integration, now)
                 w.report(run)
                 settled_tx.extend(w.tx)
+        settled_tx.insert(0, store.page_sightings(self.integration, plans))  # the page's link sightings
         return writes, settled_tx, optouts
 
     # -- per-profile path ----------------------------------------------------------------------------------
