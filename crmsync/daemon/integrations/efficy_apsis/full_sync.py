@@ -407,7 +407,7 @@ class FullSync:
                     if writer is not None and writer.rows:
                         n.start_soon(self._import_file, batch, index, versions)
             post = [e for e in batch.entries()
-                    if e.has_post and not any(i in batch.file_errors for i in e.files)]
+                    if e.has_post and not any(i in batch.file_errors for i in e.files)] if batch.posts else []
             if post:
                 self.per_profile_writes += len(post)
                 gate = trio.Semaphore(self.settings.concurrency)
