@@ -104,7 +104,7 @@ class ApsisSettings(SecretsModel):
     keyspace: str = KEYSPACE_CRM_ID
     # requests/s of this integration's one token bucket, shared by all its flows; the account allows 100
     # across all keys (integrations on the same account must split it)
-    rate_limit: float = Field(default=95.0, gt=0)
+    rate_limit: float = Field(default=92.0, gt=0)
     rate_burst: int = Field(default=4, ge=1)  # bucket size: rate + burst stays within 100 in any second
     max_concurrency: int = Field(default=4, ge=1, le=32)
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1000)  # [U] "100 kB" read as 100 000 bytes
