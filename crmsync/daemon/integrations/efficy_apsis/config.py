@@ -184,7 +184,7 @@ class FullSyncConfig(StrictModel):
     # how many profiles are upserted at the same time on the per-profile path (the APSIS client's
     # concurrency is raised to at least this)
     concurrency: int = Field(default=16, ge=1, le=64)
-    read_ahead: int = Field(default=4, ge=1, le=64)  # Efficy pages read ahead of the writes
+    read_ahead: int = Field(default=16, ge=1, le=64)  # Efficy pages read ahead of the writes
     # contacts per import batch (one file per consent type); 8M contacts = 160 batches, 2 imports each, well
     # within 10 imports a minute over a 1.5 h read, and imports run while later pages are read
     import_rows: int = Field(default=50_000, ge=1)
