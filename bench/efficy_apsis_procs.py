@@ -121,6 +121,7 @@ async def sync(urls: dict[str, Any], threshold: int, page_size: int) -> None:
             await nursery.start(supervisor.run)
             await supervisor.activate(NAME)
             cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+            main0 = time.thread_time()
             started = time.perf_counter()
             await supervisor.full_sync(NAME)
             while True:
@@ -130,11 +131,13 @@ async def sync(urls: dict[str, Any], threshold: int, page_size: int) -> None:
                     break
             wall = time.perf_counter() - started
             cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+            main_cpu = time.thread_time() - main0
             run = await db.tx(q.last_run, NAME, "full_sync")
             nursery.cancel_scope.cancel()
         await db.aclose()
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     print(json.dumps({"state": fs["state"], "done": fs["done"], "seconds": wall, "cpu_seconds": cpu,
+                      "main_thread_cpu_seconds": main_cpu,
                       "peak_rss_mb": cpu1.ru_maxrss / 1024, "counts": run["counts"] if run else None,
                       "status": run["status"] if run else None}))
 

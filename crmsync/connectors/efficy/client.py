@@ -39,6 +39,7 @@ from crmsync.connectors.efficy.records import (
     EfficyProfile,
     FieldTypes,
     contact_from_row,
+    contacts_from_rows,
     parse_datetime,
     parse_number,
     profile_from_row,
@@ -310,7 +311,10 @@ class EfficyClient(ApiClient):
             if count_rows:
                 value = parse_number(next(iter(count_rows[0].values()), None))
                 total = int(value) if value is not None else None
-        contacts = [self._contact(row) for row in rows]
+        try:
+            contacts = contacts_from_rows(rows, types=self.field_types, tz=self.timezone)
+        except ValueError as exc:
+            raise MalformedResponseError(self.system, str(exc)) from exc
         contacts.sort(key=lambda c: int(c.contact_id))
         if contacts and include_profiles:
             links, times = await self._profile_links(after, int(contacts[-1].contact_id))

@@ -12,6 +12,7 @@ from crmsync.connectors.efficy.records import (
     EfficyContact,
     FieldTypes,
     contact_from_row,
+    contacts_from_rows,
     parse_datetime,
     parse_flag,
     parse_number,
@@ -80,6 +81,34 @@ def test_contact_from_row() -> None:
     assert contact_from_row({"K_CONTACT": 1}).profile_ids is None  # not loaded, unlike "none"
     with pytest.raises(ValueError, match="K_CONTACT"):
         contact_from_row({"NAME": "x"})
+
+
+def test_page_of_rows_is_typed_exactly_like_row_by_row() -> None:
+    """The client types a page at once (column readers decided once per page): every contact, field, type
+    and field order must equal what contact_from_row gives each row alone, whatever the columns."""
+    types = FieldTypes(flags=frozenset({"OPENED", "ROBINSON"}), overrides={"SCORE": "float", "CODE": "str"})
+    tz = timezone(timedelta(hours=2))
+    values = ["1899-12-30T00:00:00", "2024-03-14T09:00:00", " 2024-03-14 ", "2024-03-14T09:00:00Z", "", "  ",
+              None, True, False, 0, 1, 3.5, "0", "1", "T", "F", "0470123456", "01234", "+32470123456",
+              "56_865114542", "1,5", "abc", "2024-13-45", "12", "Zoë", "\u0662\u0660\u0662\u0664-01-01"]
+    columns = ["K_CONTACT", "NAME", "FIRSTNAME", "EMAIL1", "OPENED", "ROBINSON", "D_CHANGE", "D_CREATE",
+               "BIRTHDATE", "K_COMPANY", "SCORE", "CODE", "POSTCODE", "MOBILE", "CUSTOM"]
+    rows: list[dict[str, object]] = []
+    for i in range(len(values) * 2):
+        row: dict[str, object] = {c: values[(i + j) % len(values)] for j, c in enumerate(columns)}
+        row["K_CONTACT"] = str(100 + i) if i % 2 else 100 + i
+        rows.append(row)
+    rows.append({"k_contact": 7, "Name": " Ann ", "d_change": "2024-01-02T03:04:05", "email1": "a@b.c"})
+    rows.append({"K_CONTACT": 8, "name": "first", "NAME": "second", "Opened": "T"})  # the last wins
+    rows.append(rows[0])  # the first layout again, after others
+    expected = [contact_from_row(r, types=types, tz=tz) for r in rows]
+    got = contacts_from_rows(rows, types=types, tz=tz)
+    assert got == expected
+    assert [list(c.fields) for c in got] == [list(c.fields) for c in expected]
+    assert [[type(v) for v in c.fields.values()] for c in got] == \
+        [[type(v) for v in c.fields.values()] for c in expected]
+    with pytest.raises(ValueError, match="K_CONTACT"):
+        contacts_from_rows([{"NAME": "no key"}])
 
 
 def test_contacts_compare_by_value() -> None:

@@ -191,6 +191,7 @@ class ImportBatch:
     file_errors: dict[int, str] = field(default_factory=dict)  # file index -> APSIS's message
     post_errors: dict[str, str] = field(default_factory=dict)  # contact id -> APSIS's message
     total: int | None = None
+    posts: int = 0  # rows with per-profile calls after the import (their ledger is read only when some are)
 
     def __post_init__(self) -> None:
         self.writers = [None] * len(self.layouts)
@@ -231,6 +232,7 @@ class ImportBatch:
             self.ledger = tempfile.SpooledTemporaryFile(max_size=self.spool_bytes)
         self.ledger.write(entry.to_line())
         self.rows += 1
+        self.posts += entry.has_post
         return True
 
     def entries(self) -> Iterator[LedgerEntry]:

@@ -104,8 +104,8 @@ class ApsisSettings(SecretsModel):
     keyspace: str = KEYSPACE_CRM_ID
     # requests/s of this integration's one token bucket, shared by all its flows; the account allows 100
     # across all keys (integrations on the same account must split it)
-    rate_limit: float = Field(default=95.0, gt=0)
-    rate_burst: int = Field(default=1, ge=1)  # bucket size: rate + burst stays within 100 in any second
+    rate_limit: float = Field(default=92.0, gt=0)
+    rate_burst: int = Field(default=4, ge=1)  # bucket size: rate + burst stays within 100 in any second
     max_concurrency: int = Field(default=4, ge=1, le=32)
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1000)  # [U] "100 kB" read as 100 000 bytes
     tag_add_value: bool = True  # [U] tag merge-patch value that adds a tag
@@ -184,7 +184,7 @@ class FullSyncConfig(StrictModel):
     # how many profiles are upserted at the same time on the per-profile path (the APSIS client's
     # concurrency is raised to at least this)
     concurrency: int = Field(default=16, ge=1, le=64)
-    read_ahead: int = Field(default=4, ge=1, le=64)  # Efficy pages read ahead of the writes
+    read_ahead: int = Field(default=16, ge=1, le=64)  # Efficy pages read ahead of the writes
     # contacts per import batch (one file per consent type); 8M contacts = 160 batches, 2 imports each, well
     # within 10 imports a minute over a 1.5 h read, and imports run while later pages are read
     import_rows: int = Field(default=50_000, ge=1)

@@ -210,17 +210,19 @@ class FullSync:
         states, optouts, self._page_query_tags = await run.db.tx(load)
         now = run.now_iso()
         writes: list[tuple[Plan, EfficyContact]] = []
+        plans: list[Plan] = []
         settled_tx: list[store.TxFn] = []
         for contact in page.records:
             st = states[contact.contact_id]
             plan = plan_contact(contact, self.spec, known=st, read_at=read.read_at)
-            settled_tx.append(store.plan_sightings(self.integration, plan))
+            plans.append(plan)
             if plan.action == "write":
                 writes.append((plan, contact))
             else:
                 w = settled(plan, contact, self.integration, now)
                 w.report(run)
                 settled_tx.extend(w.tx)
+        settled_tx.insert(0, store.page_sightings(self.integration, plans))  # the page's link sightings
         return writes, settled_tx, optouts
 
     # -- per-profile path ----------------------------------------------------------------------------------
@@ -365,7 +367,8 @@ class FullSync:
                             w.report(run)
                             settled_tx.extend(w.tx)
                         else:
-                            plan = replace(plan, desired=sent)
+                            if sent is not plan.desired:
+                                plan = replace(plan, desired=sent)
                             desired, seen, records = await check_apsis_optouts(source, plan, contact, self.spec)
                             if self.queries:
                                 desired = with_query_membership(desired, self.spec.query_tags, frozenset(
@@ -404,7 +407,7 @@ class FullSync:
                     if writer is not None and writer.rows:
                         n.start_soon(self._import_file, batch, index, versions)
             post = [e for e in batch.entries()
-                    if e.has_post and not any(i in batch.file_errors for i in e.files)]
+                    if e.has_post and not any(i in batch.file_errors for i in e.files)] if batch.posts else []
             if post:
                 self.per_profile_writes += len(post)
                 gate = trio.Semaphore(self.settings.concurrency)

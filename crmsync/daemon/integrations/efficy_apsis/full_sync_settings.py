@@ -15,7 +15,7 @@ class FullSyncSettings:
     page_size: int = 500
     import_threshold: int = 0
     concurrency: int = 16
-    read_ahead: int = 4
+    read_ahead: int = 16
     import_rows: int = 50_000
     import_file_bytes: int = MAX_IMPORT_FILE_BYTES
     batches_in_flight: int = 2

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import cached_property
 from typing import Any
 
 import phonenumbers
@@ -34,6 +35,7 @@ from crmsync.connectors.apsis.records import (
     ConsentKey,
 )
 from crmsync.connectors.efficy.records import EfficyContact, parse_flag, parse_number
+from crmsync.daemon.integrations.efficy_apsis.phones import normalise_phone
 
 log = structlog.get_logger("crmsync.daemon.integrations.efficy_apsis.rules")
 
@@ -78,7 +80,10 @@ def condition_reason(name: str, expected: Any) -> str:
 
 def failed_condition(fields: Mapping[str, Any], conditions: Mapping[str, Any]) -> str | None:
     """The skip reason of the first condition (in config order) the record fails, or None if all pass."""
-    upper = {k.upper(): v for k, v in fields.items()}
+    return _failed_condition({k.upper(): v for k, v in fields.items()}, conditions)
+
+
+def _failed_condition(upper: Mapping[str, Any], conditions: Mapping[str, Any]) -> str | None:
     for name, expected in conditions.items():
         if not typed_equal(upper.get(name.upper()), expected):
             return condition_reason(name.upper(), expected)
@@ -110,7 +115,11 @@ def map_attributes(contact: EfficyContact, mappings: Sequence[tuple[str, str]],
                    email_field: str = "EMAIL1") -> dict[str, Any]:
     """The attribute merge-patch for a contact: crmid and email automatically, then ``(field, attribute)``
     pairs from config. Missing/empty values map to ``None`` (merge-patch: clear)."""
-    fields = {k.upper(): v for k, v in contact.fields.items()}
+    return _map_attributes(contact, {k.upper(): v for k, v in contact.fields.items()}, mappings, email_field)
+
+
+def _map_attributes(contact: EfficyContact, fields: Mapping[str, Any], mappings: Sequence[tuple[str, str]],
+                    email_field: str) -> dict[str, Any]:
     email = contact.email if contact.email is not None else fields.get(email_field.upper())
     attributes: dict[str, Any] = {ATTR_CRMID: contact.contact_id, ATTR_EMAIL: attribute_value(email)}
     for column, attribute in mappings:
@@ -128,29 +137,18 @@ _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 def contact_region(fields: Mapping[str, Any], country_field: str | None, default_region: str | None) -> str | None:
     """The region phone numbers of a contact are read in: its country as an ISO 3166 alpha-2 code when it is
     one phonenumbers knows, else the configured default (None: only numbers already international)."""
+    return _contact_region({k.upper(): v for k, v in fields.items()} if country_field else {}, country_field,
+                           default_region)
+
+
+def _contact_region(upper: Mapping[str, Any], country_field: str | None, default_region: str | None
+                    ) -> str | None:
     if country_field:
-        raw = {k.upper(): v for k, v in fields.items()}.get(country_field.upper())
+        raw = upper.get(country_field.upper())
         code = str(raw).strip().upper() if raw is not None else ""
         if code in phonenumbers.SUPPORTED_REGIONS:
             return code
     return default_region.upper() if default_region else None
-
-
-def normalise_phone(value: Any, region: str | None) -> str | None:
-    """A phone number in E.164 (``+32470123456``), read in ``region`` when it is in national form; None
-    when it is not a valid number."""
-    if isinstance(value, bool) or value is None:
-        return None
-    text = f"+{value}" if isinstance(value, int) else str(value).strip()
-    if not text:
-        return None
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def normalise_email(value: Any) -> str | None:
@@ -504,7 +502,12 @@ class SyncSpec:
         """Attribute discriminator -> the Efficy column it comes from (for report notes)."""
         return {ATTR_EMAIL: self.email_field.upper(), **{a: c.upper() for c, a in self.attributes}}
 
-    @property
+    @cached_property
+    def columns(self) -> dict[str, str]:
+        """:meth:`attribute_columns`, made once per spec (the plan of every contact names them)."""
+        return self.attribute_columns()
+
+    @cached_property
     def managed_tags(self) -> frozenset[str]:
         return frozenset(self.tag_profiles) | self.query_tags
 
@@ -555,7 +558,17 @@ def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None 
     seen, sightings = observe_contact(contact, spec.consents, known.observations, read_at)
     evidence: dict[str, Any] = {"read_at": read_at, "observations": seen, "sightings": sightings,
                                 "merge_refused": known.merge_refused, "own_optouts": dict(known.own_optouts)}
-    reason = failed_condition(contact_fields(contact, spec.email_field), spec.conditions)
+    # the contact's columns by UPPER-CASE name, made once for the conditions, the mapping and the region
+    upper = {k.upper(): v for k, v in contact.fields.items()}
+    if len(upper) == len(contact.fields):  # no two columns differ by case only: same as contact_fields
+        tested = dict(upper)
+        tested["K_CONTACT"] = int(cid) if cid.isdigit() else cid
+        email_column = spec.email_field.upper()
+        if email_column not in contact.fields:
+            tested[email_column] = contact.email
+        reason = _failed_condition(tested, spec.conditions)
+    else:
+        reason = failed_condition(contact_fields(contact, spec.email_field), spec.conditions)
     if reason is not None:
         return Plan("skip", cid, reason=reason, **evidence)
     if is_stale(contact.modified_at, written_version):
@@ -565,9 +578,9 @@ def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None 
                   for rule in spec.consents}
     consents, obsolete = desired_consents(holds, spec.consents, optouts, link_changed_at=link_times,
                                           observations=seen, read_at=read_at)
-    region = contact_region(contact.fields, spec.country_field, spec.default_region)
-    attributes, notes = normalise_attributes(map_attributes(contact, spec.attributes, spec.email_field),
-                                             spec.attribute_types, region, spec.attribute_columns())
+    region = _contact_region(upper, spec.country_field, spec.default_region)
+    attributes, notes = normalise_attributes(_map_attributes(contact, upper, spec.attributes, spec.email_field),
+                                             spec.attribute_types, region, spec.columns)
     consents, gated = gate_consents(consents, attributes, spec.address_attributes)
     evidence["notes"] = tuple(notes + gated)
     desired = ApsisProfile(key=cid, attributes=attributes, consents=consents,

@@ -181,8 +181,9 @@ async def check_apsis_optouts(apsis: ApsisClient, plan: Plan, contact: EfficyCon
             log.debug("apsis_optout_stands", contact_id=desired.key, topic=ck.topic, channel=ck.channel)
         elif existing.type in (OPT_IN, "confirmed-opt-in"):
             seen[ck] = OPT_IN
-    desired = ApsisProfile(desired.key, desired.attributes, new_consents, desired.tags)
-    if current is not None:
+    if new_consents != desired.consents:  # unchanged profiles are not copied (a full sync checks every one)
+        desired = ApsisProfile(desired.key, desired.attributes, new_consents, desired.tags)
+    if current is not None and seen != current.consents:
         current = ApsisProfile(current.key, current.attributes, seen, current.tags)
     return desired, current, records
 

@@ -1,0 +1,95 @@
+"""The store reads and writes a full sync makes a page at a time give what one contact at a time gives."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from crmsync.connectors.apsis.records import CHANNEL_EMAIL, CHANNEL_SMS, ApsisProfile, ConsentKey
+from crmsync.daemon.integrations.efficy_apsis import store
+from crmsync.daemon.integrations.efficy_apsis.rules import (
+    ConsentRule,
+    OptOutRecord,
+    Plan,
+    fingerprint,
+    profile_from_fingerprint,
+)
+from crmsync.state import Database
+from crmsync.state import queries as q
+
+NAME = "ea"
+RULES = (ConsentRule("1", ConsentKey("news", CHANNEL_EMAIL)), ConsentRule("2", ConsentKey("offers", CHANNEL_SMS)))
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _seed(c: sqlite3.Connection, ids: list[str]) -> None:
+    for i, cid in enumerate(ids):
+        if i % 2:
+            profile = ApsisProfile(cid, {"crmid": cid}, {RULES[0].slot: "opt-in"})
+            q.put_fingerprint(c, NAME, cid, fingerprint(profile), f"2026-01-0{1 + i % 5}T00:00:00+00:00", "now")
+        if i % 3:
+            q.put_link(c, NAME, cid, cid, "now")
+        if i % 5 == 0:
+            rec = OptOutRecord(cid, "2", RULES[1].slot, T0 + timedelta(seconds=i))
+            q.kv_set(c, NAME, store.optout_key(cid, "2", RULES[1].slot), rec.to_json())
+        if i % 7 == 0:
+            q.kv_set(c, NAME, store.merge_key(cid), "409 conflict")
+        if i % 4 == 0:
+            q.kv_set(c, NAME, store.own_optout_key(cid, RULES[0].slot), (T0 + timedelta(hours=i)).isoformat())
+        if i % 6 == 0:
+            store.record_sightings(NAME, cid, [("1", i % 12 == 0), ("2", True)], T0 + timedelta(minutes=i))(c)
+
+
+def _one_at_a_time(c: sqlite3.Connection, cid: str) -> store.ContactState:
+    """What the store holds on one contact, query by query (the reference for the page-at-once read)."""
+    fp = q.get_fingerprint(c, NAME, cid)
+    state = store.ContactState(linked=q.link_for_crm(c, NAME, cid) is not None)
+    if fp is not None:
+        state.current = profile_from_fingerprint(cid, fp[0])
+        state.written_version = fp[1]
+    for rule in RULES:
+        raw = q.kv_get(c, NAME, store.optout_key(cid, rule.profile_id, rule.slot))
+        if raw:
+            state.optouts[(rule.profile_id, rule.slot)] = OptOutRecord.from_json(raw)
+    state.observations = store.get_observations(c, NAME, cid)
+    state.merge_refused = q.kv_get(c, NAME, store.merge_key(cid))
+    for rule in RULES:
+        own = q.kv_get(c, NAME, store.own_optout_key(cid, rule.slot))
+        if own:
+            state.own_optouts[rule.slot] = datetime.fromisoformat(own)
+    return state
+
+
+def test_load_states_of_a_page_equals_one_contact_at_a_time(tmp_path: Path) -> None:
+    db = Database.open_sync(tmp_path / "s.db")
+    ids = [str(10_000 + i) for i in range(260)]  # more than one chunk of host parameters
+    db.tx_sync(_seed, ids)
+    together = db.tx_sync(store.load_states, NAME, ids + ids[:3], RULES)
+    assert list(together) == ids
+    for cid in ids:
+        assert together[cid] == db.tx_sync(_one_at_a_time, cid), cid
+    assert sum(s.merge_refused is not None for s in together.values())
+    assert sum(s.linked for s in together.values()) and sum(bool(s.optouts) for s in together.values())
+    assert sum(bool(s.observations) for s in together.values()) and sum(bool(s.own_optouts) for s in
+                                                                        together.values())
+    db.close()
+
+
+def test_page_sightings_store_what_each_plan_alone_stores(tmp_path: Path) -> None:
+    ids = [str(20_000 + i) for i in range(120)]
+    at = T0 + timedelta(days=1)
+    plans = [Plan("skip", cid, read_at=at if i % 9 else None,
+                  sightings=(("1", i % 2 == 0), ("2", i % 3 == 0)) if i % 11 else ()) for i, cid in enumerate(ids)]
+    results = []
+    for name, write in (("alone", lambda c: [store.plan_sightings(NAME, p)(c) for p in plans]),
+                        ("page", store.page_sightings(NAME, plans))):
+        db = Database.open_sync(tmp_path / f"{name}.db")
+        db.tx_sync(_seed, ids)
+        db.tx_sync(write)
+        results.append(db.tx_sync(lambda c: c.execute(
+            "SELECT contact_id, profile_id, present_since, absent_at FROM link_observations "
+            "ORDER BY contact_id, profile_id").fetchall()))
+        db.close()
+    assert results[0] == results[1]
+    assert len(results[0]) > 100
