@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from crmsync.connectors.apsis.records import ConsentKey, ImportSettings, consent_column, import_request
+from crmsync.connectors.apsis.records import ConsentKey, ImportSettings, consent_column, import_cell, import_request
 
 #: Bytes of an import file kept in memory before the spooled file moves to disk.
 DEFAULT_SPOOL_BYTES = 1_000_000
@@ -84,14 +84,6 @@ class ImportLayout:
         return body
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 class ImportFileWriter:
     """One import file being written: rows appended as CSV lines to a spooled temporary file.
 
@@ -137,7 +129,7 @@ class ImportFileWriter:
             tag_cells[self._tag_index[t]] = ts.remove_cell
         for t in add_tags:
             tag_cells[self._tag_index[t]] = ts.add_cell
-        line = self._line([key] + [_cell(attributes.get(a)) for a in self.layout.attributes]
+        line = self._line([key] + [import_cell(attributes.get(a)) for a in self.layout.attributes]
                           + consent_cells + tag_cells)
         if self.bytes + len(line) > self.max_bytes:
             if self.rows == 0:

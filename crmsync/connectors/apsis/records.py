@@ -316,7 +316,8 @@ def consent_column(ck: ConsentKey) -> str:
     return f"{ck.topic}|{ck.channel}"
 
 
-def _cell(value: Any) -> str:
+def import_cell(value: Any) -> str:
+    """An attribute value as an import file's CSV cell."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -365,7 +366,7 @@ def build_imports(profiles: Sequence[ApsisProfile], attribute_versions: Mapping[
         header = _csv_line(columns)
         lines = [
             _csv_line([p.key]
-                      + [_cell(p.attributes.get(a)) for a in attr_cols]
+                      + [import_cell(p.attributes.get(a)) for a in attr_cols]
                       + ["1" if p.consents.get(ck) == kind else "0" for ck in slots])
             for p in profiles
             if with_attributes or any(p.consents.get(ck) == kind for ck in slots)
