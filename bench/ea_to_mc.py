@@ -23,6 +23,7 @@ import trio
 
 from crmsync.clock import WallClock
 from crmsync.connectors.everyaction import SIM_API_KEY, EveryActionClient, EveryActionSimulator, OptInStatus
+from crmsync.connectors.http import NullObserver
 from crmsync.connectors.mobilecommons import MobileCommonsClient, MobileCommonsSimulator
 from crmsync.connectors.simkit import serve_app
 from crmsync.daemon.config import config_from_mapping
@@ -63,11 +64,11 @@ async def serve(contacts: int, latency: float) -> None:
 
 # -- the daemon side (this process) -------------------------------------------------------------------------
 
-class CountingObserver:
+class CountingObserver(NullObserver):
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
 
-    def api_request(self, system: str, status_class: str) -> None:
+    def api_request(self, system: str, status_class: str, duration_s: float | None = None) -> None:
         self.calls[system] += 1
 
     def rate_limit_wait(self, system: str, seconds: float) -> None:
@@ -122,6 +123,8 @@ def main(contacts: int, latency_ms: float, workers: int | None) -> None:
         child.stdin.close()
         stats = json.loads(child.stdout.readline())
     finally:
+        if not child.stdin.closed:
+            child.stdin.close()  # the simulators' process ends when its stdin does
         child.wait(timeout=60)
     done = result["counts"]["created"] + result["counts"]["updated"] + result["counts"]["unchanged"]
     calls = observer.calls["everyaction"] + observer.calls["mobilecommons"]
