@@ -47,7 +47,6 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import structlog
-import trio
 
 from crmsync.clock import WallClock
 from crmsync.connectors.everyaction.exports import MAX_FILE_SIZE_KB, MIN_FILE_SIZE_KB, parse_van_datetime
@@ -435,8 +434,6 @@ class EveryActionSimulator(SimulatorApp):
                           reference_code=secrets.token_hex(3).upper() if fault.status >= 500 else None)
 
     async def handle(self, request: Request) -> Response:
-        if self.latency > 0:
-            await trio.sleep(self.latency)
         try:
             if request.path.startswith(BLOB_PREFIX):
                 return self._download(request)

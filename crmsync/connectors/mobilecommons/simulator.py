@@ -361,6 +361,8 @@ class MobileCommonsSimulator(SimulatorApp):
 
     # -- HTTP --------------------------------------------------------------------------------------------
 
+    latency_in_handle = True  # the latency is spent while the call counts against the 160 in flight
+
     async def handle(self, request: Request) -> Response:
         """The API's limit first: beyond ``max_concurrent_calls`` calls in flight the call is refused with
         error 27 (research B7: "160 concurrent API calls" per company; the HTTP status of the refusal is not
