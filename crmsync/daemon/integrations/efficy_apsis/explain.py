@@ -23,6 +23,7 @@ from crmsync.daemon.integrations.efficy_apsis.rules import (
     OPT_IN,
     OPT_OUT,
     SyncSpec,
+    apsis_optout_stands,
     attribute_value,
     condition_reason,
     contact_fields,
@@ -121,12 +122,9 @@ def consent_rules(contact: EfficyContact, spec: SyncSpec, state: store.ContactSt
         existing = live.get(slot) if live is not None else None
         sent = state.current.consents.get(slot) if state.current is not None else None
         live_optout_at = parse_apsis_time(existing.modified_at) if existing is not None else None
-        own = state.own_optouts.get(slot)
         if (decided == OPT_IN and sent != OPT_IN and existing is not None and existing.type == OPT_OUT
-                and not (own is not None and live_optout_at is not None and live_optout_at <= own)
-                and resolve_link_consent(link_present=True, opted_out=True, opted_out_at=live_optout_at,
-                                         link_changed_at=link_time, observation=observation,
-                                         read_at=read_at) == OPT_OUT):
+                and apsis_optout_stands(live_optout_at, own_optout_at=state.own_optouts.get(slot),
+                                        link_changed_at=link_time, observation=observation, read_at=read_at)):
             # what the writer checks before any opt-in: an opt-out made in APSIS meanwhile
             decided, why = OPT_OUT, ("an opt-out made in APSIS stands: the CRM Profile link is not certainly "
                                      "newer than it (doubt and ties mean opt-out)")

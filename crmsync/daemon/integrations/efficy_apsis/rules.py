@@ -349,6 +349,20 @@ def resolve_link_consent(*, link_present: bool, opted_out: bool, opted_out_at: d
     return OPT_IN if newer_link else OPT_OUT
 
 
+def apsis_optout_stands(opted_out_at: datetime | None, *, own_optout_at: datetime | None,
+                        link_changed_at: datetime | None, observation: LinkObservation | None,
+                        read_at: datetime | None) -> bool:
+    """Whether an opt-out APSIS holds now stands against an opt-in about to be written for a linked CRM
+    Profile. crmsync's own opt-out (written because the card lacked the link: ``own_optout_at``), with nothing
+    newer since, is no person's opt-out and does not stand; any other stands unless the link is certainly
+    newer (:func:`resolve_link_consent`). The writer and ``explain`` both ask this."""
+    if own_optout_at is not None and opted_out_at is not None and opted_out_at <= own_optout_at:
+        return False
+    return resolve_link_consent(link_present=True, opted_out=True, opted_out_at=opted_out_at,
+                                link_changed_at=link_changed_at, observation=observation,
+                                read_at=read_at) == OPT_OUT
+
+
 def desired_consents(holds: Iterable[str], rules: Sequence[ConsentRule],
                      optouts: Mapping[tuple[str, ConsentKey], OptOutRecord], *,
                      link_changed_at: Mapping[str, datetime | None] | None = None,

@@ -31,11 +31,11 @@ from crmsync.daemon.integrations.efficy_apsis.rules import (
     OptOutRecord,
     Plan,
     SyncSpec,
+    apsis_optout_stands,
     gate_consents,
     link_not_before,
     optin_candidates,
     parse_apsis_time,
-    resolve_link_consent,
     version_str,
 )
 from crmsync.daemon.runs import RunContext
@@ -166,19 +166,14 @@ async def check_apsis_optouts(apsis: ApsisClient, plan: Plan, contact: EfficyCon
             continue
         pid = profile_of[ck]
         opted_out_at = parse_apsis_time(existing.modified_at)
-        own = plan.own_optouts.get(ck)
-        if existing.type == OPT_OUT and own is not None and opted_out_at is not None and opted_out_at <= own:
-            # crmsync's own opt-out (a link seen absent), and nothing newer since: no person opted out
-            continue
-        if existing.type == OPT_OUT and resolve_link_consent(
-                link_present=True, opted_out=True, opted_out_at=opted_out_at,
-                link_changed_at=link_not_before(contact, pid, spec.created_field),
-                observation=plan.observations.get(pid),
-                read_at=plan.read_at) == OPT_OUT:
-            new_consents[ck] = OPT_OUT
-            seen[ck] = OPT_OUT  # already so in APSIS: no write
-            records.append(OptOutRecord(desired.key, pid, ck, opted_out_at, seen_at=seen_now))
-            log.debug("apsis_optout_stands", contact_id=desired.key, topic=ck.topic, channel=ck.channel)
+        if existing.type == OPT_OUT:
+            if apsis_optout_stands(opted_out_at, own_optout_at=plan.own_optouts.get(ck),
+                                   link_changed_at=link_not_before(contact, pid, spec.created_field),
+                                   observation=plan.observations.get(pid), read_at=plan.read_at):
+                new_consents[ck] = OPT_OUT
+                seen[ck] = OPT_OUT  # already so in APSIS: no write
+                records.append(OptOutRecord(desired.key, pid, ck, opted_out_at, seen_at=seen_now))
+                log.debug("apsis_optout_stands", contact_id=desired.key, topic=ck.topic, channel=ck.channel)
         elif existing.type in (OPT_IN, "confirmed-opt-in"):
             seen[ck] = OPT_IN
     if new_consents != desired.consents:  # unchanged profiles are not copied (a full sync checks every one)
