@@ -9,9 +9,11 @@ too-deep nesting and the non-JSON constants ``NaN``/``Infinity`` into :class:`Js
 from __future__ import annotations
 
 import json
+from itertools import chain
 from typing import Any
 
 MAX_DEPTH = 32  # control requests and webhook bodies need 4 or 5 levels
+_CONTAINERS = (dict, list)
 
 
 class JsonInputError(ValueError):
@@ -51,17 +53,16 @@ def loads(data: str | bytes | bytearray, *, max_depth: int = MAX_DEPTH, constant
 
 
 def depth_exceeds(value: Any, max_depth: int) -> bool:
-    """True when ``value`` nests lists/objects more than ``max_depth`` deep (iterative: no recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
+    """True when ``value`` nests lists/objects more than ``max_depth`` deep (iterative: no recursion).
+
+    Walked level by level, keeping only the containers of each level: every API answer passes through
+    here, and most of its values are scalars, dropped by one C-level comprehension per level."""
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > max_depth:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        level = [child for child in chain.from_iterable(
+            item.values() if isinstance(item, dict) else item for item in level) if isinstance(child, _CONTAINERS)]
     return False

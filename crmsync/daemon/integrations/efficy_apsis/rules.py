@@ -468,6 +468,8 @@ def with_query_tags(desired: ApsisProfile, current: ApsisProfile | None, query_t
                     ) -> ApsisProfile:
     """Keep query-based tags as last written: the ``tags`` flow owns them, contact syncs must not drop them."""
     kept = (current.tags & query_tags) if current is not None else frozenset()
+    if kept <= desired.tags:  # nothing to keep (every plan asks): no copy of the profile
+        return desired
     return ApsisProfile(desired.key, desired.attributes, desired.consents, desired.tags | kept)
 
 
