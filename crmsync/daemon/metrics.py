@@ -63,6 +63,7 @@ class Metrics:
     def __init__(self, now: Callable[[], float] | None = None) -> None:
         self.now = now or time.time  # the wall clock of queue ages (tests pass their clock)
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._record_children: dict[tuple[str, str, str], Counter] = {}
         # the standard process_* (CPU, memory, open fds, start time) and python_* families
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -247,7 +248,12 @@ class Metrics:
         self.rate_limit_wait_seconds.labels(system).inc(max(0.0, seconds))
 
     def record(self, integration: str, flow: str, outcome: str) -> None:
-        self.records.labels(integration, flow, outcome).inc()
+        # called once per synced record: the labelled child is looked up once per (integration, flow, outcome)
+        key = (integration, flow, outcome)
+        child = self._record_children.get(key)
+        if child is None:
+            child = self._record_children[key] = self.records.labels(integration, flow, outcome)
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from crmsync.connectors.apsis.records import CHANNEL_EMAIL, CHANNEL_SMS, ApsisProfile, ConsentKey
@@ -93,3 +93,51 @@ def test_page_sightings_store_what_each_plan_alone_stores(tmp_path: Path) -> Non
         db.close()
     assert results[0] == results[1]
     assert len(results[0]) > 100
+
+
+def test_load_states_when_some_kinds_of_state_are_absent(tmp_path: Path) -> None:
+    """The page read skips a kind of kv state (merge refusals, opt-out records, own opt-outs) only when no
+    contact has any: with each kind alone, or none, it still equals one contact at a time."""
+    ids = [str(30_000 + i) for i in range(130)]
+    seeds = {
+        "nothing": lambda c, cid, i: None,
+        "optouts": lambda c, cid, i: q.kv_set(c, NAME, store.optout_key(cid, "2", RULES[1].slot), OptOutRecord(
+            cid, "2", RULES[1].slot, T0).to_json()) if i % 5 == 0 else None,
+        "merge": lambda c, cid, i: q.kv_set(c, NAME, store.merge_key(cid), "409") if i % 7 == 0 else None,
+        "own": lambda c, cid, i: q.kv_set(c, NAME, store.own_optout_key(cid, RULES[0].slot),
+                                          T0.isoformat()) if i % 4 == 0 else None,
+        # keys that sort right beside the kinds' prefixes, of other contacts and other integrations
+        "neighbours": lambda c, cid, i: (q.kv_set(c, NAME, "optout", "x"), q.kv_set(c, NAME, "optout;", "x"),
+                                         q.kv_set(c, "other", store.merge_key(cid), "409")),
+    }
+    for name, seed in seeds.items():
+        db = Database.open_sync(tmp_path / f"{name}.db")
+        db.tx_sync(lambda c, seed=seed: [seed(c, cid, i) for i, cid in enumerate(ids)])
+        together = db.tx_sync(store.load_states, NAME, ids, RULES)
+        for cid in ids:
+            assert together[cid] == db.tx_sync(_one_at_a_time, cid), (name, cid)
+        db.close()
+
+
+def test_page_sightings_with_several_read_times_and_zones(tmp_path: Path) -> None:
+    """Plans of one page batch share a read time, but a batch may mix reads (and the same instant written in
+    another zone is stored as that zone's text): the page write still stores what each plan alone stores."""
+    ids = [str(40_000 + i) for i in range(90)]
+    at = T0 + timedelta(days=2)
+    same_instant_elsewhere = at.astimezone(timezone(timedelta(hours=2)))
+    later = at + timedelta(minutes=5)
+    times = (at, same_instant_elsewhere, later)
+    plans = [Plan("skip", cid, read_at=times[i % 3], sightings=(("1", i % 2 == 0), ("2", i % 5 != 0)))
+             for i, cid in enumerate(ids + ids[:20])]  # the first 20 read twice
+    results = []
+    for name, write in (("alone", lambda c: [store.plan_sightings(NAME, p)(c) for p in plans]),
+                        ("page", store.page_sightings(NAME, plans))):
+        db = Database.open_sync(tmp_path / f"{name}.db")
+        db.tx_sync(_seed, ids)
+        db.tx_sync(write)
+        results.append(db.tx_sync(lambda c: c.execute(
+            "SELECT contact_id, profile_id, present_since, absent_at FROM link_observations "
+            "ORDER BY contact_id, profile_id").fetchall()))
+        db.close()
+    assert results[0] == results[1]
+    assert any("+02:00" in str(tuple(row)) for row in results[0])

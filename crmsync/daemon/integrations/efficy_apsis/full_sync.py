@@ -373,7 +373,7 @@ class FullSync:
                                 desired, seen, records = await check_apsis_optouts(source, plan, contact,
                                                                                    self.spec)
                             else:  # what the check returns when APSIS lists no opt-out for the profile
-                                desired, seen, records = plan.desired, plan.current, []
+                                desired, seen, records = sent, plan.current, []
                             if self.queries:
                                 desired = with_query_membership(desired, self.spec.query_tags, frozenset(
                                     self._page_query_tags.get(cid, ())))

@@ -81,6 +81,9 @@ def load_states(c: sqlite3.Connection, integration: str, contact_ids: Iterable[s
     several per contact: a full sync loads a page at a time)."""
     ids = list(dict.fromkeys(contact_ids))
     out: dict[str, ContactState] = {}
+    # which of the per-contact kv kinds exist at all (one index probe each): a first sync, or one without
+    # opt-outs, then builds and looks up none of those keys
+    kinds = [_any_key_with_prefix(c, integration, prefix) for prefix in ("merge_refused:", "optout:", "own_optout:")]
     per_contact = 1 + 2 * len(rules)  # kv keys per contact
     step = max(1, _IN_CHUNK // per_contact)
     for start in range(0, len(ids), step):
@@ -93,9 +96,12 @@ def load_states(c: sqlite3.Connection, integration: str, contact_ids: Iterable[s
                                          lambda r: r) if r[1] is not None}
         keys: list[str] = []
         for cid in chunk:
-            keys.append(merge_key(cid))
-            keys += [optout_key(cid, rule.profile_id, rule.slot) for rule in rules]
-            keys += [own_optout_key(cid, rule.slot) for rule in rules]
+            if kinds[0]:
+                keys.append(merge_key(cid))
+            if kinds[1]:
+                keys += [optout_key(cid, rule.profile_id, rule.slot) for rule in rules]
+            if kinds[2]:
+                keys += [own_optout_key(cid, rule.slot) for rule in rules]
         kv = dict(_rows_in(c, "SELECT key, value FROM kv WHERE integration = ? AND key IN ({})", integration,
                            keys, lambda r: (r[0], r[1])))
         observations = observations_of(c, integration, chunk)
@@ -120,6 +126,13 @@ def load_states(c: sqlite3.Connection, integration: str, contact_ids: Iterable[s
 
 
 _IN_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
+
+
+def _any_key_with_prefix(c: sqlite3.Connection, integration: str, prefix: str) -> bool:
+    """Whether the kv table holds any key starting with ``prefix`` (a range seek on its primary key)."""
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return c.execute("SELECT 1 FROM kv WHERE integration = ? AND key >= ? AND key < ? LIMIT 1",
+                     (integration, prefix, end)).fetchone() is not None
 
 
 def _rows_in(c: sqlite3.Connection, sql: str, integration: str, values: Sequence[str],
@@ -186,16 +199,30 @@ def page_sightings(integration: str, plans: Sequence[Plan]) -> TxFn:
             return
         have = observations_of(c, integration, list(dict.fromkeys(cid for cid, _, _ in seen)))
         rows: list[tuple[str, str, str, str | None, str | None]] = []
+        # a page's plans share one read time (the same object): a first sighting's observation and that
+        # time's text are made once per read time (by identity: equal times in other zones print otherwise)
+        last_at: datetime | None = None
+        at_text: str | None = None
+        first: dict[bool, LinkObservation] = {}
         for cid, sightings, at in seen:
             assert at is not None
+            if at is not last_at:
+                last_at, at_text, first = at, _iso(at), {}
             mine = have.setdefault(cid, {})
             for pid, present in sightings:
                 before = mine.get(pid)
-                after = observe_link(before, present, at)
-                if after == before:
-                    continue
+                if before is None:
+                    after = first.get(present)
+                    if after is None:
+                        after = first[present] = observe_link(None, present, at)
+                else:
+                    after = observe_link(before, present, at)
+                    if after == before:
+                        continue
                 mine[pid] = after
-                rows.append((integration, cid, pid, _iso(after.present_since), _iso(after.absent_at)))
+                since, absent = after.present_since, after.absent_at
+                rows.append((integration, cid, pid, at_text if since is at else _iso(since),
+                             at_text if absent is at else _iso(absent)))
         c.executemany(
             "INSERT INTO link_observations (integration, contact_id, profile_id, present_since, absent_at) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (integration, contact_id, profile_id) DO UPDATE SET "
