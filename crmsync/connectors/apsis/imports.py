@@ -84,6 +84,16 @@ class ImportLayout:
         return body
 
 
+def csv_fast_line(values: Sequence[str]) -> bytes | None:
+    """The CSV line ``csv.writer`` (excel dialect, ``\n`` line end) writes for ``values``, when no cell needs
+    quoting: no comma, quote, CR or LF in any cell. None otherwise (the caller lets ``csv`` quote)."""
+    text = ",".join(values)
+    if '"' in text or "\n" in text or "\r" in text or text.count(",") != len(values) - 1 or \
+            (len(values) == 1 and not text):
+        return None
+    return (text + "\n").encode("utf-8")
+
+
 class ImportFileWriter:
     """One import file being written: rows appended as CSV lines to a spooled temporary file.
 
@@ -110,6 +120,9 @@ class ImportFileWriter:
         self._tag_index = {t: i for i, t in enumerate(layout.tags)}
 
     def _line(self, values: Sequence[str]) -> bytes:
+        line = csv_fast_line(values)
+        if line is not None:
+            return line
         self._buf.seek(0)
         self._buf.truncate()
         self._csv.writerow(values)
@@ -148,4 +161,4 @@ class ImportFileWriter:
         self._file.close()
 
 
-__all__ = ["ImportFileWriter", "ImportLayout", "TagImportSettings", "tag_column"]
+__all__ = ["ImportFileWriter", "ImportLayout", "TagImportSettings", "csv_fast_line", "tag_column"]

@@ -3,14 +3,18 @@ simulator's per-call latency and time-based import processing."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trio.testing import MockClock
 
 from crmsync.connectors.apsis.client import ApsisClient
-from crmsync.connectors.apsis.imports import ImportFileWriter, ImportLayout, TagImportSettings
+from crmsync.connectors.apsis.imports import ImportFileWriter, ImportLayout, TagImportSettings, csv_fast_line
 from crmsync.connectors.apsis.records import ATTR_CRMID, ATTR_EMAIL, CHANNEL_EMAIL, ConsentKey
 from crmsync.connectors.apsis.simulator import ApsisSimulator
 
@@ -111,3 +115,21 @@ async def test_imports_left_unfinished_by_a_dead_process_delay_but_do_not_fail_t
     assert result.status == "completed" and sim.consents_of("1")[NEWS] == "opt-in"
     assert trio.current_time() - start >= 120  # waited for the slots, never gave up
     assert sim.rate_limited > 0
+
+
+# -- the unquoted fast path writes what csv.writer writes ------------------------------------------------
+
+_cells = st.lists(st.text(alphabet=st.sampled_from([*'ab ,"\r\n\t;é1\'', "\u2028", "\x00"]), max_size=6),
+                  min_size=0, max_size=6)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_cells)
+def test_fast_csv_line_is_the_csv_writers_line_or_declines(values: list[str]) -> None:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    fast = csv_fast_line(values)
+    if fast is not None:
+        assert fast == buf.getvalue().encode("utf-8")
+    elif values and not any(ch in "".join(values) for ch in ',"\r\n') and (len(values) > 1 or values[0]):
+        raise AssertionError(f"declined a line that needs no quoting: {values!r}")

@@ -273,7 +273,9 @@ class LinkObservation:
 def observe_link(previous: LinkObservation | None, present: bool, at: datetime) -> LinkObservation:
     """``previous`` updated with one read made at ``at``. Reads may be recorded out of order (a full-sync
     page read before a real-time read but stored after it): an older sighting never undoes a newer one."""
-    prev = previous or LinkObservation()
+    if previous is None:  # a first sighting (every link of a first sync): what the steps below give
+        return LinkObservation(at, None) if present else LinkObservation(None, at)
+    prev = previous
     if prev.absent_at is not None and at <= prev.absent_at:
         return prev  # not newer than the last absence: adds nothing
     if present:
@@ -433,7 +435,7 @@ def retag(have: frozenset[str], tag: str, member: bool) -> frozenset[str]:
 def fingerprint(profile: ApsisProfile) -> str:
     """Canonical JSON of the payload sent: equal payloads give equal strings (and it can be read back)."""
     return json.dumps({
-        "attributes": dict(sorted(profile.attributes.items())),
+        "attributes": dict(profile.attributes),  # sort_keys orders them
         "consents": sorted([ck.topic, ck.channel, kind] for ck, kind in profile.consents.items()),
         "tags": sorted(profile.tags),
     }, sort_keys=True, separators=(",", ":"), default=str)
