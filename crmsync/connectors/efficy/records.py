@@ -337,6 +337,8 @@ def _reader(kind: FieldType | None, tz: tzinfo) -> Callable[[Any], FieldValue]:
         return lambda value: None if value is None else str(value)
 
     def read_untyped(value: Any) -> FieldValue:
+        if type(value) is str and value and not (value[0].isdigit() or value[0].isspace()):
+            return value  # the usual text value, tested first: what the steps below give it
         if value is None or isinstance(value, bool | int | float):
             return value
         text = value if type(value) is str else str(value)
