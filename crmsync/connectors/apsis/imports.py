@@ -27,6 +27,8 @@ from crmsync.connectors.apsis.records import ConsentKey, ImportSettings, consent
 
 #: Bytes of an import file kept in memory before the spooled file moves to disk.
 DEFAULT_SPOOL_BYTES = 1_000_000
+#: Rows kept as bytes before they are appended to the spooled file (a few hundred kB at most).
+_PENDING_LINES = 512
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class ImportFileWriter:
         self.rows = 0
         self._slot_index = {ck: i for i, ck in enumerate(layout.slots)}
         self._tag_index = {t: i for i, t in enumerate(layout.tags)}
+        self._pending: list[bytes] = []
 
     def _line(self, values: Sequence[str]) -> bytes:
         line = csv_fast_line(values)
@@ -133,31 +136,48 @@ class ImportFileWriter:
         """Append a row: ``slots`` get ``1`` (apply this file's consent type), the others ``0``."""
         if self.rows >= self.max_rows:
             return False
-        consent_cells = ["0"] * len(self.layout.slots)
+        layout = self.layout
+        consent_cells = ["0"] * len(layout.slots)
         for ck in slots:
             consent_cells[self._slot_index[ck]] = "1"
-        tag_cells = [""] * len(self.layout.tags)
-        ts = self.layout.tag_settings
-        for t in remove_tags:
-            tag_cells[self._tag_index[t]] = ts.remove_cell
-        for t in add_tags:
-            tag_cells[self._tag_index[t]] = ts.add_cell
-        line = self._line([key] + [import_cell(attributes.get(a)) for a in self.layout.attributes]
-                          + consent_cells + tag_cells)
+        cells = [key]
+        for name in layout.attributes:
+            value = attributes.get(name)
+            cells.append(value if type(value) is str else import_cell(value))
+        cells += consent_cells
+        if layout.tags:
+            tag_cells = [""] * len(layout.tags)
+            ts = layout.tag_settings
+            for t in remove_tags:
+                tag_cells[self._tag_index[t]] = ts.remove_cell
+            for t in add_tags:
+                tag_cells[self._tag_index[t]] = ts.add_cell
+            cells += tag_cells
+        line = self._line(cells)
         if self.bytes + len(line) > self.max_bytes:
             if self.rows == 0:
                 raise ValueError(f"one import row of {len(line)} bytes passes the file size cap")
             return False
-        self._file.write(line)
+        self._pending.append(line)  # written a chunk at a time: one spooled-file write per row costs more
+        if len(self._pending) >= _PENDING_LINES:
+            self._write_pending()
         self.bytes += len(line)
         self.rows += 1
         return True
 
+    def _write_pending(self) -> None:
+        if self._pending:
+            self._file.seek(0, 2)  # after the rows before, even once file() has rewound
+            self._file.write(b"".join(self._pending))
+            self._pending = []
+
     def file(self) -> IO[bytes]:
+        self._write_pending()
         self._file.seek(0)
         return self._file
 
     def close(self) -> None:
+        self._pending = []
         self._file.close()
 
 

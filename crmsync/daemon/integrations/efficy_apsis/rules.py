@@ -433,12 +433,60 @@ def retag(have: frozenset[str], tag: str, member: bool) -> frozenset[str]:
 # -- fingerprints and staleness ----------------------------------------------------------------------------
 
 def fingerprint(profile: ApsisProfile) -> str:
-    """Canonical JSON of the payload sent: equal payloads give equal strings (and it can be read back)."""
+    """Canonical JSON of the payload sent: equal payloads give equal strings (and it can be read back).
+
+    The text is ``json.dumps`` of ``{"attributes", "consents", "tags"}`` with sorted keys, compact separators
+    and ASCII escapes; :func:`_fingerprint_fast` writes the same text directly for the usual profile (string
+    keys, text/null/boolean/integer values), every other profile goes through ``json.dumps``."""
+    text = _fingerprint_fast(profile)
+    return text if text is not None else _fingerprint_json(profile)
+
+
+def _fingerprint_json(profile: ApsisProfile) -> str:
     return json.dumps({
         "attributes": dict(profile.attributes),  # sort_keys orders them
         "consents": sorted([ck.topic, ck.channel, kind] for ck, kind in profile.consents.items()),
         "tags": sorted(profile.tags),
     }, sort_keys=True, separators=(",", ":"), default=str)
+
+
+_json_text = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (ensure_ascii)
+
+
+def _fingerprint_fast(profile: ApsisProfile) -> str | None:
+    """The text of :func:`_fingerprint_json` built without the encoder (a bulk sync makes one per contact),
+    or None when some value is of a type whose JSON form is left to ``json.dumps`` (floats, odd types)."""
+    attributes = profile.attributes
+    parts: list[str] = []
+    for name in sorted(attributes):
+        value = attributes[name]
+        if type(value) is str:
+            cell = _json_text(value)
+        elif value is None:
+            cell = "null"
+        elif value is True:
+            cell = "true"
+        elif value is False:
+            cell = "false"
+        elif type(value) is int:
+            cell = int.__repr__(value)
+        else:
+            return None
+        if type(name) is not str:
+            return None
+        parts.append(f"{_json_text(name)}:{cell}")
+    consents: list[tuple[str, str, str]] = []
+    for ck, kind in profile.consents.items():
+        if type(ck.topic) is not str or type(ck.channel) is not str or type(kind) is not str:
+            return None
+        consents.append((ck.topic, ck.channel, kind))
+    consents.sort()  # as the lists [topic, channel, kind] sort
+    tags = sorted(profile.tags)
+    for tag in tags:
+        if type(tag) is not str:
+            return None
+    slots = ",".join(f"[{_json_text(t)},{_json_text(c)},{_json_text(k)}]" for t, c, k in consents)
+    return f'{{"attributes":{{{",".join(parts)}}},"consents":[{slots}],"tags":[{",".join(map(_json_text, tags))}]}}'
 
 
 def profile_from_fingerprint(key: str, text: str) -> ApsisProfile | None:
