@@ -50,3 +50,32 @@ async def test_profile_tags_are_reconciled_even_when_a_webhook_was_missed(
         assert run["status"] == "success"
         assert PROSPECT not in w.apsis.tags_of(str(gone))
         assert all(PROSPECT in w.apsis.tags_of(str(cid)) for cid in holders[1:])
+
+
+async def test_a_run_mixing_every_outcome_reports_each_candidate_once_in_order(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock) -> None:
+    """Candidates needing no APSIS call (never synced, tag already right) are decided without a task, the
+    others patched: every candidate still gets its one report row, in the flow's candidate order."""
+    async with world(tmp_path, clock, contacts=24) as w:
+        await w.supervisor.full_sync(NAME)
+        assert (await w.wait_full_sync())["state"] == "completed"
+        ids = [c["K_CONTACT"] for c in w.efficy.contacts()]
+        synced = [cid for cid in ids if w.apsis.profile(str(cid))]
+        never = [cid for cid in ids if not w.apsis.profile(str(cid))]
+        assert len(synced) >= 6 and never
+        w.efficy.add_query("VIP", synced[:4], query_id=99990001)
+        await w.supervisor.run_flow(NAME, "tags", wait=True)  # synced[:4] tagged
+        members = [synced[0], synced[1], synced[4], synced[5], never[0]]  # 2 stay, 2 join, 2 leave, 1 unsynced
+        w.efficy.add_query("VIP", members, query_id=99990001)
+        writes = w.apsis.write_calls
+        result = await w.supervisor.run_flow(NAME, "tags", wait=True)
+        rows = [r for r in await w.rows(result["run"]["id"]) if r["crm_id"] in {str(c) for c in ids}]
+        expected = {str(synced[0]): "unchanged", str(synced[1]): "unchanged", str(synced[4]): "updated",
+                    str(synced[5]): "updated", str(synced[2]): "updated", str(synced[3]): "updated",
+                    str(never[0]): "skipped"}
+        candidates = sorted(expected, key=lambda k: (len(k), k))  # the query's tag runs first, then profiles'
+        assert [r["crm_id"] for r in rows[:len(candidates)]] == candidates
+        assert {r["crm_id"]: r["outcome"] for r in rows[:len(candidates)]} == expected
+        assert w.apsis.write_calls - writes == 4
+        assert {cid for cid in synced if VIP in w.apsis.tags_of(str(cid))} == {synced[0], synced[1], synced[4],
+                                                                               synced[5]}

@@ -50,7 +50,12 @@ async def run_tags(run: RunContext, *, efficy: EfficyClient, apsis: ApsisClient,
                           members: set[str] = members) -> Written:
                 return await _retag(cid, states[cid], tag, cid in members, apsis, integration, run.now_iso())
 
-            results = await bounded_map(one, chunk, concurrency)
+            # most candidates need no call (a bulk full sync carried their tag in its import): those are
+            # decided here, and only the others become tasks
+            decided = [_settled(cid, states[cid], tag, cid in members) for cid in chunk]
+            calls = iter(await bounded_map(one, [cid for cid, w in zip(chunk, decided, strict=True) if w is None],
+                                           concurrency))
+            results = [w if w is not None else next(calls) for w in decided]
             tx: list[store.TxFn] = []
             for w in results:
                 w.report(run)
@@ -64,14 +69,23 @@ async def run_tags(run: RunContext, *, efficy: EfficyClient, apsis: ApsisClient,
         log.info("tag_synced", tag=tag, members=len(members), tagged=len(tagged))
 
 
-async def _retag(cid: str, state: store.ContactState, tag: str, member: bool, apsis: ApsisClient,
-                 integration: str, now: str) -> Written:
+def _settled(cid: str, state: store.ContactState, tag: str, member: bool) -> Written | None:
+    """The outcome of a contact whose tag needs no APSIS call, else None."""
     if not state.linked or state.current is None:
         return Written("skipped", cid, reason="not_synced")
+    if retag(state.current.tags, tag, member) == state.current.tags:
+        return Written("unchanged", cid)
+    return None
+
+
+async def _retag(cid: str, state: store.ContactState, tag: str, member: bool, apsis: ApsisClient,
+                 integration: str, now: str) -> Written:
+    settled = _settled(cid, state, tag, member)
+    if settled is not None:
+        return settled
+    assert state.current is not None
     have = state.current.tags
     want = retag(have, tag, member)
-    if want == have:
-        return Written("unchanged", cid)
     try:
         await apsis.patch_tags(cid, want - have, have - want)
     except AuthError:
