@@ -11,6 +11,7 @@ consistent either way: every write is one transaction in one thread hop.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 from functools import partial
@@ -34,12 +35,32 @@ log = structlog.get_logger("crmsync.daemon.app")
 
 STATUS_INTERVAL_S = 5.0
 
+# Garbage collector settings for the daemon's own process (see settle_gc).
+GC_YOUNG_THRESHOLD = 50_000
+GC_OLDER_THRESHOLDS = (20, 100)
+
+
+def settle_gc() -> None:
+    """Once started: freeze what start-up made and tune the collector's thresholds.
+
+    Measured (bench/webhooks.py --trace): with Python's defaults the collector examined every module, config and
+    app object again at each full collection, 60-100 ms pauses a few times a minute under webhook load, each one
+    landing on every request in flight (the p99). Those objects live as long as the process, so ``gc.freeze``
+    moves them out of its view. A young generation of 50,000 allocations instead of 700 lets a request's objects
+    die before the collector sees them, instead of being promoted while the request waits for its commit.
+    Objects frozen here that later become cyclic garbage (a reload's old config) are not collected: a one-off,
+    bounded cost."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
+
 
 class Daemon:
     def __init__(self, config: Config, *, clock: WallClock | None = None, handle_signals: bool = True,
                  config_path: str | None = None, db_inline: bool = False,
-                 transports: dict[str, Any] | None = None):
+                 transports: dict[str, Any] | None = None, settle_gc: bool = False):
         self.config = config
+        self.settle_gc = settle_gc  # the daemon's own process only (crmsync run), not tests sharing a process
         self.clock = clock or WallClock()
         self.handle_signals = handle_signals
         self.config_path = config_path or config.source
@@ -164,6 +185,8 @@ class Daemon:
                 log.info("ready", version=__version__, pid=os.getpid(), webhooks=self.webhook_url,
                          metrics=self.metrics_url, control=self.control_path, store=str(self.db.path),
                          integrations=sorted(self.supervisor.kinds))
+                if self.settle_gc:
+                    settle_gc()
                 self.ready.set()
                 task_status.started(self)
 

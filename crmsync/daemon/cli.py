@@ -307,7 +307,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     configure_logging(args.log_level or config.daemon.log_level, fmt=args.log_format)
-    daemon = Daemon(config, config_path=path)
+    daemon = Daemon(config, config_path=path, settle_gc=True)
     return _start(lambda: trio.run(daemon.run))
 
 
