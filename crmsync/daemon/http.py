@@ -59,6 +59,7 @@ class HttpApp:
         self.serve_webhooks = serve_webhooks
         self.serve_metrics = serve_metrics
         self.accepting = True
+        self._webhook_counters: dict[tuple[str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -82,7 +83,10 @@ class HttpApp:
     async def _webhook(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
         status = await self._webhook_status(name, scope, receive, send)
         label = name if name in self.supervisor.kinds else "_unknown"
-        self.metrics.webhooks.labels(label, str(status)).inc()
+        counter = self._webhook_counters.get((label, status))
+        if counter is None:  # prometheus' labels() takes a lock and builds its key each call: once per pair
+            counter = self._webhook_counters[(label, status)] = self.metrics.webhooks.labels(label, str(status))
+        counter.inc()
 
     async def _webhook_status(self, name: str, scope: Scope, receive: Receive, send: Send) -> int:
         kind = self.supervisor.kinds.get(name)
@@ -130,8 +134,17 @@ class HttpApp:
         if result.replay:  # a 2xx, so that the sender does not retry a duplicate
             await _respond(send, 200, {"accepted": 0, "replay": True, "note": REPLAY_NOTE})
             return 200
-        await _respond(send, 202, {"accepted": result.accepted})
+        await _respond_raw(send, 202, _accepted_body(result.accepted), "application/json")
         return 202
+
+
+_ACCEPTED_BODIES = {n: json.dumps({"accepted": n}).encode() for n in range(65)}
+
+
+def _accepted_body(n: int) -> bytes:
+    """The 202 answer's body, made once for the usual counts (it is the same bytes every time)."""
+    body = _ACCEPTED_BODIES.get(n)
+    return body if body is not None else json.dumps({"accepted": n}).encode()
 
 
 async def _respond(send: Send, status: int, payload: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
