@@ -419,7 +419,8 @@ def _traced_daemon(out: str, config: str) -> int:
     from crmsync.daemon import cli
 
     pauses, steps = GcPauses(), LoopSteps()
-    record: dict[str, list[float]] = {"batch_size": [], "waited_before_commit_s": [], "commit_s": []}
+    record: dict[str, list[float]] = {"batch_size": [], "waited_before_commit_s": [], "commit_s": [],
+                                      "statements_wall_s": [], "statements_cpu_s": [], "checkpoint_commit_s": []}
     pauses.install()
     trace_intake(record)
     plain_run = trio.run
