@@ -447,6 +447,7 @@ def _print_trace(daemon: dict[str, Any] | None, generator_gc: dict[str, Any] | N
 
 
 def main(requests: int, concurrency: int, max_per_commit: int, trace: bool = False) -> None:
+    load_before = os.getloadavg()[0]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("NOTIFY_SOCKET", None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -534,6 +535,9 @@ secret_file = "{d}/hook"
     print(f"  the same app on Hypercorn's own serve(), same settings: {stock_rps:.0f} requests/s, "
           f"{stock_us:.0f} us CPU per request")
     print(f"  load generator CPU: {result['cpu_s'] / max(1, requests) * 1e6:.0f} us per request")
+    print(f"  machine load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+          f"(other work on the {os.cpu_count()} CPUs makes requests/s and latency noisy: compare CPU per request "
+          f"and the floors of the same run)")
     if concurrency != TARGET_CONCURRENCY:
         print(f"  (the target is stated at concurrency {TARGET_CONCURRENCY})")
     if trace:
