@@ -36,7 +36,9 @@ def _summary(values: list[float]) -> dict[str, float]:
 class GcPauses:
     def __init__(self) -> None:
         self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.full_at: list[float] = []  # when each full collection started, seconds after install()
         self._started = 0.0
+        self._installed = time.perf_counter()
 
     def install(self) -> None:
         gc.callbacks.append(self._callback)
@@ -46,9 +48,11 @@ class GcPauses:
             self._started = time.perf_counter()
         else:
             self.pauses[info["generation"]].append(time.perf_counter() - self._started)
+            if info["generation"] == 2:
+                self.full_at.append(round(self._started - self._installed, 2))
 
     def summary(self) -> dict[str, Any]:
-        return {f"gen{g}": _summary(v) for g, v in self.pauses.items()}
+        return {**{f"gen{g}": _summary(v) for g, v in self.pauses.items()}, "gen2_started_at_s": self.full_at[:30]}
 
 
 class LoopSteps(trio.abc.Instrument):
