@@ -7,6 +7,10 @@ Usage: .venv/bin/python bench/webhooks.py [REQUESTS] [CONCURRENCY] [MAX_PER_COMM
 
 ``MAX_PER_COMMIT = 1`` turns group commit off (one transaction and one fsync per request), for comparison.
 
+``--trace`` (first argument) also traces both processes (bench/webhook_trace.py): every GC pause, the trio task
+steps that hold the daemon's event loop longest, and the group commit's wait and commit times; the tracing
+costs CPU itself, so take the rate and latency figures from an untraced run.
+
 crmsync's own part without any HTTP server (the ASGI app called directly, same process):
 .venv/bin/python bench/webhooks.py app [REQUESTS] [CONCURRENCY]
 
@@ -61,8 +65,14 @@ def _requests(host: str, port: int, n: int) -> list[bytes]:
     return out
 
 
-async def _generate(host: str, port: int, n: int, concurrency: int) -> dict[str, Any]:
+async def _generate(host: str, port: int, n: int, concurrency: int, trace: bool = False) -> dict[str, Any]:
     wire = _requests(host, port, n)
+    pauses = None
+    if trace:
+        from bench.webhook_trace import GcPauses
+        pauses = GcPauses()
+        pauses.install()
+    cpu0 = time.process_time()
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     next_index = 0
@@ -102,7 +112,11 @@ async def _generate(host: str, port: int, n: int, concurrency: int) -> dict[str,
             nursery.start_soon(connection)
     elapsed = time.perf_counter() - started
     latencies.sort()
-    return {"elapsed_s": elapsed, "latencies_ms": [x * 1000 for x in latencies], "statuses": statuses}
+    out = {"elapsed_s": elapsed, "latencies_ms": [x * 1000 for x in latencies], "statuses": statuses,
+           "cpu_s": time.process_time() - cpu0}
+    if pauses is not None:
+        out["gc"] = pauses.summary()
+    return out
 
 
 # -- the floor: a trivial ASGI app on the daemon's own Hypercorn settings (its own process) --------------------
@@ -124,11 +138,16 @@ async def _floor_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b'{"accepted":1}'})
 
 
-def _serve_floor(port: int) -> None:
+def _serve_floor(port: int, plumbing: str) -> None:
+    """``stock``: Hypercorn's own ``serve``; ``daemon``: the daemon's ``serve_http`` (its per-connection server,
+    connection cap and keep-alive timer), both on the daemon's Hypercorn settings."""
     from hypercorn.trio import serve
 
-    from crmsync.daemon.http import hypercorn_config
-    trio.run(serve, _floor_app, hypercorn_config(f"127.0.0.1:{port}", 1.0))  # type: ignore[arg-type]
+    from crmsync.daemon.http import hypercorn_config, serve_http
+    if plumbing == "stock":
+        trio.run(serve, _floor_app, hypercorn_config(f"127.0.0.1:{port}", 1.0))  # type: ignore[arg-type]
+    else:
+        trio.run(serve_http, _floor_app, f"127.0.0.1:{port}", 1.0, trio.Event())  # type: ignore[arg-type]
 
 
 # -- crmsync's own part: the ASGI app called directly, no HTTP server ------------------------------------------
@@ -357,10 +376,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _measure_floor(requests: int, concurrency: int, env: dict[str, str]) -> tuple[float, float]:
+def _measure_floor(requests: int, concurrency: int, env: dict[str, str], plumbing: str) -> tuple[float, float]:
     """(requests/s, server CPU us per request) of a trivial ASGI app behind the same Hypercorn settings."""
     port = _free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--floor-server", str(port)], env=env, cwd=ROOT,
+    server = subprocess.Popen([sys.executable, __file__, "--floor-server", str(port), plumbing], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
@@ -394,7 +413,41 @@ def _pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p * len(values)))]
 
 
-def main(requests: int, concurrency: int, max_per_commit: int) -> None:
+def _traced_daemon(out: str, config: str) -> int:
+    """``crmsync run`` with the tracers of bench/webhook_trace.py installed; their summary goes to ``out``."""
+    from bench.webhook_trace import GcPauses, LoopSteps, intake_summary, trace_intake
+    from crmsync.daemon import cli
+
+    pauses, steps = GcPauses(), LoopSteps()
+    record: dict[str, list[float]] = {"batch_size": [], "waited_before_commit_s": [], "commit_s": [],
+                                      "statements_wall_s": [], "statements_cpu_s": [], "checkpoint_commit_s": []}
+    pauses.install()
+    trace_intake(record)
+    plain_run = trio.run
+
+    def run_instrumented(*args: Any, **kwargs: Any) -> Any:
+        return plain_run(*args, instruments=[steps], **kwargs)
+
+    trio.run = run_instrumented  # type: ignore[assignment]
+    try:
+        return cli.main(["run", "--config", config])
+    finally:
+        Path(out).write_text(json.dumps({"gc": pauses.summary(), "loop": steps.summary(),
+                                         "intake": intake_summary(record)}))
+
+
+def _print_trace(daemon: dict[str, Any] | None, generator_gc: dict[str, Any] | None) -> None:
+    print("  trace (bench/webhook_trace.py; tracing adds its own CPU):")
+    if daemon:
+        print(f"    daemon GC pauses: {json.dumps(daemon['gc'])}")
+        print(f"    daemon event loop: {json.dumps(daemon['loop'])}")
+        print(f"    daemon group commit: {json.dumps(daemon['intake'])}")
+    if generator_gc:
+        print(f"    load generator GC pauses: {json.dumps(generator_gc)}")
+
+
+def main(requests: int, concurrency: int, max_per_commit: int, trace: bool = False) -> None:
+    load_before = os.getloadavg()[0]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("NOTIFY_SOCKET", None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -428,7 +481,9 @@ secret_file = "{d}/hook"
 """)
         log = (d / "daemon.log").open("w")
         cmd = os.environ.get("BENCH_DAEMON_CMD")  # e.g. a profiler wrapper; the config path is appended
-        argv = (cmd.split() if cmd else [sys.executable, "-m", "crmsync", "run", "--config"])
+        argv = (cmd.split() if cmd else
+                [sys.executable, __file__, "--traced-daemon", str(d / "trace.json")] if trace else
+                [sys.executable, "-m", "crmsync", "run", "--config"])
         daemon = subprocess.Popen([*argv, str(d / "config.toml")],
                                   stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         try:
@@ -443,7 +498,8 @@ secret_file = "{d}/hook"
             host, port = url.removeprefix("http://").rsplit(":", 1)
             cpu0 = _cpu_seconds(daemon.pid)
             gen = subprocess.run([sys.executable, __file__, "--generate", host, port, str(requests),
-                                  str(concurrency)], capture_output=True, text=True, env=env, cwd=ROOT)
+                                  str(concurrency), *(["trace"] if trace else [])],
+                                 capture_output=True, text=True, env=env, cwd=ROOT)
             if gen.returncode != 0:
                 raise SystemExit("the load generator failed:\n" + gen.stderr)
             cpu = _cpu_seconds(daemon.pid) - cpu0
@@ -452,9 +508,10 @@ secret_file = "{d}/hook"
             daemon.terminate()
             daemon.wait(timeout=30)
             log.close()
+        daemon_trace = json.loads((d / "trace.json").read_text()) if (d / "trace.json").exists() else None
         with sqlite3.connect(d / "crmsync.db") as store:
             queued = store.execute("SELECT COUNT(*) FROM realtime_queue WHERE integration = 'bench'").fetchone()[0]
-    floor_rps, floor_us = _measure_floor(requests, concurrency, env)
+    floors = {plumbing: _measure_floor(requests, concurrency, env, plumbing) for plumbing in ("daemon", "stock")}
     lat = result["latencies_ms"]
     ok = result["statuses"].get("202", 0)
     rps = ok / result["elapsed_s"]
@@ -470,10 +527,21 @@ secret_file = "{d}/hook"
     per_request_us = cpu / max(1, ok) * 1e6
     print(f"  daemon CPU: {cpu:.2f} s, {per_request_us:.0f} us per request (one trio thread: at most "
           f"{1e6 / per_request_us:.0f} requests/s on one core)")
-    print(f"  floor, a trivial ASGI app on the same Hypercorn settings: {floor_rps:.0f} requests/s, "
-          f"{floor_us:.0f} us CPU per request; crmsync adds {per_request_us - floor_us:.0f} us")
+    floor_rps, floor_us = floors["daemon"]
+    print(f"  floor, a trivial ASGI app on the daemon's HTTP plumbing (serve_http): {floor_rps:.0f} requests/s, "
+          f"{floor_us:.0f} us CPU per request; crmsync adds {per_request_us - floor_us:.0f} us; ratio "
+          f"{rps / floor_rps:.2f} of the floor's rate")
+    stock_rps, stock_us = floors["stock"]
+    print(f"  the same app on Hypercorn's own serve(), same settings: {stock_rps:.0f} requests/s, "
+          f"{stock_us:.0f} us CPU per request")
+    print(f"  load generator CPU: {result['cpu_s'] / max(1, requests) * 1e6:.0f} us per request")
+    print(f"  machine load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+          f"(other work on the {os.cpu_count()} CPUs makes requests/s and latency noisy: compare CPU per request "
+          f"and the floors of the same run)")
     if concurrency != TARGET_CONCURRENCY:
         print(f"  (the target is stated at concurrency {TARGET_CONCURRENCY})")
+    if trace:
+        _print_trace(daemon_trace, result.get("gc"))
 
 
 if __name__ == "__main__":
@@ -485,11 +553,14 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "realtime":
         realtime(int(sys.argv[2]) if len(sys.argv) > 2 else 100, float(sys.argv[3]) if len(sys.argv) > 3 else 5.0)
     elif len(sys.argv) > 1 and sys.argv[1] == "--floor-server":
-        _serve_floor(int(sys.argv[2]))
+        _serve_floor(int(sys.argv[2]), sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "--generate":
-        _, _, gen_host, gen_port, gen_n, gen_c = sys.argv
-        out = trio.run(_generate, gen_host, int(gen_port), int(gen_n), int(gen_c))
+        gen_host, gen_port, gen_n, gen_c, *gen_trace = sys.argv[2:]
+        out = trio.run(_generate, gen_host, int(gen_port), int(gen_n), int(gen_c), bool(gen_trace))
         print(json.dumps(out))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--traced-daemon":
+        sys.exit(_traced_daemon(sys.argv[2], sys.argv[3]))
     else:
-        args = [int(a) for a in sys.argv[1:4]]
-        main(*(args + [20000, 50, 256][len(args):]))
+        traced = sys.argv[1:2] == ["--trace"]
+        args = [int(a) for a in sys.argv[1 + traced:4 + traced]]
+        main(*(args + [20000, 50, 256][len(args):]), trace=traced)

@@ -24,6 +24,7 @@ from crmsync import __version__
 from crmsync.clock import WallClock
 from crmsync.daemon.config import Config, load_config
 from crmsync.daemon.control import ControlServer, listener_from_fd, open_unix_listener
+from crmsync.daemon.heap import freeze_startup_heap
 from crmsync.daemon.http import HttpApp, serve_http
 from crmsync.daemon.metrics import Metrics
 from crmsync.daemon.supervisor import Supervisor
@@ -34,12 +35,12 @@ log = structlog.get_logger("crmsync.daemon.app")
 
 STATUS_INTERVAL_S = 5.0
 
-
 class Daemon:
     def __init__(self, config: Config, *, clock: WallClock | None = None, handle_signals: bool = True,
                  config_path: str | None = None, db_inline: bool = False,
-                 transports: dict[str, Any] | None = None):
+                 transports: dict[str, Any] | None = None, settle_gc: bool = False):
         self.config = config
+        self.settle_gc = settle_gc  # the daemon's own process only (crmsync run), not tests sharing a process
         self.clock = clock or WallClock()
         self.handle_signals = handle_signals
         self.config_path = config_path or config.source
@@ -164,6 +165,8 @@ class Daemon:
                 log.info("ready", version=__version__, pid=os.getpid(), webhooks=self.webhook_url,
                          metrics=self.metrics_url, control=self.control_path, store=str(self.db.path),
                          integrations=sorted(self.supervisor.kinds))
+                if self.settle_gc:
+                    freeze_startup_heap()  # crmsync.daemon.heap says why
                 self.ready.set()
                 task_status.started(self)
 

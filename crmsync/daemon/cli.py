@@ -300,7 +300,6 @@ def _group_name(gid: int) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from crmsync.daemon.app import Daemon
-    from crmsync.daemon.heap import freeze_startup_heap
     from crmsync.daemon.logging import configure_logging
 
     path = _config_path(args)
@@ -308,8 +307,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     configure_logging(args.log_level or config.daemon.log_level, fmt=args.log_format)
-    daemon = Daemon(config, config_path=path)
-    freeze_startup_heap()
+    daemon = Daemon(config, config_path=path, settle_gc=True)
     return _start(lambda: trio.run(daemon.run))
 
 

@@ -19,6 +19,7 @@ def test_startup_garbage_is_freed_and_the_rest_frozen() -> None:
     gone = weakref.ref(garbage)
     del garbage
     kept = [_Node()]
+    before = gc.get_threshold()
     try:
         freeze_startup_heap()
         assert gone() is None
@@ -26,4 +27,5 @@ def test_startup_garbage_is_freed_and_the_rest_frozen() -> None:
         assert not any(obj is kept for obj in gc.get_objects())  # frozen: no longer in a scanned generation
     finally:
         gc.unfreeze()  # the test process goes on allocating
+        gc.set_threshold(*before)
     assert gc.get_freeze_count() == 0

@@ -115,3 +115,16 @@ async def test_metrics_names_follow_prometheus_rules(client: Any) -> None:
                    "crmsync_realtime_queue_depth", "crmsync_webhook_requests_total", "crmsync_api_requests_total",
                    "crmsync_rate_limit_waits_total", "crmsync_integration_active"):
         assert f"# TYPE {family.removesuffix('_total')}" in text or f"# TYPE {family}" in text, family
+
+
+def test_hmac_signatures_match_the_rfc_4231_vectors() -> None:
+    # RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?", HMAC-SHA-256
+    assert sign("Jefe", b"what do ya want for nothing?") == \
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+
+
+def test_the_202_body_says_how_many_events_were_accepted_for_any_count() -> None:
+    from crmsync.daemon.http import _accepted_body
+
+    for n in (0, 1, 64, 65, 1000):
+        assert json.loads(_accepted_body(n)) == {"accepted": n}
