@@ -252,11 +252,14 @@ class MobileCommonsClient(ApiClient):
     ) -> AsyncIterator[Profile]:
         """Every profile whose ``updated_at`` lies in ``[updated_from, updated_to]``, page by page.
 
-        Stops only at a page with ``num="0"`` (C2/C3). Guards against the reported "page is ignored"
-        behaviour (C1): a page repeating the previous page's ids raises :class:`FatalApiError` rather than
-        looping forever; ``max_pages`` is an extra safety stop.
+        Stops only at a page with ``num="0"`` (C2/C3), except for ``phone_numbers`` that fit in one page:
+        Mobile Commons keeps one profile per phone (``profile`` and ``profile_update`` address it by phone), so
+        their profiles are all in the first page and a second one would be empty. Guards against the reported
+        "page is ignored" behaviour (C1): a page repeating the previous page's ids raises
+        :class:`FatalApiError` rather than looping forever; ``max_pages`` is an extra safety stop.
         """
         phones = list(phone_numbers) if phone_numbers is not None else None
+        one_page = phones is not None and len(phones) <= limit
         page = 1
         previous_ids: list[str] | None = None
         while True:
@@ -291,6 +294,8 @@ class MobileCommonsClient(ApiClient):
                 except ValueError as exc:
                     raise MalformedResponseError(self.system, f"unreadable profile: {exc}") from exc
                 yield profile
+            if one_page:
+                return
             if max_pages is not None and page >= max_pages:
                 log.warning("profiles_max_pages", max_pages=max_pages)
                 return
