@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import re
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import date, datetime
 from typing import Any, ClassVar, Literal
@@ -58,6 +59,18 @@ ERROR_NOT_FOUND = "5"
 ERROR_RATE_LIMITED = "27"
 
 PostEncoding = Literal["form", "query", "json"]
+
+
+#: each answer's parsed body: ``check_response`` parses it, the endpoint reads it, and neither parses it twice
+_parsed: weakref.WeakKeyDictionary[httpx.Response, Element] = weakref.WeakKeyDictionary()
+
+
+def response_xml(system: str, response: httpx.Response) -> Element:
+    """:func:`parse_xml`, once per response."""
+    root = _parsed.get(response)
+    if root is None:
+        root = _parsed[response] = parse_xml(system, response)
+    return root
 
 
 def parse_xml(system: str, response: httpx.Response) -> Element:
@@ -163,7 +176,7 @@ class MobileCommonsClient(ApiClient):
         status = response.status_code
         if status >= 300:
             self._raise_for_html(response)
-        root = parse_xml(self.system, response)
+        root = response_xml(self.system, response)
         if root.tag != "response":
             raise MalformedResponseError(self.system, f"unexpected XML root <{root.tag}>", status=status)
         success = (root.get("success") or "").strip().lower()
@@ -216,7 +229,7 @@ class MobileCommonsClient(ApiClient):
 
     async def _get(self, endpoint: str, params: Mapping[str, str]) -> Element:
         response = await self.request("GET", endpoint, params=self._with_company(params))
-        return parse_xml(self.system, response)
+        return response_xml(self.system, response)
 
     async def _post(self, endpoint: str, params: Mapping[str, str]) -> Element:
         params = self._with_company(params)
@@ -226,7 +239,7 @@ class MobileCommonsClient(ApiClient):
             response = await self.request("POST", endpoint, json=params)
         else:
             response = await self.request("POST", endpoint, data=params)
-        return parse_xml(self.system, response)
+        return response_xml(self.system, response)
 
     def _profile_from(self, root: Element) -> Profile:
         el = root.find("profile")

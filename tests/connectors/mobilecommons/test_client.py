@@ -379,3 +379,21 @@ async def test_profiles_by_phone_read_one_page_when_the_phones_fit_in_it(client,
     sim.requests.clear()
     three = [p async for p in client.profiles(phone_numbers=[f"307555020{i}" for i in range(3)], limit=2)]
     assert len(three) == 3 and [path for _, path in sim.requests] == ["/api/profiles"] * 3
+
+
+async def test_an_answer_is_parsed_once(client, sim, monkeypatch) -> None:
+    """Issue 8 (daemon CPU per record): the XML checked by ``check_response`` is the one the endpoint reads;
+    it is parsed once, not once by each."""
+    import crmsync.connectors.mobilecommons.client as module
+
+    sim.add_profile("3075550100")
+    parsed: list[int] = []
+    real = module.parse_xml
+
+    def counting(system, response):
+        parsed.append(response.status_code)
+        return real(system, response)
+
+    monkeypatch.setattr(module, "parse_xml", counting)
+    profile = await client.profile("3075550100")
+    assert profile.phone_number == "+13075550100" and parsed == [200]
