@@ -263,11 +263,18 @@ class PhoneTurns:
         self._registered: set[int] = set()
         self._watermark = 0  # every seq below it is registered
         self._queues: dict[str, list[int]] = {}
-        self._changed = trio.Event()
+        # the records waiting for their turn: each is woken alone, when its own turn may have come (waking
+        # every waiter on every change cost a task switch per waiter per record)
+        self._waiting: dict[int, tuple[str, trio.Event]] = {}
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+    def _may_go(self, seq: int, phone: str) -> bool:
+        return self._watermark > seq and self._queues[phone][0] == seq
+
+    def _wake(self, seq: int) -> None:
+        waiting = self._waiting.get(seq)
+        if waiting is not None and self._may_go(seq, waiting[0]):
+            del self._waiting[seq]
+            waiting[1].set()
 
     def register(self, seq: int, phone: str | None) -> None:
         if seq < self._watermark or seq in self._registered:
@@ -275,21 +282,30 @@ class PhoneTurns:
         self._registered.add(seq)
         if phone is not None:
             bisect.insort(self._queues.setdefault(phone, []), seq)
+        passed = self._watermark
         while self._watermark in self._registered:
             self._registered.discard(self._watermark)
             self._watermark += 1
-        self._notify()
+        for earlier in range(passed, self._watermark):  # every record before these is registered now
+            self._wake(earlier)
 
     async def wait_turn(self, seq: int, phone: str) -> None:
-        while not (self._watermark > seq and self._queues[phone][0] == seq):
-            await self._changed.wait()
+        if self._may_go(seq, phone):
+            return
+        turn = trio.Event()
+        self._waiting[seq] = (phone, turn)
+        try:
+            await turn.wait()
+        finally:
+            self._waiting.pop(seq, None)
 
     def release(self, seq: int, phone: str) -> None:
         queue = self._queues[phone]
         queue.remove(seq)
-        if not queue:
+        if queue:
+            self._wake(queue[0])
+        else:
             del self._queues[phone]
-        self._notify()
 
 
 @dataclass
