@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import re
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
@@ -459,14 +460,22 @@ def _person_ref(van_id: int | str) -> str:
     raise ValueError("person reference must be a vanId or 'IdType:id'")
 
 
+#: each answer's decoded body: ``check_response`` decodes it, the endpoint reads it, and neither decodes it twice
+_decoded: weakref.WeakKeyDictionary[httpx.Response, Any] = weakref.WeakKeyDictionary()
+
+
 def _decode_json(response: httpx.Response) -> Any:
+    if response in _decoded:
+        return _decoded[response]
     try:
-        return parse_json_answer(response.content)
+        body = parse_json_answer(response.content)
     except ValueError as exc:
         raise MalformedResponseError(
             "everyaction", f"malformed JSON in HTTP {response.status_code} response",
             status=response.status_code,
         ) from exc
+    _decoded[response] = body
+    return body
 
 
 def _short_text(response: httpx.Response, limit: int = 200) -> str:

@@ -139,6 +139,7 @@ def opt_in_export_id(status: OptInStatus) -> int:
 # Phone numbers
 
 
+@functools.lru_cache(maxsize=16384)  # pure, and a record's phone is normalized several times
 def normalize_us_phone(raw: str | None) -> str | None:
     """E.164 (``+1XXXXXXXXXX``) for a valid US number in any common format (10 or 11 digits, punctuation,
     extensions dropped); ``None`` when empty or not a valid US number (including other NANP countries,

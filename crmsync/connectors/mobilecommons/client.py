@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import re
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import date, datetime
 from typing import Any, ClassVar, Literal
@@ -58,6 +59,18 @@ ERROR_NOT_FOUND = "5"
 ERROR_RATE_LIMITED = "27"
 
 PostEncoding = Literal["form", "query", "json"]
+
+
+#: each answer's parsed body: ``check_response`` parses it, the endpoint reads it, and neither parses it twice
+_parsed: weakref.WeakKeyDictionary[httpx.Response, Element] = weakref.WeakKeyDictionary()
+
+
+def response_xml(system: str, response: httpx.Response) -> Element:
+    """:func:`parse_xml`, once per response."""
+    root = _parsed.get(response)
+    if root is None:
+        root = _parsed[response] = parse_xml(system, response)
+    return root
 
 
 def parse_xml(system: str, response: httpx.Response) -> Element:
@@ -163,7 +176,7 @@ class MobileCommonsClient(ApiClient):
         status = response.status_code
         if status >= 300:
             self._raise_for_html(response)
-        root = parse_xml(self.system, response)
+        root = response_xml(self.system, response)
         if root.tag != "response":
             raise MalformedResponseError(self.system, f"unexpected XML root <{root.tag}>", status=status)
         success = (root.get("success") or "").strip().lower()
@@ -216,7 +229,7 @@ class MobileCommonsClient(ApiClient):
 
     async def _get(self, endpoint: str, params: Mapping[str, str]) -> Element:
         response = await self.request("GET", endpoint, params=self._with_company(params))
-        return parse_xml(self.system, response)
+        return response_xml(self.system, response)
 
     async def _post(self, endpoint: str, params: Mapping[str, str]) -> Element:
         params = self._with_company(params)
@@ -226,7 +239,7 @@ class MobileCommonsClient(ApiClient):
             response = await self.request("POST", endpoint, json=params)
         else:
             response = await self.request("POST", endpoint, data=params)
-        return parse_xml(self.system, response)
+        return response_xml(self.system, response)
 
     def _profile_from(self, root: Element) -> Profile:
         el = root.find("profile")
@@ -252,11 +265,14 @@ class MobileCommonsClient(ApiClient):
     ) -> AsyncIterator[Profile]:
         """Every profile whose ``updated_at`` lies in ``[updated_from, updated_to]``, page by page.
 
-        Stops only at a page with ``num="0"`` (C2/C3). Guards against the reported "page is ignored"
-        behaviour (C1): a page repeating the previous page's ids raises :class:`FatalApiError` rather than
-        looping forever; ``max_pages`` is an extra safety stop.
+        Stops only at a page with ``num="0"`` (C2/C3), except for ``phone_numbers`` that fit in one page:
+        Mobile Commons keeps one profile per phone (``profile`` and ``profile_update`` address it by phone), so
+        their profiles are all in the first page and a second one would be empty. Guards against the reported
+        "page is ignored" behaviour (C1): a page repeating the previous page's ids raises
+        :class:`FatalApiError` rather than looping forever; ``max_pages`` is an extra safety stop.
         """
         phones = list(phone_numbers) if phone_numbers is not None else None
+        one_page = phones is not None and len(phones) <= limit
         page = 1
         previous_ids: list[str] | None = None
         while True:
@@ -291,6 +307,8 @@ class MobileCommonsClient(ApiClient):
                 except ValueError as exc:
                     raise MalformedResponseError(self.system, f"unreadable profile: {exc}") from exc
                 yield profile
+            if one_page:
+                return
             if max_pages is not None and page >= max_pages:
                 log.warning("profiles_max_pages", max_pages=max_pages)
                 return

@@ -14,6 +14,7 @@ The quirks handled here come from the research sheet (PART B and C):
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ def format_range_bound(value: datetime | date, fmt: str = "%Y-%m-%d %H:%M:%S UTC
 # -- phones --------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16384)  # pure, and a record's phone is normalized several times
 def normalize_us_phone(raw: str | None) -> str | None:
     """E.164 (``+13075550100``) for a valid North American number in any common format, else ``None``.
 

@@ -397,3 +397,22 @@ async def test_row_count_mismatch_is_reported(sim: EveryActionSimulator, client:
     assert len(rows) == 2
     mismatch = [e for e in logs if e["event"] == "everyaction_export_count_mismatch"]
     assert mismatch and mismatch[0]["rows"] == 2 and mismatch[0]["exported_record_count"] == 3
+
+
+async def test_an_answer_is_decoded_once(sim: EveryActionSimulator, client: EveryActionClient,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8 (daemon CPU per record): the answer checked by ``check_response`` is the one the endpoint reads;
+    its JSON is decoded once, not once by each."""
+    import crmsync.connectors.everyaction.client as module
+
+    van_id = sim.add_person("Ada", "Lovelace", email="ada@example.org")
+    decoded: list[bytes] = []
+    real = module.parse_json_answer
+
+    def counting(content: bytes) -> object:
+        decoded.append(content)
+        return real(content)
+
+    monkeypatch.setattr(module, "parse_json_answer", counting)
+    got = await client.get_person(van_id)
+    assert got.first_name == "Ada" and len(decoded) == 1

@@ -359,3 +359,41 @@ async def test_concurrency_is_bounded(sim, autojump_clock) -> None:
             for _ in range(10):
                 nursery.start_soon(client.profile, PHONE)
     assert in_flight["max"] == 3
+
+
+async def test_profiles_by_phone_read_one_page_when_the_phones_fit_in_it(client, sim) -> None:
+    """Regression (issue 8, item 3: "no extra empty page"): Mobile Commons keeps one profile per phone, so the
+    profiles of at most ``limit`` phones all fit in the first page; a phone without a profile must not cost a
+    second, empty page."""
+    sim.add_profile("3075550100")
+    sim.requests.clear()
+    found = [p async for p in client.profiles(phone_numbers=["3075550100", "3075550199"])]
+    assert [p.phone_number for p in found] == ["+13075550100"]
+    assert [path for _, path in sim.requests] == ["/api/profiles"]
+    sim.requests.clear()
+    assert [p async for p in client.profiles(phone_numbers=["3075550198", "3075550199"])] == []
+    assert [path for _, path in sim.requests] == ["/api/profiles"]
+    # more phones than a page holds still page on, to the empty last page
+    for i in range(3):
+        sim.add_profile(f"307555020{i}")
+    sim.requests.clear()
+    three = [p async for p in client.profiles(phone_numbers=[f"307555020{i}" for i in range(3)], limit=2)]
+    assert len(three) == 3 and [path for _, path in sim.requests] == ["/api/profiles"] * 3
+
+
+async def test_an_answer_is_parsed_once(client, sim, monkeypatch) -> None:
+    """Issue 8 (daemon CPU per record): the XML checked by ``check_response`` is the one the endpoint reads;
+    it is parsed once, not once by each."""
+    import crmsync.connectors.mobilecommons.client as module
+
+    sim.add_profile("3075550100")
+    parsed: list[int] = []
+    real = module.parse_xml
+
+    def counting(system, response):
+        parsed.append(response.status_code)
+        return real(system, response)
+
+    monkeypatch.setattr(module, "parse_xml", counting)
+    profile = await client.profile("3075550100")
+    assert profile.phone_number == "+13075550100" and parsed == [200]

@@ -92,3 +92,35 @@ async def test_records_sharing_a_phone_take_turns_in_source_order(autojump_clock
         nursery.start_soon(worker, 1, "+13125550199", 0.0)
         nursery.start_soon(worker, 2, "+13125550100", 0.5)
     assert order.index(0) < order.index(2)
+
+
+async def test_phone_turns_keep_source_order_per_phone_under_any_timing(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The order rule with many records in progress: per phone, records write one at a time and in source
+    order, whatever the order their persons are read in; records without a phone never wait; none is stuck."""
+    rng = random.Random(11)
+    turns = PhoneTurns()
+    phones = [None if rng.random() < 0.2 else f"+1312555{rng.randrange(5):04d}" for _ in range(120)]
+    entered: dict[str, list[int]] = {}
+    writing: set[str] = set()
+    done: list[int] = []
+
+    async def record(seq: int, phone: str | None) -> None:
+        await trio.sleep(rng.random())  # the person read: any order
+        turns.register(seq, phone)
+        if phone is not None:
+            await turns.wait_turn(seq, phone)
+            assert phone not in writing  # one write at a time per phone
+            writing.add(phone)
+            entered.setdefault(phone, []).append(seq)
+            await trio.sleep(rng.random())
+            writing.discard(phone)
+            turns.release(seq, phone)
+        done.append(seq)
+
+    async with trio.open_nursery() as nursery:
+        for seq, phone in enumerate(phones):
+            nursery.start_soon(record, seq, phone)
+    assert sorted(done) == list(range(len(phones)))
+    assert all(order == sorted(order) for order in entered.values())
+    assert sum(len(order) for order in entered.values()) == sum(p is not None for p in phones)

@@ -242,7 +242,10 @@ class EveryActionMobileCommonsConfig(IntegrationConfig):
     mc_overlap: Duration = timedelta(minutes=2)
     mc_initial_lookback: Duration = timedelta(hours=48)
     missing_country: Literal["skip", "assume_us"] = "skip"
-    #: records in flight at once in each flow (Mobile Commons allows 160 concurrent calls per company)
+    #: calls in flight at once to each API (EveryAction, Mobile Commons; one limit per API, shared by both
+    #: flows); a flow keeps ``pipeline.RECORDS_PER_SLOT`` x as many records in progress, so that a record
+    #: waiting (for a batched read, its phone's turn, the store) holds no call slot. At most 150: Mobile
+    #: Commons allows 160 concurrent calls per company
     workers: int = Field(default=32, ge=1, le=150)
 
     @field_validator("default_opt_in_path_id", mode="before")

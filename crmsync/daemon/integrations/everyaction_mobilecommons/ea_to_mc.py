@@ -59,12 +59,12 @@ def window_start(now: datetime, cursor: datetime | None, window: timedelta) -> d
 SHARED_PHONE = "mobile_number_linked_to_another_record"
 
 
-async def profile_owner(ea: EveryActionClient, run: RecordRun, profile: Profile, van_id: str,
+async def profile_owner(ea: EveryActionClient, link: str | None, profile: Profile, van_id: str,
                         phone: str) -> str | None:
-    """The other VAN ID that owns this phone's profile (its stored link, or the Constituent ID already on the
-    profile), if that person still lists this mobile number; None when the profile is free or ours. A number
-    that changed hands (the owner no longer has it) goes to the new holder."""
-    owner = await run.db.tx(q.link_for_messaging, run.integration, profile.id) or profile.constituent_id
+    """The other VAN ID that owns this phone's profile (``link``, its stored link, or the Constituent ID already
+    on the profile), if that person still lists this mobile number; None when the profile is free or ours. A
+    number that changed hands (the owner no longer has it) goes to the new holder."""
+    owner = link or profile.constituent_id
     if not owner or owner == van_id:
         return None
     try:
@@ -180,16 +180,18 @@ async def _sync_person(config: EveryActionMobileCommonsConfig, ea: EveryActionCl
                        reads: ProfileReads) -> list[store.TxFn]:
     name, now = run.integration, run.clock.now()
     ea_status = rules.van_consent(person, phone)
-    known = await run.db.tx(store.read_for_van, name, van_id, phone)
+    profile = await reads.get(contact.phone) if contact.phone is not None else None
+    profile_id = profile.id if profile else None
+    # one store read for the record (batched with other records' reads: one thread hop per group)
+    known = await run.read(lambda c: store.read_for_van(c, name, van_id, phone, profile_id))
     obs = rules.observe_ea(known.observation, ea_status, now)
     writes = [store.put_observation(name, phone, obs)]
     if contact.phone is None:
         # a non-US mobile: its data never syncs, but an opt-out is always safe and still travels
         await _opt_out_only(mc, run, van_id, phone, obs)
         return writes
-    profile = await reads.get(contact.phone)
-    messaging_id = profile.id if profile else None
-    owner = await profile_owner(ea, run, profile, van_id, contact.phone) if profile else None
+    messaging_id = profile_id
+    owner = await profile_owner(ea, known.profile_link, profile, van_id, contact.phone) if profile else None
     payload_fp = rules.fingerprint(rules.ea_payload(contact, ea_status, van_id))
     plan = rules.plan_ea_to_mc(
         contact=contact, ea=obs.fact(), profile=rules.contact_from_profile(profile) if profile else None,

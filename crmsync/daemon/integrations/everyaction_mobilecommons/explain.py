@@ -167,8 +167,8 @@ async def explain_ea_to_mc(kind: Any, person: VanPerson, profile: Profile | None
     steps.append(rule("consent resolution", {"EveryAction": fact_dict(obs.fact()), "Mobile Commons": fact_dict(mc)},
                       final.value, deciding_rule(obs.fact(), mc)))
     if profile is not None and contact.phone is not None:
-        owner = await ea_to_mc.profile_owner(kind.ea, RecordRun(ctx.new_run(ea_to_mc.FLOW)), profile, van_id,
-                                             contact.phone)
+        link = await ctx.db.tx(q.link_for_messaging, ctx.integration, profile.id)
+        owner = await ea_to_mc.profile_owner(kind.ea, link, profile, van_id, contact.phone)
         steps.append(rule("the mobile number's profile belongs to this record",
                           {"profile": profile.id, "Constituent ID": profile.constituent_id, "other owner": owner},
                           _yes(owner is None), ea_to_mc.SHARED_PHONE if owner else None))

@@ -42,7 +42,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     def __init__(self, connections: int, per_shard: int = CONNECTIONS_PER_SHARD):
         count = max(1, -(-connections // per_shard))
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        self._shards = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(count)]
+        tls = httpx.create_ssl_context()  # one for all shards: each costs milliseconds and memory to make
+        self._shards = [httpx.AsyncHTTPTransport(verify=tls, limits=limits) for _ in range(count)]
         self._busy = [0] * count
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -100,14 +100,15 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
     name, now, stamp = run.integration, run.clock.now(), run.now_iso()
     pid = profile.id
     contact = rules.contact_from_profile(profile)
-    known = await run.db.tx(store.read_for_profile, name, pid)
+    phone = contact.consent_phone
+    # one store read for the record (batched with other records' reads: one thread hop per group)
+    known = await run.read(lambda c: store.read_for_profile(c, name, pid, phone))
     mc_fact = rules.mc_consent(profile)
     person = await _match(config, ea, profile, contact, known.link)
     writes: list[store.TxFn] = []
     obs = previous = None
-    phone = contact.consent_phone
     if person is not None and phone is not None:
-        previous = await run.db.tx(store.read_observation, name, phone)
+        previous = known.observation
         obs = rules.observe_ea(previous, rules.van_consent(person, phone), now)
         writes.append(store.put_observation(name, phone, obs))
     writes.append(consent_trail.observed_in_mc_to_ea(run, str(person.van_id) if person else None, profile, mc_fact,

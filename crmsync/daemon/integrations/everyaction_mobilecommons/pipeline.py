@@ -1,15 +1,22 @@
 """The shape both flows share: a short pipeline of stages joined by bounded trio memory channels.
 
 * **read**: the changed records, in source order, each numbered (``seq``) once (repeats dropped);
-* **plan and write**: a bounded pool of workers; each reads the person once from each side, calls the pure
-  rules (``rules.plan_*``) and makes the writes the plan asks for. Report rows are buffered per record;
+* **plan and write**: up to ``records_in_progress`` records at once (by default ``RECORDS_PER_SLOT`` x
+  ``workers``); each reads the person once from each side, calls the pure rules (``rules.plan_*``) and makes
+  the writes the plan asks for. Calls in flight are bounded per API by ``workers`` (each API client's
+  ``max_concurrency``), not by the records: a record waiting for a batched read, its phone's turn or the store
+  holds no call slot, so the slots stay busy while more records than slots are in progress, and the reads of
+  later records run ahead of the writes of earlier ones. Report rows are buffered per record;
 * **acknowledge**: one task receives the finished records out of order and releases them *in order*: a record
   is acknowledged only when every record before it is. It reports them and commits their store writes (links,
   fingerprints, observations) one transaction per group of records, and it alone moves the cursor, in the
   run's last transaction, after every record was acknowledged.
 
-Bounded channels give back-pressure: reads run at most a few records ahead of the workers, and the workers a
-few ahead of the acknowledgements, so memory is bounded by the settings, not by the number of records.
+Store reads are batched too (:class:`StoreReads`): the records' reads that arrive while one read transaction
+runs share the next one, so a group of records costs one thread hop, not one per record.
+
+Bounded channels give back-pressure: reads run at most a window of records ahead of the writes, and the
+workers a few ahead of the acknowledgements, so memory is bounded by the settings, not by the number of records.
 """
 
 from __future__ import annotations
@@ -30,15 +37,74 @@ from crmsync.daemon.runs import RunContext
 from crmsync.state import Database
 
 T = TypeVar("T")
+R = TypeVar("R")
 TxFn = Callable[[sqlite3.Connection], Any]
+
+#: records in progress per call slot (``workers``): enough that slots stay busy while records wait for a
+#: batched read, their phone's turn or the store; few enough that memory stays small
+RECORDS_PER_SLOT = 4
+
+
+@dataclass
+class _Read:
+    fn: Callable[[sqlite3.Connection], Any]
+    done: trio.Event
+    value: Any = None
+    error: BaseException | None = None
+
+
+class StoreReads:
+    """Store reads of many records in one transaction (one thread hop): the reads asked for while a read
+    transaction runs wait for it and then go together in the next one. Reads see committed state only, as a
+    transaction of their own would."""
+
+    def __init__(self, db: Database):
+        self.db = db
+        self._queue: list[_Read] = []
+        self._wakeup = trio.Event()
+
+    async def get(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        read = _Read(fn, trio.Event())
+        self._queue.append(read)
+        self._wakeup.set()
+        await read.done.wait()
+        if read.error is not None:
+            raise read.error
+        return cast(R, read.value)
+
+    async def run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            await trio.lowlevel.checkpoint()  # the records woken together ask together
+            group, self._queue = self._queue, []
+            try:
+                await self.db.tx(_read_all, group)
+            except BaseException as exc:
+                for read in group:
+                    read.error = read.error or exc
+                if not isinstance(exc, Exception):
+                    raise
+            finally:
+                for read in group:
+                    read.done.set()
+
+
+def _read_all(c: sqlite3.Connection, group: list[_Read]) -> None:
+    for read in group:
+        try:
+            read.value = read.fn(c)
+        except Exception as exc:  # one record's failed read is that record's error, not the group's
+            read.error = exc
 
 
 class RecordRun:
     """What a worker sees of the run: the store, the clock, and report rows buffered for this one record, so
     that the acknowledge stage reports them in order and together with the record's store writes."""
 
-    def __init__(self, run: RunContext):
+    def __init__(self, run: RunContext, reads: StoreReads | None = None):
         self._run = run
+        self._reads = reads
         self.db: Database = run.db
         self.clock: WallClock = run.clock
         self.integration = run.integration
@@ -50,6 +116,12 @@ class RecordRun:
 
     def now_iso(self) -> str:
         return self._run.now_iso()
+
+    async def read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        """A store read, batched with other records' reads when the pipeline runs (else a transaction)."""
+        if self._reads is None:
+            return await self.db.tx(fn)
+        return await self._reads.get(fn)
 
     def report_to(self, run: RunContext) -> None:
         """The buffered rows into ``run``'s report, in order."""
@@ -76,7 +148,9 @@ Handler = Callable[[int, T, RecordRun], Awaitable[list[TxFn]]]
 @dataclass
 class Pipeline(Generic[T]):
     """One run of one flow through the stages. ``ids`` gives a record's report ids (for a rejection row);
-    ``key`` drops repeats (rows may repeat across export files)."""
+    ``key`` drops repeats (rows may repeat across export files). ``workers`` is the calls in flight per API
+    (the clients enforce it); ``records_in_progress`` (default ``RECORDS_PER_SLOT`` x ``workers``) bounds the
+    records between the read and the acknowledge stages."""
 
     run: RunContext
     handle: Handler[T]
@@ -84,24 +158,28 @@ class Pipeline(Generic[T]):
     key: Callable[[T], Hashable]
     workers: int
     group: int
+    records_in_progress: int | None = None
 
     async def run_all(self, source: AsyncIterator[T], final: Callable[[], list[TxFn]],
                       background: Callable[[trio.Nursery], Awaitable[None]] | None = None) -> None:
         """Drive every record of ``source``; ``final()`` gives the writes of the run's last transaction (the
         cursor), committed only if the run was not interrupted. ``background`` (e.g. a batched reader the
         workers use) runs beside the stages and is cancelled once every record is acknowledged."""
-        send_items, recv_items = trio.open_memory_channel[tuple[int, T]](self.workers * 2)
-        send_done, recv_done = trio.open_memory_channel[_Done](self.workers * 4)
+        in_progress = self.records_in_progress or RECORDS_PER_SLOT * self.workers
+        send_items, recv_items = trio.open_memory_channel[tuple[int, T]](in_progress)
+        send_done, recv_done = trio.open_memory_channel[_Done](in_progress)
+        reads = StoreReads(self.run.db)
         try:
             async with trio.open_nursery() as nursery:
                 if background is not None:
                     nursery.start_soon(background, nursery)
+                nursery.start_soon(reads.run)
                 nursery.start_soon(self._read, source, send_items)
                 async with recv_items, send_done:
-                    for _ in range(self.workers):
-                        nursery.start_soon(self._work, recv_items.clone(), send_done.clone())
+                    for _ in range(in_progress):
+                        nursery.start_soon(self._work, recv_items.clone(), send_done.clone(), reads)
                 await self._acknowledge(recv_done, final)
-                nursery.cancel_scope.cancel()  # only the background task is left
+                nursery.cancel_scope.cancel()  # only the background tasks are left
         except BaseExceptionGroup as group:
             # the first real failure ends the run, as it would without workers (the others were cancelled)
             cause = _first_failure(group)
@@ -124,10 +202,10 @@ class Pipeline(Generic[T]):
                 seq += 1
 
     async def _work(self, items: trio.MemoryReceiveChannel[tuple[int, T]],
-                    done: trio.MemorySendChannel[_Done]) -> None:
+                    done: trio.MemorySendChannel[_Done], reads: StoreReads) -> None:
         async with items, done:
             async for seq, item in items:
-                record = RecordRun(self.run)
+                record = RecordRun(self.run, reads)
                 try:
                     writes = await self.handle(seq, item, record)
                 except FatalApiError as exc:
@@ -185,11 +263,18 @@ class PhoneTurns:
         self._registered: set[int] = set()
         self._watermark = 0  # every seq below it is registered
         self._queues: dict[str, list[int]] = {}
-        self._changed = trio.Event()
+        # the records waiting for their turn: each is woken alone, when its own turn may have come (waking
+        # every waiter on every change cost a task switch per waiter per record)
+        self._waiting: dict[int, tuple[str, trio.Event]] = {}
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+    def _may_go(self, seq: int, phone: str) -> bool:
+        return self._watermark > seq and self._queues[phone][0] == seq
+
+    def _wake(self, seq: int) -> None:
+        waiting = self._waiting.get(seq)
+        if waiting is not None and self._may_go(seq, waiting[0]):
+            del self._waiting[seq]
+            waiting[1].set()
 
     def register(self, seq: int, phone: str | None) -> None:
         if seq < self._watermark or seq in self._registered:
@@ -197,21 +282,30 @@ class PhoneTurns:
         self._registered.add(seq)
         if phone is not None:
             bisect.insort(self._queues.setdefault(phone, []), seq)
+        passed = self._watermark
         while self._watermark in self._registered:
             self._registered.discard(self._watermark)
             self._watermark += 1
-        self._notify()
+        for earlier in range(passed, self._watermark):  # every record before these is registered now
+            self._wake(earlier)
 
     async def wait_turn(self, seq: int, phone: str) -> None:
-        while not (self._watermark > seq and self._queues[phone][0] == seq):
-            await self._changed.wait()
+        if self._may_go(seq, phone):
+            return
+        turn = trio.Event()
+        self._waiting[seq] = (phone, turn)
+        try:
+            await turn.wait()
+        finally:
+            self._waiting.pop(seq, None)
 
     def release(self, seq: int, phone: str) -> None:
         queue = self._queues[phone]
         queue.remove(seq)
-        if not queue:
+        if queue:
+            self._wake(queue[0])
+        else:
             del self._queues[phone]
-        self._notify()
 
 
 @dataclass
@@ -227,7 +321,7 @@ class ProfileReads:
     list (research B3). Each worker asks for one phone; the phones asked for within ``gather`` seconds of each
     other share one call (up to ``max_batch``), so a contact costs a fraction of a read instead of one."""
 
-    def __init__(self, mc: MobileCommonsClient, *, max_batch: int = 100, gather: float = 0.005):
+    def __init__(self, mc: MobileCommonsClient, *, max_batch: int = 100, gather: float = 0.02):
         self.mc = mc
         self.max_batch = max_batch
         self.gather = gather

@@ -26,17 +26,23 @@ class Known:
     link: str | None  # the other side's id
     fingerprint: str | None
     observation: EaObservation | None
+    profile_link: str | None = None  # ea_to_mc: the VAN ID linked to the phone's existing profile
 
 
-def read_for_van(c: sqlite3.Connection, integration: str, van_id: str, phone: str | None) -> Known:
+def read_for_van(c: sqlite3.Connection, integration: str, van_id: str, phone: str | None,
+                 profile_id: str | None = None) -> Known:
+    """What ea_to_mc knows of a VAN ID (and of the profile found for its phone), in one read."""
     fp = q.get_fingerprint(c, integration, f"mc:{van_id}")
     return Known(q.link_for_crm(c, integration, van_id), fp[0] if fp else None,
-                 read_observation(c, integration, phone) if phone else None)
+                 read_observation(c, integration, phone) if phone else None,
+                 q.link_for_messaging(c, integration, profile_id) if profile_id else None)
 
 
-def read_for_profile(c: sqlite3.Connection, integration: str, profile_id: str) -> Known:
+def read_for_profile(c: sqlite3.Connection, integration: str, profile_id: str, phone: str | None = None) -> Known:
+    """What mc_to_ea knows of a profile (and of the EveryAction opt-in status last seen for its phone)."""
     fp = q.get_fingerprint(c, integration, f"ea:{profile_id}")
-    return Known(q.link_for_messaging(c, integration, profile_id), fp[0] if fp else None, None)
+    return Known(q.link_for_messaging(c, integration, profile_id), fp[0] if fp else None,
+                 read_observation(c, integration, phone) if phone else None)
 
 
 def read_observation(c: sqlite3.Connection, integration: str, phone: str) -> EaObservation | None:
