@@ -699,6 +699,11 @@ class EfficySimulator(SimulatorApp):
                     raise _RpcFailure(f"Missing value for parameter :p{index + 1}", 1032)
                 conditions.append((column, op, params[index]))
         order = [c.strip().upper() for c in match["order"].split(",")] if match["order"] else []
+        if (table == "CONTACTS" and match["cols"].strip().upper() == "K_CONTACT" and order in ([], ["K_CONTACT"])
+                and all(column == "K_CONTACT" for column, _, _ in conditions)):
+            # keys only: answered from the key index, as a database answers from its primary key
+            ids = self._ids_in_range(conditions)
+            return [{"K_CONTACT": str(cid)} for cid in (itertools.islice(ids, limit) if limit > 0 else ids)]
         rows: Iterable[dict[str, Any]] = (
             r for r in self._table_rows(table, conditions, by_key=order == ["K_CONTACT"])
             if all(_compare(r.get(column), op, value) for column, op, value in conditions))
@@ -734,8 +739,9 @@ class EfficySimulator(SimulatorApp):
         raise _RpcFailure(f"Invalid object name '{table}'", 1034)
 
 
-    def _ids_in_range(self, conditions: list[tuple[str, str, str]]) -> list[int]:
-        """Contact ids in key order that satisfy the numeric conditions on K_CONTACT."""
+    def _ids_in_range(self, conditions: list[tuple[str, str, str]]) -> Iterator[int]:
+        """Contact ids in key order that satisfy the numeric conditions on K_CONTACT, produced lazily: a
+        page reads its own rows off the index, not a copy of the rest of the table."""
         if self._sorted_ids is None:
             self._sorted_ids = sorted(self._contacts)
         ids = self._sorted_ids
@@ -756,7 +762,8 @@ class EfficySimulator(SimulatorApp):
             elif op == "<=":
                 hi = min(hi, bisect.bisect_right(ids, bound))
         key_conditions = [(op, value) for column, op, value in conditions if column == "K_CONTACT"]
-        return [cid for cid in ids[lo:hi] if all(_compare(str(cid), op, value) for op, value in key_conditions)]
+        return (ids[i] for i in range(lo, hi)
+                if all(_compare(str(ids[i]), op, value) for op, value in key_conditions))
 
 
 # -- helpers ----------------------------------------------------------------------------------------------

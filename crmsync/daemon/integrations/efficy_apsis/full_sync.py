@@ -47,6 +47,7 @@ from crmsync.connectors.apsis.records import (
 )
 from crmsync.connectors.efficy import EfficyClient, EfficyContact
 from crmsync.connectors.efficy.paging import ContactPage, encode_position
+from crmsync.connectors.efficy.ranges import read_pages
 from crmsync.connectors.errors import AuthError, FatalApiError
 from crmsync.daemon.integrations.base import FlowError, FullSyncStep
 from crmsync.daemon.integrations.efficy_apsis import store
@@ -163,19 +164,21 @@ class FullSync:
 
     async def _read(self, position: str | None, first: PageRead | None,
                     send: trio.MemorySendChannel[PageRead], run: RunContext) -> None:
-        """Read stage: pages in key order, as far ahead as the channel allows."""
+        """Read stage: pages in key order, as far ahead as the channel allows, on ``read_sessions`` Efficy
+        sessions (key ranges read in parallel, delivered in key order: :mod:`crmsync.connectors.efficy.ranges`)."""
         async with send:
             if first is not None:
                 await send.send(first)
                 position = first.page.next_position
                 if position is None:
                     return
-            while True:
-                read = await self._read_page(position, run)
-                await send.send(read)
-                if read.page.next_position is None:
-                    return
-                position = read.page.next_position
+
+            async def deliver(page: ContactPage, read_at: datetime) -> None:
+                self.pages_read += 1
+                await send.send(PageRead(page, read_at))
+
+            sessions = [self.efficy] + [self.efficy.new_session() for _ in range(self.settings.read_sessions - 1)]
+            await read_pages(sessions, position, deliver, page_size=self.settings.page_size, now=run.clock.now)
 
     async def _mode(self, position: str | None, first: ContactPage | None, run: RunContext) -> bool:
         """Per-profile or import, decided on the first page from the total and kept for the whole sync
