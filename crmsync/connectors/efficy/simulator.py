@@ -31,7 +31,6 @@ import bisect
 import heapq
 import itertools
 import json
-import random
 import re
 import secrets as _secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -44,6 +43,7 @@ import structlog
 import trio
 
 from crmsync.clock import WallClock
+from crmsync.connectors.efficy.sim_demo import ContactRows, DemoContacts, LinkSets
 from crmsync.connectors.efficy.webhooks import (
     CONTACT_TABLE_ID,
     MAX_CONTRACT_ITEMS,
@@ -181,9 +181,9 @@ class EfficySimulator(SimulatorApp):
         self.sessions_created = 0
         self.outbox: list[ChangeRecord] = []
         self.rpc_log: list[list[dict[str, Any]]] = []  # request bodies as parsed, for tests
-        self._contacts: dict[int, dict[str, Any]] = {}
-        self._sorted_ids: list[int] | None = None  # key index, rebuilt after a contact is added or deleted
-        self._links: dict[int, set[int]] = {}
+        self._contacts = ContactRows()  # demo contacts computed from their key (sim_demo)
+        self._sorted_ids: Sequence[int] | None = None  # key index, rebuilt after a contact is added or deleted
+        self._links = LinkSets(self._contacts)
         self._link_changed: dict[tuple[int, int], datetime] = {}
         self._profiles: dict[int, str] = {}
         self._queries: dict[int, SavedQuery] = {}
@@ -219,7 +219,8 @@ class EfficySimulator(SimulatorApp):
 
     def update_contact(self, contact_id: int, **columns: Any) -> None:
         """Change columns (UPPER-CASE names or ``name``/``first_name``/``email``); stamps D_CHANGE."""
-        row = self._row(contact_id)
+        self._row(contact_id)
+        row = self._contacts.for_update(int(contact_id))
         aliases = {"name": "NAME", "first_name": "FIRSTNAME", "email": "EMAIL1", "opened": "OPENED"}
         changes = {aliases.get(k, k.upper()): v for k, v in columns.items()}
         self._apply_update(contact_id, row, changes)
@@ -245,7 +246,7 @@ class EfficySimulator(SimulatorApp):
         if profile_id not in self._profiles:
             self.add_profile(f"Profile {profile_id}", profile_id)
         if profile_id not in self._links[contact_id]:
-            self._links[contact_id].add(profile_id)
+            self._links.for_update(contact_id).add(profile_id)
             self._link_changed[(contact_id, profile_id)] = self.clock.now()
             self._touch(contact_id)
             self._record(contact_id, "Update", {}, consent=(profile_id, True))
@@ -254,7 +255,7 @@ class EfficySimulator(SimulatorApp):
         """Unlink a CRM Profile (the contact no longer consents). No-op if not linked."""
         self._row(contact_id)
         if profile_id in self._links[contact_id]:
-            self._links[contact_id].discard(profile_id)
+            self._links.for_update(contact_id).discard(profile_id)
             self._link_changed.pop((contact_id, profile_id), None)
             self._touch(contact_id)
             self._record(contact_id, "Update", {}, consent=(profile_id, False))
@@ -274,23 +275,21 @@ class EfficySimulator(SimulatorApp):
 
     def seed_demo(self, contacts: int, *, seed: int = 0) -> dict[str, int]:
         """Demo data for ``crmsync sandbox`` and benchmarks: two CRM Profiles, ``contacts`` contacts, one
-        saved query. Deterministic for a given ``seed``. Returns the ids of the profiles and the query."""
-        rng = random.Random(seed)
+        saved query. Deterministic for a given ``seed``; the contacts are computed from their key when read,
+        not stored (:mod:`.sim_demo`), so a million cost megabytes, not gigabytes. Returns the ids of the
+        profiles and the query."""
+        if self._contacts.demo is not None:
+            raise ValueError("the simulator holds demo contacts already")
         news = self.add_profile("Newsletter")
         sms = self.add_profile("SMS offers")
-        first_names = ["Jane", "Lucas", "Emma", "Noah", "Olivia", "Louis", "Mila", "Arthur"]
-        last_names = ["Peeters", "Janssens", "Maes", "Jacobs", "Mertens", "Willems", "Claes", "Goossens"]
-        for i in range(contacts):
-            first, last = rng.choice(first_names), rng.choice(last_names)
-            profiles = [p for p, share in ((news, 0.6), (sms, 0.3)) if rng.random() < share]
-            self.add_contact(
-                name=last, first_name=first, email=f"{first}.{last}.{i}@example.com".lower(),
-                opened=rng.random() > 0.1, profiles=profiles,
-                MOBILE=f"+3247{rng.randrange(10**7):07d}" if rng.random() < 0.7 else "",
-                COUNTRY=rng.choice(["BE", "NL", "FR", "SE"]), LANGUAGE=rng.choice(["NL", "FR", "EN"]),
-            )
+        first = self._next_contact
+        if any(first <= cid < first + contacts for cid in self._contacts.stored):
+            raise ValueError("demo keys would collide with existing contacts")
+        self._contacts.demo = DemoContacts(first, contacts, seed, self.clock.now(), news, sms,
+                                           tuple(_DEFAULT_COLUMNS.items()))
+        self._next_contact = first + contacts
+        self._sorted_ids = None
         vip = self.add_query("VIP", predicate=lambda c: int(c["K_CONTACT"]) % 10 == 0)
-        self.drain_outbox()  # demo data is the starting state, not a burst of changes
         return {"newsletter_profile": news, "sms_profile": sms, "vip_query": vip}
 
     def contact(self, contact_id: int) -> dict[str, Any]:
@@ -299,7 +298,7 @@ class EfficySimulator(SimulatorApp):
         return {"K_CONTACT": contact_id, **row, "profile_ids": sorted(self._links[contact_id])}
 
     def contacts(self) -> list[dict[str, Any]]:
-        return [self.contact(cid) for cid in sorted(self._contacts)]
+        return [self.contact(cid) for cid in self._contacts]  # key order
 
     def profiles(self) -> dict[int, str]:
         return dict(self._profiles)
@@ -332,7 +331,7 @@ class EfficySimulator(SimulatorApp):
             raise KeyError(f"no contact {contact_id}") from None
 
     def _touch(self, contact_id: int) -> None:
-        self._contacts[contact_id]["D_CHANGE"] = self.clock.now()
+        self._contacts.for_update(contact_id)["D_CHANGE"] = self.clock.now()
 
     def _apply_update(self, contact_id: int, row: dict[str, Any], changes: Mapping[str, Any]) -> None:
         changes = {k: v for k, v in changes.items() if k not in ("K_CONTACT", "D_CHANGE", "D_CREATE")}
@@ -354,6 +353,9 @@ class EfficySimulator(SimulatorApp):
     def _link_row(self, contact_id: int, profile_id: int, row: dict[str, Any]) -> dict[str, Any]:
         if self.link_changed_field:
             when = self._link_changed.get((contact_id, profile_id))
+            if when is None and contact_id not in self._links.stored and self._contacts.demo is not None \
+                    and contact_id in self._contacts.demo:
+                when = self._contacts.demo.created  # a demo contact's links date from the demo
             row[self.link_changed_field.upper()] = self._render_value("D_CHANGE", when)
         return row
 
@@ -586,7 +588,7 @@ class EfficySimulator(SimulatorApp):
             key = self.add_contact(**{k: _parse_in(k, v) for k, v in data.items()})
             result.update(key=key, inserted=True)
         elif data:
-            self._apply_update(key, self._contacts[key], {k: _parse_in(k, v) for k, v in data.items()})
+            self._apply_update(key, self._contacts.for_update(key), {k: _parse_in(k, v) for k, v in data.items()})
         for insert, profile_id in link_ops:
             if insert:
                 self.add_profile_to_contact(key, profile_id)
@@ -743,7 +745,7 @@ class EfficySimulator(SimulatorApp):
         """Contact ids in key order that satisfy the numeric conditions on K_CONTACT, produced lazily: a
         page reads its own rows off the index, not a copy of the rest of the table."""
         if self._sorted_ids is None:
-            self._sorted_ids = sorted(self._contacts)
+            self._sorted_ids = self._contacts.sorted_keys()
         ids = self._sorted_ids
         lo, hi = 0, len(ids)
         for column, op, value in conditions:

@@ -103,6 +103,16 @@ class _PageJob:
     done: trio.Event = field(default_factory=trio.Event)
 
 
+@dataclass
+class _BulkInputs:
+    """The bulk path's inputs that do not come from Efficy's pages, loaded from the start of the run."""
+
+    versions: dict[str, str] = field(default_factory=dict)
+    error: BaseException | None = None
+    loaded: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
 class FullSync:
     """Holds what a full sync needs across its stages (clients, settings, the plan's counters)."""
 
@@ -122,6 +132,7 @@ class FullSync:
         self.pages_read = 0
         self.per_profile_writes = 0  # contacts with per-profile calls after their import (bulk path)
         self._open_batches: set[ImportBatch] = set()
+        self._bulk_inputs = _BulkInputs()
         self._page_query_tags: dict[str, set[str]] = {}
 
     # -- the pipeline ------------------------------------------------------------------------------------
@@ -130,13 +141,25 @@ class FullSync:
         """Sync from ``position`` to the end; True when the end was acknowledged, False when
         ``acknowledge`` asked to stop (the daemon is stopping) after a batch."""
         first: PageRead | None = None
-        if position is None:
-            first = await self._read_page(None, run)
-        use_import = await self._mode(position, first.page if first is not None else None, run)
         pages_send, pages_recv = trio.open_memory_channel[PageRead](self.settings.read_ahead)
         acks_send, acks_recv = trio.open_memory_channel[Any](self.settings.batches_in_flight)
         try:
             async with trio.open_nursery() as nursery:
+                # What the bulk path needs besides Efficy's pages (the consent reports, which APSIS prepares
+                # one a second; the query members; the attribute versions) starts at t=0, beside the first
+                # page, and is dropped if that page says per-profile. The plan stage waits for all of it.
+                may_import = bool(self.settings.import_threshold) if position is None else \
+                    await self._mode(position, None, run)
+                self._bulk_inputs = _BulkInputs()
+                if may_import:
+                    nursery.start_soon(self._load_bulk_inputs, run, self._bulk_inputs)
+                if position is None:
+                    first = await self._read_page(None, run)
+                    use_import = await self._mode(position, first.page, run)
+                else:
+                    use_import = may_import
+                if not use_import:
+                    self._bulk_inputs.scope.cancel()
                 nursery.start_soon(self._read, position, first, pages_send, run)
                 if use_import:
                     nursery.start_soon(self._plan_bulk, pages_recv, acks_send, run, nursery)
@@ -260,6 +283,31 @@ class FullSync:
 
     # -- bulk path -----------------------------------------------------------------------------------------
 
+    async def _load_bulk_inputs(self, run: RunContext, inputs: _BulkInputs) -> None:
+        """Held until the plan stage asks (:meth:`_await_bulk_inputs`), so that a failure here cannot fail a
+        sync the first page turns to the per-profile path."""
+        with inputs.scope:
+            try:
+                async with trio.open_nursery() as loading:
+                    loading.start_soon(self._load_report, run)
+                    loading.start_soon(self._load_query_members, run)
+                    inputs.versions = await self.apsis.attribute_versions()
+            except BaseExceptionGroup as group:
+                cause = _first_cause(group)
+                if isinstance(cause, trio.Cancelled):
+                    raise
+                inputs.error = cause
+            except Exception as exc:
+                inputs.error = exc
+            inputs.loaded.set()
+
+    async def _await_bulk_inputs(self) -> dict[str, str]:
+        """The attribute versions, once APSIS's opt-outs and the query members are all in the store."""
+        await self._bulk_inputs.loaded.wait()
+        if self._bulk_inputs.error is not None:
+            raise self._bulk_inputs.error
+        return self._bulk_inputs.versions
+
     async def _load_report(self, run: RunContext) -> None:
         """APSIS's opt-outs on the mapped slots, one streamed consent report per channel, into the store."""
         await run.db.tx(store.clear_reported_optouts(self.integration))
@@ -317,10 +365,7 @@ class FullSync:
     async def _plan_bulk(self, pages: trio.MemoryReceiveChannel[PageRead], acks: trio.MemorySendChannel[Any],
                          run: RunContext, nursery: trio.Nursery) -> None:
         async with acks, pages:
-            async with trio.open_nursery() as loading:
-                loading.start_soon(self._load_report, run)
-                loading.start_soon(self._load_query_members, run)
-            versions = await self.apsis.attribute_versions()
+            versions = await self._await_bulk_inputs()  # opt-outs complete before any plan depending on them
             layouts = self._layouts()
             for layout in layouts:  # a configuration problem shows before any import starts
                 try:
