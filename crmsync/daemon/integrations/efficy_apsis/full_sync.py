@@ -81,6 +81,9 @@ MODE_KEY = "full_sync_mode"
 REPORT_ATTEMPTS = 3
 REPORT_CHUNK = 5000  # reported opt-outs stored per transaction
 ACK_CHUNK = 5000  # acknowledged rows committed per transaction
+#: contacts whose settled store writes and report rows the bulk plan stage holds before flushing them (they
+#: wait for no import: flushing them early keeps peak memory independent of ``import_rows``)
+SETTLED_CHUNK = 5000
 
 Acknowledge = Callable[[FullSyncStep, Sequence[store.TxFn]], Awaitable[bool]]
 
@@ -385,6 +388,7 @@ class FullSync:
 
             batch = new_batch()
             settled_tx: list[store.TxFn] = []
+            settled_contacts = 0  # contacts whose settled writes (sightings, unchanged, skipped) are pending
             total: int | None = None  # Efficy's count on the first page: where the tail batches start
             before = tapered = 0  # contacts in closed batches; closed batches cut short for the tail
 
@@ -402,6 +406,10 @@ class FullSync:
                 page = read.page
                 writes, page_settled, reported = await self._plan_contacts(read, run, reported=True)
                 settled_tx.extend(page_settled)
+                settled_contacts += len(page.records)
+                if settled_contacts >= SETTLED_CHUNK:  # memory: a batch's settled writes are not held to its end
+                    await run.flush(*settled_tx)
+                    settled_tx, settled_contacts = [], 0
                 source = cast(ApsisClient, ReportedConsents(reported))
                 by_id = {plan.contact_id: (plan, contact) for plan, contact in writes}
                 now = run.now_iso()
