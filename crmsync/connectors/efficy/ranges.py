@@ -56,55 +56,13 @@ async def read_pages(sessions: Sequence[EfficyClient], position: str | None, del
     ``ranges_ahead`` pages (default twice the sessions) are read ahead of it."""
     if not sessions:
         raise ValueError("at least one Efficy session")
+    reader = _RangeReader([_Session(c) for c in sessions], deliver, page_size=page_size, now=now,
+                          include_profiles=include_profiles)
     if len(sessions) == 1:
-        await _read_to_end(sessions[0], position, deliver, page_size=page_size, now=now,
-                           include_profiles=include_profiles)
+        await reader.read_to_end(position)
         return
-    held = [_Session(c) for c in sessions]
-    ahead = ranges_ahead or 2 * len(held)
-    order_send, order_recv = trio.open_memory_channel[_Range](ahead)  # ranges cut, in key order
-    work_send, work_recv = trio.open_memory_channel[_Range](0)
-
-    async def cut() -> None:
-        """Cut ranges of one page each from the keys; the last, partial one is the tail."""
-        scanner = held[0]
-        after = decode_position(position)
-        want = page_size * SCAN_PAGES_PER_SESSION * len(held)
-        async with order_send, work_send:
-            while True:
-                async with scanner.lock:
-                    keys = await scanner.client.contact_keys(encode_position(after), want)
-                for end in range(page_size, len(keys) + 1, page_size):
-                    rng = _Range(after, keys[end - 1])
-                    after = rng.until  # type: ignore[assignment]
-                    await order_send.send(rng)
-                    await work_send.send(rng)
-                if len(keys) < want:
-                    await order_send.send(_Range(after, None))  # read to the end by the delivering task
-                    return
-
-    async def work(session: _Session, ranges: trio.MemoryReceiveChannel[_Range]) -> None:
-        async with ranges:
-            async for rng in ranges:
-                assert rng.until is not None
-                until = encode_position(rng.until)
-                start = encode_position(rng.after)
-                while True:  # a range is one page, unless keys were added inside it meanwhile
-                    read_at = now()
-                    async with session.lock:
-                        page = await session.client.list_contacts(start, page_size=page_size,
-                                                                  include_profiles=include_profiles,
-                                                                  with_total=False, until=until)
-                    rng.pages.append((page, read_at))
-                    if page.next_position == until:
-                        break
-                    assert page.next_position is not None
-                    start = page.next_position
-                rng.done.set()
-
     try:
-        await _read_ranges(held, cut, work, deliver, order_recv, work_recv, page_size=page_size, now=now,
-                           include_profiles=include_profiles)
+        await reader.read_ranges(position, ranges_ahead or 2 * len(sessions))
     except BaseExceptionGroup as group:  # a failed read cancels the others: raise what failed, as one call would
         causes = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
         if len(causes) == 1:
@@ -112,48 +70,87 @@ async def read_pages(sessions: Sequence[EfficyClient], position: str | None, del
         raise
 
 
+class _RangeReader:
+    def __init__(self, sessions: list[_Session], deliver: Deliver, *, page_size: int,
+                 now: Callable[[], datetime], include_profiles: bool):
+        self.sessions = sessions
+        self.deliver = deliver
+        self.page_size = page_size
+        self.now = now
+        self.include_profiles = include_profiles
+
+    async def read_ranges(self, position: str | None, ahead: int) -> None:
+        order_send, order_recv = trio.open_memory_channel[_Range](ahead)  # ranges cut, in key order
+        work_send, work_recv = trio.open_memory_channel[_Range](0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._cut, position, order_send, work_send)
+            async with work_recv:
+                for session in self.sessions:
+                    nursery.start_soon(self._work, session, work_recv.clone())
+            async with order_recv:
+                async for rng in order_recv:
+                    if rng.until is None:
+                        await self.read_to_end(encode_position(rng.after))
+                        break
+                    await rng.done.wait()
+                    for page, read_at in rng.pages:
+                        await self.deliver(page, read_at)
+                    rng.pages.clear()
+            nursery.cancel_scope.cancel()  # nothing is left to read
+
+    async def _cut(self, position: str | None, order: trio.MemorySendChannel[_Range],
+                   work: trio.MemorySendChannel[_Range]) -> None:
+        """Cut ranges of one page each from the keys; the last, partial one is the tail."""
+        scanner = self.sessions[0]
+        after = decode_position(position)
+        want = self.page_size * SCAN_PAGES_PER_SESSION * len(self.sessions)
+        async with order, work:
+            while True:
+                async with scanner.lock:
+                    keys = await scanner.client.contact_keys(encode_position(after), want)
+                for end in range(self.page_size, len(keys) + 1, self.page_size):
+                    rng = _Range(after, keys[end - 1])
+                    after = keys[end - 1]
+                    await order.send(rng)
+                    await work.send(rng)
+                if len(keys) < want:
+                    await order.send(_Range(after, None))  # read to the end by the delivering task
+                    return
+
+    async def _work(self, session: _Session, ranges: trio.MemoryReceiveChannel[_Range]) -> None:
+        async with ranges:
+            async for rng in ranges:
+                assert rng.until is not None
+                until = encode_position(rng.until)
+                start = encode_position(rng.after)
+                while True:  # a range is one page, unless keys were added inside it meanwhile
+                    read_at = self.now()
+                    async with session.lock:
+                        page = await session.client.list_contacts(
+                            start, page_size=self.page_size, include_profiles=self.include_profiles,
+                            with_total=False, until=until)
+                    rng.pages.append((page, read_at))
+                    if page.next_position == until:
+                        break
+                    assert page.next_position is not None
+                    start = page.next_position
+                rng.done.set()
+
+    async def read_to_end(self, position: str | None) -> None:
+        """Plain keyset paging on the first session from ``position`` to the last page."""
+        session = self.sessions[0]
+        while True:
+            read_at = self.now()
+            async with session.lock:
+                page = await session.client.list_contacts(position, page_size=self.page_size,
+                                                          include_profiles=self.include_profiles)
+            await self.deliver(page, read_at)
+            if page.next_position is None:
+                return
+            position = page.next_position
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
     return [exc]
-
-
-async def _read_ranges(held: list[_Session], cut: Callable[[], Awaitable[None]],
-                       work: Callable[[_Session, trio.MemoryReceiveChannel[_Range]], Awaitable[None]],
-                       deliver: Deliver, order_recv: trio.MemoryReceiveChannel[_Range],
-                       work_recv: trio.MemoryReceiveChannel[_Range], *, page_size: int,
-                       now: Callable[[], datetime], include_profiles: bool) -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(cut)
-        async with work_recv:
-            for session in held:
-                nursery.start_soon(work, session, work_recv.clone())
-        async with order_recv:
-            async for rng in order_recv:
-                if rng.until is None:
-                    await _read_to_end(held[0], encode_position(rng.after), deliver, page_size=page_size,
-                                       now=now, include_profiles=include_profiles)
-                    break
-                await rng.done.wait()
-                for page, read_at in rng.pages:
-                    await deliver(page, read_at)
-                rng.pages.clear()
-        nursery.cancel_scope.cancel()  # nothing is left to read; the workers wait on an empty channel
-
-
-async def _read_to_end(session: EfficyClient | _Session, position: str | None, deliver: Deliver, *,
-                       page_size: int, now: Callable[[], datetime], include_profiles: bool) -> None:
-    """Plain keyset paging on one session from ``position`` to the last page."""
-    client = session.client if isinstance(session, _Session) else session
-    lock = session.lock if isinstance(session, _Session) else None
-    while True:
-        read_at = now()
-        if lock is not None:
-            async with lock:
-                page = await client.list_contacts(position, page_size=page_size, include_profiles=include_profiles)
-        else:
-            page = await client.list_contacts(position, page_size=page_size, include_profiles=include_profiles)
-        await deliver(page, read_at)
-        if page.next_position is None:
-            return
-        position = page.next_position

@@ -4,6 +4,10 @@
 
 * **read** pages through Efficy by key (``K_CONTACT > last``) up to ``read_ahead`` pages ahead of the plan
   stage, so Efficy reads overlap APSIS uploads and processing; the channel's bound is the back-pressure.
+  With ``read_sessions`` > 1, key ranges are read on several Efficy sessions at once and handed on in key
+  order (:mod:`crmsync.connectors.efficy.ranges`), so the positions mean what they mean on one session.
+  What the bulk path needs besides the pages (consent reports, query members, attribute versions) starts
+  loading at t=0, beside the first page.
 * **plan** calls the pure rules for every contact. On the bulk path (``import_threshold``) it first reads
   APSIS's opt-outs from the consent report (one streamed report per channel, kept in the store, looked up
   page by page) instead of a consent read per profile, resolves opt-ins against them with the same function
