@@ -58,6 +58,7 @@ from crmsync.connectors.http import ApiClient, json_body, raise_for_status
 log = structlog.get_logger("crmsync.connectors.efficy.client")
 
 SESSION_COOKIE = "EfficySession"
+_PARSED = "crmsync.efficy.parsed"  # where check_response leaves the parsed body on the response
 
 #: Messages the Efficy SDK treats as "session gone, log on again once" (research §1.1, verified).
 SESSION_EXPIRED_MARKERS: tuple[str, ...] = (
@@ -227,6 +228,7 @@ class EfficyClient(ApiClient):
         raise_for_status(self.system, response)
         self._remember_session(response)
         body = json_body(self.system, response)
+        response.extensions[_PARSED] = body  # call() reads the results from it: a page is parsed once
         error = find_error(body)
         if error is not None:
             raise self._map_error(error, response)
@@ -279,7 +281,9 @@ class EfficyClient(ApiClient):
             except EfficySessionExpiredError as second:
                 raise AuthError(self.system, f"refused after renewing the session: {second.message}",
                                 status=second.status, code=second.code) from second
-        result = json_body(self.system, response)
+        result = response.extensions.get(_PARSED)
+        if result is None:
+            result = json_body(self.system, response)
         assert isinstance(result, list)  # check_response guarantees it
         return result
 
