@@ -3,8 +3,9 @@
 * ``serve``: the Efficy and APSIS simulators in their own process, on loopback, with demo data, the APSIS
   limits (100 requests/s, 10 imports a minute, 3 unfinished, 50 MB files, 100 kB bodies) and a per-call
   latency; ``/_bench/stats`` on each answers the simulator's call counters.
-* ``page-through``: a bare read of every Efficy contact with its CRM Profiles, page after page, with the
-  daemon's client and page size (the read floor a full sync is compared with).
+* ``page-through``: a bare read of every Efficy contact with its CRM Profiles with the daemon's client,
+  reader, page size and number of Efficy sessions (``--sessions``): the read floor a full sync is compared
+  with.
 * ``sync``: the daemon's supervisor running one full sync of the integration against the simulators; prints
   the wall time of the sync, the process's CPU time during it (``resource.getrusage``) and its peak RSS.
 
@@ -30,6 +31,8 @@ from crmsync.clock import WallClock
 from crmsync.connectors.apsis import ApsisSimulator
 from crmsync.connectors.apsis.records import ATTR_FIRSTNAME, ATTR_LASTNAME, ATTR_MOBILE
 from crmsync.connectors.efficy import EfficyClient
+from crmsync.connectors.efficy.paging import ContactPage
+from crmsync.connectors.efficy.ranges import read_pages
 from crmsync.connectors.efficy.simulator import EfficySimulator
 from crmsync.connectors.simkit import Response, SimulatorApp, send_response, serve_app
 from crmsync.daemon.config import config_from_mapping
@@ -58,7 +61,8 @@ class _Stats:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/_bench/stats":
-            body: dict[str, Any] = {"requests": len(self.sim.requests)}
+            body: dict[str, Any] = {"requests": len(self.sim.requests),  # and the simulators' process's peak RSS
+                                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
             if isinstance(self.sim, ApsisSimulator):
                 body.update(rate_limited=self.sim.rate_limited, writes=dict(self.sim.writes),
                             profiles=len(self.sim.profiles()),
@@ -81,7 +85,8 @@ async def serve(contacts: int, latency: float, ready_file: Path) -> None:
         await trio.Path(ready_file).write_text(json.dumps({"efficy": efficy_url, "apsis": apsis_url, **ids}))
 
 
-def integration_config(tmp: Path, urls: dict[str, Any], *, threshold: int, page_size: int) -> dict[str, Any]:
+def integration_config(tmp: Path, urls: dict[str, Any], *, threshold: int, page_size: int,
+                       sessions: int = 1) -> dict[str, Any]:
     (tmp / "efficy-key").write_text(API_KEY)
     (tmp / "apsis-secret").write_text(CLIENT_SECRET)
     return {
@@ -97,25 +102,36 @@ def integration_config(tmp: Path, urls: dict[str, Any], *, threshold: int, page_
             "consents": {"news": {"profile": urls["newsletter_profile"], "topic": NEWS_TOPIC, "channel": "email"},
                          "sms": {"profile": urls["sms_profile"], "topic": OFFERS_TOPIC, "channel": "sms"}},
             "tags": {"queries": {VIP_TAG: urls["vip_query"]}},
-            "full_sync": {"page_size": page_size, "import_threshold": threshold},
+            "full_sync": {"page_size": page_size, "import_threshold": threshold, "read_sessions": sessions},
             "consent_backflow": {"report": {"poll_interval": "0.2s"}},
         }},
     }
 
 
-async def page_through(urls: dict[str, Any], page_size: int) -> None:
+async def page_through(urls: dict[str, Any], page_size: int, sessions: int) -> None:
+    """The read floor: the first page (with the total, as a full sync reads it), then the rest with the
+    full sync's own reader on ``sessions`` Efficy sessions, pages consumed as they come."""
     async with EfficyClient(urls["efficy"], api_key=API_KEY, page_size=page_size) as client:
+        clock = WallClock()
         started = time.perf_counter()
-        count = 0
-        async for page in client.iter_contacts(None, include_profiles=True):  # type: ignore[attr-defined]
+        first = await client.list_contacts(None, include_profiles=True)
+        count = len(first.records)
+
+        async def deliver(page: ContactPage, read_at: object) -> None:
+            nonlocal count
             count += len(page.records)
-        print(json.dumps({"contacts": count, "seconds": time.perf_counter() - started}))
+
+        if first.next_position is not None:
+            clients = [client] + [client.new_session() for _ in range(sessions - 1)]
+            await read_pages(clients, first.next_position, deliver, page_size=page_size, now=clock.now)
+        print(json.dumps({"contacts": count, "seconds": time.perf_counter() - started, "sessions": sessions}))
 
 
-async def sync(urls: dict[str, Any], threshold: int, page_size: int) -> None:
+async def sync(urls: dict[str, Any], threshold: int, page_size: int, sessions: int = 1) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        config = config_from_mapping(integration_config(tmp, urls, threshold=threshold, page_size=page_size))
+        config = config_from_mapping(integration_config(tmp, urls, threshold=threshold, page_size=page_size,
+                                                        sessions=sessions))
         db = await Database.open(tmp / "bench.db")
         supervisor = Supervisor(config, db, Metrics(), WallClock())
         freeze_startup_heap()  # as `crmsync run` does once set up
@@ -156,14 +172,15 @@ def main() -> None:
         p.add_argument("--urls", required=True)
         p.add_argument("--page-size", type=int, default=500)
         p.add_argument("--threshold", type=int, default=1)
+        p.add_argument("--sessions", type=int, default=1, help="Efficy sessions reading key ranges")
     args = parser.parse_args()
     configure_logging("error", stream=sys.stderr)
     if args.cmd == "serve":
         trio.run(serve, args.contacts, args.latency, args.ready_file)
     elif args.cmd == "page-through":
-        trio.run(page_through, json.loads(args.urls), args.page_size)
+        trio.run(page_through, json.loads(args.urls), args.page_size, args.sessions)
     else:
-        trio.run(sync, json.loads(args.urls), args.threshold, args.page_size)
+        trio.run(sync, json.loads(args.urls), args.threshold, args.page_size, args.sessions)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ simulators' in-memory data and takes minutes), with every simulated call taking 
 (20 ms by default) and APSIS's published limits enforced by its simulator:
 
 1. start the simulators (``bench/efficy_apsis_procs.py serve``) with the sandbox's demo data;
-2. time a bare page-through of the same Efficy contacts with the daemon's client, page size and session
-   (the read floor);
+2. time a bare page-through of the same Efficy contacts with the daemon's client, reader, page size and
+   number of sessions (``--sessions``, the sync's ``full_sync.read_sessions``): the read floor;
 3. run the daemon's full sync in a process of its own, and read its CPU time and peak RSS there;
 4. read the APSIS simulator's call counter.
 
@@ -14,7 +14,7 @@ Printed beside each target: APSIS calls per profile (<= 0.01), daemon CPU per re
 (<= 200 MB, flat within 10 % across sizes), wall time / read floor (<= 1.2). No assertions: the machine is
 shared and noisy; the figures go to bench/README.md.
 
-    .venv/bin/python bench/full_sync.py [--sizes 10000,100000] [--with-1m] [--latency 0.02]
+    .venv/bin/python bench/full_sync.py [--sizes 10000,100000] [--with-1m] [--latency 0.02] [--sessions 1]
 """
 
 from __future__ import annotations
@@ -69,13 +69,15 @@ def stats(url: str) -> dict[str, Any]:
     return httpx.get(f"{url}/_bench/stats", timeout=30).json()
 
 
-def measure(contacts: int, latency: float, *, threshold: int = 1, page_size: int = 500) -> dict[str, Any]:
+def measure(contacts: int, latency: float, *, threshold: int = 1, page_size: int = 500,
+            sessions: int = 1) -> dict[str, Any]:
     with Simulators(contacts, latency) as urls:
         blob = json.dumps(urls)
-        floor = _run_json(["page-through", "--urls", blob, "--page-size", str(page_size)])
+        common = ["--urls", blob, "--page-size", str(page_size), "--sessions", str(sessions)]
+        floor = _run_json(["page-through", *common])
         apsis_before = stats(urls["apsis"])
         efficy_before = stats(urls["efficy"])
-        result = _run_json(["sync", "--urls", blob, "--threshold", str(threshold), "--page-size", str(page_size)])
+        result = _run_json(["sync", *common, "--threshold", str(threshold)])
         apsis_after = stats(urls["apsis"])
         efficy_after = stats(urls["efficy"])
     result.update(
@@ -83,7 +85,8 @@ def measure(contacts: int, latency: float, *, threshold: int = 1, page_size: int
         apsis_calls=apsis_after["requests"] - apsis_before["requests"],
         apsis_429=apsis_after["rate_limited"] - apsis_before["rate_limited"],
         efficy_calls=efficy_after["requests"] - efficy_before["requests"],
-        profiles=apsis_after["profiles"], max_concurrent_imports=apsis_after["max_concurrent_imports"])
+        profiles=apsis_after["profiles"], max_concurrent_imports=apsis_after["max_concurrent_imports"],
+        simulators_peak_rss_mb=apsis_after["peak_rss_mb"])
     return result
 
 
@@ -96,22 +99,25 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--with-1m", action="store_true", help="also 1,000,000 contacts (GBs of RAM, minutes)")
     parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument("--sessions", type=int, default=1,
+                        help="Efficy sessions reading key ranges, in the sync and in the read floor alike")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.with_1m:
         sizes.append(1_000_000)
     print(f"efficy_apsis full sync, bulk-import path, simulators in their own process, "
-          f"{args.latency * 1000:.0f} ms per call")
+          f"{args.latency * 1000:.0f} ms per call, {args.sessions} Efficy session(s) (sync and read floor)")
     results = []
     for n in sizes:
-        r = measure(n, args.latency)
+        r = measure(n, args.latency, sessions=args.sessions)
         results.append(r)
         calls_per_profile = r["apsis_calls"] / n
         cpu_us = r["cpu_seconds"] / n * 1e6
         ratio = r["seconds"] / r["floor_seconds"]
         print(f"\n{n:,} contacts: {r['state']} ({r['status']}), {r['done']:,} done, {r['profiles']:,} APSIS profiles,"
               f" {r['apsis_calls']} APSIS calls ({r['apsis_429']} answered 429), {r['efficy_calls']} Efficy calls,"
-              f" at most {r['max_concurrent_imports']} imports unfinished at once")
+              f" at most {r['max_concurrent_imports']} imports unfinished at once;"
+              f" simulators' process peak RSS {r['simulators_peak_rss_mb']:,.0f} MB")
         print(f"  {'figure':<32}{'measured':>12}{'target':>12}{'ratio':>9}")
         print(f"  {'APSIS calls per profile':<32}{calls_per_profile:>12.4f}{'<= 0.01':>12}"
               f"{calls_per_profile / 0.01:>9.2f}  {verdict(calls_per_profile <= 0.01)}")

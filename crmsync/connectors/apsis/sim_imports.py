@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import io
 import re
+import sys
 from collections import deque
 from collections.abc import Iterator
 from datetime import timedelta
@@ -185,6 +186,8 @@ class ApsisImports(ApsisLimits, ApsisState):
             imp.status, imp.error = "error", f"Column {key_col} not found in file"
             return
         count = 0
+        stamp = self._stamp()  # the import's rows are applied as of one moment
+        records: dict[tuple[str, str, str], dict[str, Any]] = {}
         for row in reader:
             key = (row.get(key_col) or "").strip()
             if not key:
@@ -197,7 +200,7 @@ class ApsisImports(ApsisLimits, ApsisState):
                 value = row.get(am["field_selector"])
                 name = versions[am["attribute_version_id"]]
                 if value:
-                    data.attributes[name] = value
+                    data.attributes[name] = sys.intern(value) if len(value) <= 16 else value  # names, countries
                 elif clear_empty and value is not None:
                     data.attributes.pop(name, None)
             for cm in spec.get("consent_mappings") or []:
@@ -212,7 +215,8 @@ class ApsisImports(ApsisLimits, ApsisState):
                             and not c.get("resubscribe_if_opted_out")):
                         continue
                     if current is None or current["type"] != c["type"]:
-                        self._set_consent(data, slot[0], slot[1], c["type"], source="Import", reason=None)
+                        self._set_consent(data, slot[0], slot[1], c["type"], source="Import", reason=None,
+                                          stamp=stamp, shared=records)
             for tm in spec.get(self.import_tag_mapping_key) or []:
                 cell = (row.get(tm["field_selector"]) or "").strip()
                 if cell == "1":
@@ -222,6 +226,7 @@ class ApsisImports(ApsisLimits, ApsisState):
             count += 1
         imp.rows_imported = count
         imp.status = "completed"
+        imp.csv = None  # applied: a finished import keeps its status, not its file (up to 50 MB each)
 
 
 def _disposition_param(header: str, name: str) -> str | None:

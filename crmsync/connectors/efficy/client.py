@@ -20,6 +20,7 @@ Names the research could not verify (profile entity/tables, the contacts SQL tab
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any, ClassVar
 
 import httpx
 import structlog
+import trio
 
 from crmsync.connectors.efficy import envelope
 from crmsync.connectors.efficy.envelope import RpcError, find_error, normalise_key
@@ -56,6 +58,7 @@ from crmsync.connectors.http import ApiClient, json_body, raise_for_status
 log = structlog.get_logger("crmsync.connectors.efficy.client")
 
 SESSION_COOKIE = "EfficySession"
+_PARSED = "crmsync.efficy.parsed"  # where check_response leaves the parsed body on the response
 
 #: Messages the Efficy SDK treats as "session gone, log on again once" (research §1.1, verified).
 SESSION_EXPIRED_MARKERS: tuple[str, ...] = (
@@ -101,9 +104,14 @@ class EfficySchema:
     #: [U] the relation's own change-time column (``D_CHANGE``); None: Efficy is not asked for it
     profile_link_changed_field: str | None = None
 
-    def page_sql(self) -> str:
+    def page_sql(self, bounded: bool = False) -> str:
         k = self.contact_id_field
-        return f"select * from {self.contact_table} where {k} > :p1 order by {k}"
+        upto = f" and {k} <= :p2" if bounded else ""
+        return f"select * from {self.contact_table} where {k} > :p1{upto} order by {k}"
+
+    def keys_sql(self) -> str:
+        k = self.contact_id_field
+        return f"select {k} from {self.contact_table} where {k} > :p1 order by {k}"
 
     def count_sql(self) -> str:
         return f"select count(*) as TOTAL from {self.contact_table}"
@@ -177,6 +185,16 @@ class EfficyClient(ApiClient):
         """The ``EfficySession`` currently reused (``None`` before the first call or after expiry)."""
         return self._session
 
+    def new_session(self) -> EfficyClient:
+        """Another client for the same database with a session of its own (its own ``EfficySession``
+        cookie and concurrency cap) on this client's HTTP connection pool, which this client keeps owning:
+        for reading key ranges in parallel (research §8.4: parallel sessions help)."""
+        other = copy.copy(self)
+        other._session = None
+        other._owns_http = False
+        other._limiter = trio.CapacityLimiter(self._limiter.total_tokens)
+        return other
+
     # -- ApiClient override points -----------------------------------------------------------------------
 
     async def prepare_request(self, request: httpx.Request) -> None:
@@ -210,6 +228,7 @@ class EfficyClient(ApiClient):
         raise_for_status(self.system, response)
         self._remember_session(response)
         body = json_body(self.system, response)
+        response.extensions[_PARSED] = body  # call() reads the results from it: a page is parsed once
         error = find_error(body)
         if error is not None:
             raise self._map_error(error, response)
@@ -262,7 +281,9 @@ class EfficyClient(ApiClient):
             except EfficySessionExpiredError as second:
                 raise AuthError(self.system, f"refused after renewing the session: {second.message}",
                                 status=second.status, code=second.code) from second
-        result = json_body(self.system, response)
+        result = response.extensions.get(_PARSED)
+        if result is None:
+            result = json_body(self.system, response)
         assert isinstance(result, list)  # check_response guarantees it
         return result
 
@@ -285,18 +306,25 @@ class EfficyClient(ApiClient):
         page_size: int | None = None,
         include_profiles: bool = True,
         with_total: bool | None = None,
+        until: str | None = None,
     ) -> ContactPage:
         """One page of all contacts in ``K_CONTACT`` order, continuing after ``position``.
 
         Pass the returned ``next_position`` back (it may be persisted) until it is ``None``. With
         ``include_profiles`` each record carries its CRM Profile ids (one more request per page). The total
         is fetched on the first page unless ``with_total`` says otherwise.
+
+        With ``until`` (a position) the page stops at that key: a key range read on its own (see
+        :mod:`.ranges`). Its ``next_position`` is then ``until`` once the range is read to its end, never
+        ``None``: the contacts after ``until`` are another range's.
         """
         after = decode_position(position)
+        upto = decode_position(until) if until is not None else None
         size = page_size or self.page_size
         want_total = (position is None) if with_total is None else with_total
         s = self.schema
-        funcs = [envelope.func("executesqlquery", sql=s.page_sql(), queryparams=str(after),
+        params = str(after) if upto is None else f"{after}\n{upto}"
+        funcs = [envelope.func("executesqlquery", sql=s.page_sql(bounded=upto is not None), queryparams=params,
                                recordCount=size, loadBlobs=False)]
         if want_total:
             funcs.append(envelope.func("executesqlquery", sql=s.count_sql(), queryparams="",
@@ -320,10 +348,30 @@ class EfficyClient(ApiClient):
             links, times = await self._profile_links(after, int(contacts[-1].contact_id))
             contacts = [c.with_profiles(links.get(c.contact_id, ()), times.get(c.contact_id))
                         for c in contacts]
-        next_position = encode_position(int(contacts[-1].contact_id)) if len(contacts) >= size else None
+        if len(contacts) >= size:
+            next_position: str | None = encode_position(int(contacts[-1].contact_id))
+        else:
+            next_position = None if upto is None else encode_position(upto)
         log.debug("efficy_contacts_page", count=len(contacts),
                   last=contacts[-1].contact_id if contacts else None)
         return ContactPage(tuple(contacts), next_position, total)
+
+    async def contact_keys(self, position: str | None, count: int) -> list[int]:
+        """The keys of the next ``count`` contacts after ``position``, in key order, without their columns
+        (one cheap query: where a parallel read cuts its key ranges)."""
+        s = self.schema
+        results = await self._call_one(envelope.context("api", [envelope.func(
+            "executesqlquery", sql=s.keys_sql(), queryparams=str(decode_position(position)), recordCount=count,
+            loadBlobs=False)]))
+        keys: list[int] = []
+        id_field = s.contact_id_field.upper()
+        for row in envelope.dataset(results[0]) if results else []:
+            key = normalise_key({str(k).upper(): v for k, v in row.items()}.get(id_field))
+            if key is None or not key.isdigit():
+                raise MalformedResponseError(self.system, f"not a contact key: {key!r}")
+            keys.append(int(key))
+        keys.sort()
+        return keys
 
     async def iter_contacts(self, position: str | None = None, **kwargs: Any) -> AsyncIterator[ContactPage]:
         """Every page from ``position`` to the end (a full sync); persist ``page.next_position`` as you go."""

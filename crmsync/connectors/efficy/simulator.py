@@ -31,7 +31,6 @@ import bisect
 import heapq
 import itertools
 import json
-import random
 import re
 import secrets as _secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -44,6 +43,7 @@ import structlog
 import trio
 
 from crmsync.clock import WallClock
+from crmsync.connectors.efficy.sim_demo import ContactRows, DemoContacts, LinkSets
 from crmsync.connectors.efficy.webhooks import (
     CONTACT_TABLE_ID,
     MAX_CONTRACT_ITEMS,
@@ -134,6 +134,8 @@ class SavedQuery:
     name: str
     members: list[int] | None = None
     predicate: Callable[[Mapping[str, Any]], bool] | None = None
+    #: a predicate over the key alone, evaluated without building any contact (the demo's, over a million)
+    key_predicate: Callable[[int], bool] | None = None
 
 
 class EfficySimulator(SimulatorApp):
@@ -181,9 +183,9 @@ class EfficySimulator(SimulatorApp):
         self.sessions_created = 0
         self.outbox: list[ChangeRecord] = []
         self.rpc_log: list[list[dict[str, Any]]] = []  # request bodies as parsed, for tests
-        self._contacts: dict[int, dict[str, Any]] = {}
-        self._sorted_ids: list[int] | None = None  # key index, rebuilt after a contact is added or deleted
-        self._links: dict[int, set[int]] = {}
+        self._contacts = ContactRows()  # demo contacts computed from their key (sim_demo)
+        self._sorted_ids: Sequence[int] | None = None  # key index, rebuilt after a contact is added or deleted
+        self._links = LinkSets(self._contacts)
         self._link_changed: dict[tuple[int, int], datetime] = {}
         self._profiles: dict[int, str] = {}
         self._queries: dict[int, SavedQuery] = {}
@@ -219,7 +221,8 @@ class EfficySimulator(SimulatorApp):
 
     def update_contact(self, contact_id: int, **columns: Any) -> None:
         """Change columns (UPPER-CASE names or ``name``/``first_name``/``email``); stamps D_CHANGE."""
-        row = self._row(contact_id)
+        self._row(contact_id)
+        row = self._contacts.for_update(int(contact_id))
         aliases = {"name": "NAME", "first_name": "FIRSTNAME", "email": "EMAIL1", "opened": "OPENED"}
         changes = {aliases.get(k, k.upper()): v for k, v in columns.items()}
         self._apply_update(contact_id, row, changes)
@@ -245,7 +248,7 @@ class EfficySimulator(SimulatorApp):
         if profile_id not in self._profiles:
             self.add_profile(f"Profile {profile_id}", profile_id)
         if profile_id not in self._links[contact_id]:
-            self._links[contact_id].add(profile_id)
+            self._links.for_update(contact_id).add(profile_id)
             self._link_changed[(contact_id, profile_id)] = self.clock.now()
             self._touch(contact_id)
             self._record(contact_id, "Update", {}, consent=(profile_id, True))
@@ -254,43 +257,43 @@ class EfficySimulator(SimulatorApp):
         """Unlink a CRM Profile (the contact no longer consents). No-op if not linked."""
         self._row(contact_id)
         if profile_id in self._links[contact_id]:
-            self._links[contact_id].discard(profile_id)
+            self._links.for_update(contact_id).discard(profile_id)
             self._link_changed.pop((contact_id, profile_id), None)
             self._touch(contact_id)
             self._record(contact_id, "Update", {}, consent=(profile_id, False))
 
     def add_query(self, name: str, contact_ids: Iterable[int] | None = None, *,
                   predicate: Callable[[Mapping[str, Any]], bool] | None = None,
+                  key_predicate: Callable[[int], bool] | None = None,
                   query_id: int | None = None) -> int:
-        """A saved query of fixed ``contact_ids`` or of contacts matching ``predicate``. Returns K_QUERY."""
-        if (contact_ids is None) == (predicate is None):
-            raise ValueError("give exactly one of contact_ids or predicate")
+        """A saved query of fixed ``contact_ids``, of contacts matching ``predicate``, or of keys matching
+        ``key_predicate``. Returns K_QUERY."""
+        if sum(x is not None for x in (contact_ids, predicate, key_predicate)) != 1:
+            raise ValueError("give exactly one of contact_ids, predicate or key_predicate")
         if query_id is None:
             query_id = self._next_query
         self._next_query = max(self._next_query, query_id + 1)
         members = None if contact_ids is None else list(contact_ids)
-        self._queries[query_id] = SavedQuery(query_id, name, members, predicate)
+        self._queries[query_id] = SavedQuery(query_id, name, members, predicate, key_predicate)
         return query_id
 
     def seed_demo(self, contacts: int, *, seed: int = 0) -> dict[str, int]:
         """Demo data for ``crmsync sandbox`` and benchmarks: two CRM Profiles, ``contacts`` contacts, one
-        saved query. Deterministic for a given ``seed``. Returns the ids of the profiles and the query."""
-        rng = random.Random(seed)
+        saved query. Deterministic for a given ``seed``; the contacts are computed from their key when read,
+        not stored (:mod:`.sim_demo`), so a million cost megabytes, not gigabytes. Returns the ids of the
+        profiles and the query."""
+        if self._contacts.demo is not None:
+            raise ValueError("the simulator holds demo contacts already")
         news = self.add_profile("Newsletter")
         sms = self.add_profile("SMS offers")
-        first_names = ["Jane", "Lucas", "Emma", "Noah", "Olivia", "Louis", "Mila", "Arthur"]
-        last_names = ["Peeters", "Janssens", "Maes", "Jacobs", "Mertens", "Willems", "Claes", "Goossens"]
-        for i in range(contacts):
-            first, last = rng.choice(first_names), rng.choice(last_names)
-            profiles = [p for p, share in ((news, 0.6), (sms, 0.3)) if rng.random() < share]
-            self.add_contact(
-                name=last, first_name=first, email=f"{first}.{last}.{i}@example.com".lower(),
-                opened=rng.random() > 0.1, profiles=profiles,
-                MOBILE=f"+3247{rng.randrange(10**7):07d}" if rng.random() < 0.7 else "",
-                COUNTRY=rng.choice(["BE", "NL", "FR", "SE"]), LANGUAGE=rng.choice(["NL", "FR", "EN"]),
-            )
-        vip = self.add_query("VIP", predicate=lambda c: int(c["K_CONTACT"]) % 10 == 0)
-        self.drain_outbox()  # demo data is the starting state, not a burst of changes
+        first = self._next_contact
+        if any(first <= cid < first + contacts for cid in self._contacts.stored):
+            raise ValueError("demo keys would collide with existing contacts")
+        self._contacts.demo = DemoContacts(first, contacts, seed, self.clock.now(), news, sms,
+                                           tuple(_DEFAULT_COLUMNS.items()))
+        self._next_contact = first + contacts
+        self._sorted_ids = None
+        vip = self.add_query("VIP", key_predicate=lambda key: key % 10 == 0)
         return {"newsletter_profile": news, "sms_profile": sms, "vip_query": vip}
 
     def contact(self, contact_id: int) -> dict[str, Any]:
@@ -299,7 +302,7 @@ class EfficySimulator(SimulatorApp):
         return {"K_CONTACT": contact_id, **row, "profile_ids": sorted(self._links[contact_id])}
 
     def contacts(self) -> list[dict[str, Any]]:
-        return [self.contact(cid) for cid in sorted(self._contacts)]
+        return [self.contact(cid) for cid in self._contacts]  # key order
 
     def profiles(self) -> dict[int, str]:
         return dict(self._profiles)
@@ -332,7 +335,7 @@ class EfficySimulator(SimulatorApp):
             raise KeyError(f"no contact {contact_id}") from None
 
     def _touch(self, contact_id: int) -> None:
-        self._contacts[contact_id]["D_CHANGE"] = self.clock.now()
+        self._contacts.for_update(contact_id)["D_CHANGE"] = self.clock.now()
 
     def _apply_update(self, contact_id: int, row: dict[str, Any], changes: Mapping[str, Any]) -> None:
         changes = {k: v for k, v in changes.items() if k not in ("K_CONTACT", "D_CHANGE", "D_CREATE")}
@@ -354,6 +357,9 @@ class EfficySimulator(SimulatorApp):
     def _link_row(self, contact_id: int, profile_id: int, row: dict[str, Any]) -> dict[str, Any]:
         if self.link_changed_field:
             when = self._link_changed.get((contact_id, profile_id))
+            if when is None and contact_id not in self._links.stored and self._contacts.demo is not None \
+                    and contact_id in self._contacts.demo:
+                when = self._contacts.demo.created  # a demo contact's links date from the demo
             row[self.link_changed_field.upper()] = self._render_value("D_CHANGE", when)
         return row
 
@@ -586,7 +592,7 @@ class EfficySimulator(SimulatorApp):
             key = self.add_contact(**{k: _parse_in(k, v) for k, v in data.items()})
             result.update(key=key, inserted=True)
         elif data:
-            self._apply_update(key, self._contacts[key], {k: _parse_in(k, v) for k, v in data.items()})
+            self._apply_update(key, self._contacts.for_update(key), {k: _parse_in(k, v) for k, v in data.items()})
         for insert, profile_id in link_ops:
             if insert:
                 self.add_profile_to_contact(key, profile_id)
@@ -654,9 +660,11 @@ class EfficySimulator(SimulatorApp):
             raise _RpcFailure(f"Query {query_id} not found", 1020)
         if query.members is not None:
             ids = [cid for cid in query.members if cid in self._contacts]
+        elif query.key_predicate is not None:
+            ids = [cid for cid in self._ids_in_range([]) if query.key_predicate(cid)]
         else:
             assert query.predicate is not None
-            ids = [cid for cid, row in sorted(self._contacts.items()) if query.predicate(self.contact(cid))]
+            ids = [cid for cid in self._contacts if query.predicate(self.contact(cid))]  # key order
         columns = ["K_CONTACT", "NAME", "FIRSTNAME", "EMAIL1"]
         return [self._render_contact(cid, key_as_string=True, columns=columns) for cid in ids]
 
@@ -699,11 +707,19 @@ class EfficySimulator(SimulatorApp):
                     raise _RpcFailure(f"Missing value for parameter :p{index + 1}", 1032)
                 conditions.append((column, op, params[index]))
         order = [c.strip().upper() for c in match["order"].split(",")] if match["order"] else []
+        if (table == "CONTACTS" and match["cols"].strip().upper() == "K_CONTACT" and order in ([], ["K_CONTACT"])
+                and all(column == "K_CONTACT" for column, _, _ in conditions)):
+            # keys only: answered from the key index, as a database answers from its primary key
+            ids = self._ids_in_range(conditions)
+            return [{"K_CONTACT": str(cid)} for cid in (itertools.islice(ids, limit) if limit > 0 else ids)]
         rows: Iterable[dict[str, Any]] = (
             r for r in self._table_rows(table, conditions, by_key=order == ["K_CONTACT"])
             if all(_compare(r.get(column), op, value) for column, op, value in conditions))
         cols = match["cols"].strip()
         count = re.fullmatch(r"count\(\*\)(?:\s+as\s+(\w+))?", cols, re.IGNORECASE)
+        if count and table == "CONTACTS" and all(column == "K_CONTACT" for column, _, _ in conditions):
+            # counted off the key index, as a database counts a primary key: no row is rendered
+            return [{(count[1] or "COUNT").upper(): str(sum(1 for _ in self._ids_in_range(conditions)))}]
         if count:
             return [{(count[1] or "COUNT").upper(): str(sum(1 for _ in rows))}]
         if order and not (table == "CONTACTS" and order == ["K_CONTACT"]):
@@ -734,10 +750,11 @@ class EfficySimulator(SimulatorApp):
         raise _RpcFailure(f"Invalid object name '{table}'", 1034)
 
 
-    def _ids_in_range(self, conditions: list[tuple[str, str, str]]) -> list[int]:
-        """Contact ids in key order that satisfy the numeric conditions on K_CONTACT."""
+    def _ids_in_range(self, conditions: list[tuple[str, str, str]]) -> Iterator[int]:
+        """Contact ids in key order that satisfy the numeric conditions on K_CONTACT, produced lazily: a
+        page reads its own rows off the index, not a copy of the rest of the table."""
         if self._sorted_ids is None:
-            self._sorted_ids = sorted(self._contacts)
+            self._sorted_ids = self._contacts.sorted_keys()
         ids = self._sorted_ids
         lo, hi = 0, len(ids)
         for column, op, value in conditions:
@@ -756,7 +773,8 @@ class EfficySimulator(SimulatorApp):
             elif op == "<=":
                 hi = min(hi, bisect.bisect_right(ids, bound))
         key_conditions = [(op, value) for column, op, value in conditions if column == "K_CONTACT"]
-        return [cid for cid in ids[lo:hi] if all(_compare(str(cid), op, value) for op, value in key_conditions)]
+        return (ids[i] for i in range(lo, hi)
+                if all(_compare(str(ids[i]), op, value) for op, value in key_conditions))
 
 
 # -- helpers ----------------------------------------------------------------------------------------------

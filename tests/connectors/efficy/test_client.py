@@ -260,3 +260,22 @@ async def test_lists_profiles(sim: EfficySimulator, client: EfficyClient) -> Non
     sim.add_profile("SMS", profile_id=12)
     profiles = await client.list_profiles()
     assert [(p.profile_id, p.name) for p in profiles] == [("3", "Newsletter"), ("12", "SMS")]
+
+
+async def test_each_efficy_answer_is_parsed_once(sim: EfficySimulator, client: EfficyClient,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8 (CPU of the read stage): an Efficy page is JSON of hundreds of kB; checking it for errors and
+    reading its results must not parse it twice."""
+    import crmsync.connectors.efficy.client as efficy_client
+
+    seed(sim, 3)
+    parsed: list[int] = []
+    real = efficy_client.json_body
+
+    def counting(system: str, response: httpx.Response) -> object:
+        parsed.append(id(response))
+        return real(system, response)
+
+    monkeypatch.setattr(efficy_client, "json_body", counting)
+    await client.list_contacts(page_size=10, include_profiles=False, with_total=False)
+    assert len(parsed) == 1

@@ -257,3 +257,35 @@ async def test_seed_demo_is_deterministic_and_readable(clock: WallClock, client:
     assert page.total == 25 and len(page.records) == 25 and page.next_position is None
     vip = await client.run_query(ids["vip_query"])
     assert vip == [r.contact_id for r in page.records if int(r.contact_id) % 10 == 0]
+
+
+async def test_demo_contacts_computed_from_their_key_answer_as_stored_ones(
+        clock: WallClock, client: EfficyClient, sim: EfficySimulator) -> None:
+    """Demo contacts are not stored (a million must fit in a benchmark), yet read, change, link and delete as
+    any other contact, and the same demo is the same data every time."""
+    ids = sim.seed_demo(2000)
+    contacts = sim.contacts()
+    assert len(contacts) == 2000
+    news = sum(ids["newsletter_profile"] in c["profile_ids"] for c in contacts)
+    sms = sum(ids["sms_profile"] in c["profile_ids"] for c in contacts)
+    assert 1100 < news < 1300 and 500 < sms < 700  # about 60 % and 30 %
+    assert 1700 < sum(bool(c["OPENED"]) for c in contacts) < 1900  # about 90 % open
+    assert len({c["EMAIL1"] for c in contacts}) == 2000
+    first, second, third = (c["K_CONTACT"] for c in contacts[:3])
+    sim.update_contact(first, name="Edited")
+    sim.add_profile_to_contact(second, ids["sms_profile"])
+    sim.remove_profile_from_contact(second, ids["newsletter_profile"])
+    sim.delete_contact(third)
+    assert sim.contact(first)["NAME"] == "Edited" and sim.contact(first)["D_CHANGE"] > contacts[0]["D_CHANGE"]
+    assert sim.contact(second)["profile_ids"] == [ids["sms_profile"]]
+    with pytest.raises(KeyError):
+        sim.contact(third)
+    page = await client.list_contacts(page_size=3)
+    assert [r.contact_id for r in page.records] == [str(first), str(second), str(contacts[3]["K_CONTACT"])]
+    assert page.records[0].last_name == "Edited" and list(page.records[1].profile_ids or ()) == [
+        str(ids["sms_profile"])]
+    assert page.total == 1999
+    added = sim.add_contact(name="Late")  # after the demo's keys
+    assert added > contacts[-1]["K_CONTACT"] and sim.contacts()[-1]["K_CONTACT"] == added
+    with pytest.raises(ValueError):
+        sim.seed_demo(10)

@@ -27,8 +27,8 @@ def apsis_state(apsis: ApsisSimulator) -> dict[str, Any]:
             for p in apsis.profiles()}
 
 
-async def synced_world(tmp_path: Path, clock: WallClock, threshold: int) -> dict[str, Any]:
-    config = make_config(tmp_path, full_sync={"import_threshold": threshold})
+async def synced_world(tmp_path: Path, clock: WallClock, threshold: int, **full_sync: Any) -> dict[str, Any]:
+    config = make_config(tmp_path, full_sync={"import_threshold": threshold, **full_sync})
     async with world(tmp_path, clock, contacts=30, config=config) as w:
         resubscribed, optout_newer, offers_left, tagged = 10002, 10004, 10005, 10007
         # APSIS profiles that exist before crmsync runs (forms, an earlier integration)

@@ -185,9 +185,14 @@ class FullSyncConfig(StrictModel):
     # concurrency is raised to at least this)
     concurrency: int = Field(default=16, ge=1, le=64)
     read_ahead: int = Field(default=16, ge=1, le=64)  # Efficy pages read ahead of the writes
+    # [U] Efficy sessions reading key ranges in parallel (Efficy publishes no limit; each is a server session)
+    read_sessions: int = Field(default=1, ge=1, le=16)
     # contacts per import batch (one file per consent type); 8M contacts = 160 batches, 2 imports each, well
     # within 10 imports a minute over a 1.5 h read, and imports run while later pages are read
     import_rows: int = Field(default=50_000, ge=1)
+    # the contacts left once they fit in one batch go in this many batches, each half of what is left, so
+    # that the last (which nothing overlaps) is small; 1 = no such split
+    import_tail_batches: int = Field(default=3, ge=1, le=8)
     import_file_bytes: int = Field(default=MAX_IMPORT_FILE_BYTES, ge=10_000, le=MAX_IMPORT_FILE_BYTES)
     batches_in_flight: int = Field(default=2, ge=1, le=16)  # import batches written before acknowledged
     import_spool_bytes: int = Field(default=1_000_000, ge=0)  # import file bytes kept in memory, then disk
@@ -202,7 +207,8 @@ class FullSyncConfig(StrictModel):
     def settings(self) -> FullSyncSettings:
         return FullSyncSettings(
             page_size=self.page_size, import_threshold=self.import_threshold, concurrency=self.concurrency,
-            read_ahead=self.read_ahead, import_rows=self.import_rows, import_file_bytes=self.import_file_bytes,
+            read_ahead=self.read_ahead, read_sessions=self.read_sessions, import_rows=self.import_rows,
+            import_tail_batches=self.import_tail_batches, import_file_bytes=self.import_file_bytes,
             batches_in_flight=self.batches_in_flight, spool_bytes=self.import_spool_bytes,
             tags=TagImportSettings(enabled=self.import_tags, mapping_key=self.import_tag_mapping_key,
                                    tag_field=self.import_tag_field),

@@ -4,6 +4,10 @@
 
 * **read** pages through Efficy by key (``K_CONTACT > last``) up to ``read_ahead`` pages ahead of the plan
   stage, so Efficy reads overlap APSIS uploads and processing; the channel's bound is the back-pressure.
+  With ``read_sessions`` > 1, key ranges are read on several Efficy sessions at once and handed on in key
+  order (:mod:`crmsync.connectors.efficy.ranges`), so the positions mean what they mean on one session.
+  What the bulk path needs besides the pages (consent reports, query members, attribute versions) starts
+  loading at t=0, beside the first page.
 * **plan** calls the pure rules for every contact. On the bulk path (``import_threshold``) it first reads
   APSIS's opt-outs from the consent report (one streamed report per channel, kept in the store, looked up
   page by page) instead of a consent read per profile, resolves opt-ins against them with the same function
@@ -47,6 +51,7 @@ from crmsync.connectors.apsis.records import (
 )
 from crmsync.connectors.efficy import EfficyClient, EfficyContact
 from crmsync.connectors.efficy.paging import ContactPage, encode_position
+from crmsync.connectors.efficy.ranges import read_pages
 from crmsync.connectors.errors import AuthError, FatalApiError
 from crmsync.daemon.integrations.base import FlowError, FullSyncStep
 from crmsync.daemon.integrations.efficy_apsis import store
@@ -80,6 +85,9 @@ MODE_KEY = "full_sync_mode"
 REPORT_ATTEMPTS = 3
 REPORT_CHUNK = 5000  # reported opt-outs stored per transaction
 ACK_CHUNK = 5000  # acknowledged rows committed per transaction
+#: contacts whose settled store writes and report rows the bulk plan stage holds before flushing them (they
+#: wait for no import: flushing them early keeps peak memory independent of ``import_rows``)
+SETTLED_CHUNK = 5000
 
 Acknowledge = Callable[[FullSyncStep, Sequence[store.TxFn]], Awaitable[bool]]
 
@@ -102,6 +110,16 @@ class _PageJob:
     done: trio.Event = field(default_factory=trio.Event)
 
 
+@dataclass
+class _BulkInputs:
+    """The bulk path's inputs that do not come from Efficy's pages, loaded from the start of the run."""
+
+    versions: dict[str, str] = field(default_factory=dict)
+    error: BaseException | None = None
+    loaded: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
 class FullSync:
     """Holds what a full sync needs across its stages (clients, settings, the plan's counters)."""
 
@@ -121,6 +139,7 @@ class FullSync:
         self.pages_read = 0
         self.per_profile_writes = 0  # contacts with per-profile calls after their import (bulk path)
         self._open_batches: set[ImportBatch] = set()
+        self._bulk_inputs = _BulkInputs()
         self._page_query_tags: dict[str, set[str]] = {}
 
     # -- the pipeline ------------------------------------------------------------------------------------
@@ -129,13 +148,25 @@ class FullSync:
         """Sync from ``position`` to the end; True when the end was acknowledged, False when
         ``acknowledge`` asked to stop (the daemon is stopping) after a batch."""
         first: PageRead | None = None
-        if position is None:
-            first = await self._read_page(None, run)
-        use_import = await self._mode(position, first.page if first is not None else None, run)
         pages_send, pages_recv = trio.open_memory_channel[PageRead](self.settings.read_ahead)
         acks_send, acks_recv = trio.open_memory_channel[Any](self.settings.batches_in_flight)
         try:
             async with trio.open_nursery() as nursery:
+                # What the bulk path needs besides Efficy's pages (the consent reports, which APSIS prepares
+                # one a second; the query members; the attribute versions) starts at t=0, beside the first
+                # page, and is dropped if that page says per-profile. The plan stage waits for all of it.
+                may_import = bool(self.settings.import_threshold) if position is None else \
+                    await self._mode(position, None, run)
+                self._bulk_inputs = _BulkInputs()
+                if may_import:
+                    nursery.start_soon(self._load_bulk_inputs, run, self._bulk_inputs)
+                if position is None:
+                    first = await self._read_page(None, run)
+                    use_import = await self._mode(position, first.page, run)
+                else:
+                    use_import = may_import
+                if not use_import:
+                    self._bulk_inputs.scope.cancel()
                 nursery.start_soon(self._read, position, first, pages_send, run)
                 if use_import:
                     nursery.start_soon(self._plan_bulk, pages_recv, acks_send, run, nursery)
@@ -163,19 +194,21 @@ class FullSync:
 
     async def _read(self, position: str | None, first: PageRead | None,
                     send: trio.MemorySendChannel[PageRead], run: RunContext) -> None:
-        """Read stage: pages in key order, as far ahead as the channel allows."""
+        """Read stage: pages in key order, as far ahead as the channel allows, on ``read_sessions`` Efficy
+        sessions (key ranges read in parallel, delivered in key order: :mod:`crmsync.connectors.efficy.ranges`)."""
         async with send:
             if first is not None:
                 await send.send(first)
                 position = first.page.next_position
                 if position is None:
                     return
-            while True:
-                read = await self._read_page(position, run)
-                await send.send(read)
-                if read.page.next_position is None:
-                    return
-                position = read.page.next_position
+
+            async def deliver(page: ContactPage, read_at: datetime) -> None:
+                self.pages_read += 1
+                await send.send(PageRead(page, read_at))
+
+            sessions = [self.efficy] + [self.efficy.new_session() for _ in range(self.settings.read_sessions - 1)]
+            await read_pages(sessions, position, deliver, page_size=self.settings.page_size, now=run.clock.now)
 
     async def _mode(self, position: str | None, first: ContactPage | None, run: RunContext) -> bool:
         """Per-profile or import, decided on the first page from the total and kept for the whole sync
@@ -257,6 +290,31 @@ class FullSync:
 
     # -- bulk path -----------------------------------------------------------------------------------------
 
+    async def _load_bulk_inputs(self, run: RunContext, inputs: _BulkInputs) -> None:
+        """Held until the plan stage asks (:meth:`_await_bulk_inputs`), so that a failure here cannot fail a
+        sync the first page turns to the per-profile path."""
+        with inputs.scope:
+            try:
+                async with trio.open_nursery() as loading:
+                    loading.start_soon(self._load_report, run)
+                    loading.start_soon(self._load_query_members, run)
+                    inputs.versions = await self.apsis.attribute_versions()
+            except BaseExceptionGroup as group:
+                cause = _first_cause(group)
+                if isinstance(cause, trio.Cancelled):
+                    raise
+                inputs.error = cause
+            except Exception as exc:
+                inputs.error = exc
+            inputs.loaded.set()
+
+    async def _await_bulk_inputs(self) -> dict[str, str]:
+        """The attribute versions, once APSIS's opt-outs and the query members are all in the store."""
+        await self._bulk_inputs.loaded.wait()
+        if self._bulk_inputs.error is not None:
+            raise self._bulk_inputs.error
+        return self._bulk_inputs.versions
+
     async def _load_report(self, run: RunContext) -> None:
         """APSIS's opt-outs on the mapped slots, one streamed consent report per channel, into the store."""
         await run.db.tx(store.clear_reported_optouts(self.integration))
@@ -314,10 +372,7 @@ class FullSync:
     async def _plan_bulk(self, pages: trio.MemoryReceiveChannel[PageRead], acks: trio.MemorySendChannel[Any],
                          run: RunContext, nursery: trio.Nursery) -> None:
         async with acks, pages:
-            async with trio.open_nursery() as loading:
-                loading.start_soon(self._load_report, run)
-                loading.start_soon(self._load_query_members, run)
-            versions = await self.apsis.attribute_versions()
+            versions = await self._await_bulk_inputs()  # opt-outs complete before any plan depending on them
             layouts = self._layouts()
             for layout in layouts:  # a configuration problem shows before any import starts
                 try:
@@ -337,9 +392,14 @@ class FullSync:
 
             batch = new_batch()
             settled_tx: list[store.TxFn] = []
+            settled_contacts = 0  # contacts whose settled writes (sightings, unchanged, skipped) are pending
+            total: int | None = None  # Efficy's count on the first page: where the tail batches start
+            before = tapered = 0  # contacts in closed batches; closed batches cut short for the tail
 
             async def close(batch: ImportBatch) -> None:
-                nonlocal settled_tx
+                nonlocal settled_tx, before, tapered
+                before += batch.contacts
+                tapered += batch.max_rows < s.import_rows
                 if settled_tx:
                     await run.flush(*settled_tx)
                     settled_tx = []
@@ -350,6 +410,10 @@ class FullSync:
                 page = read.page
                 writes, page_settled, reported = await self._plan_contacts(read, run, reported=True)
                 settled_tx.extend(page_settled)
+                settled_contacts += len(page.records)
+                if settled_contacts >= SETTLED_CHUNK:  # memory: a batch's settled writes are not held to its end
+                    await run.flush(*settled_tx)
+                    settled_tx, settled_contacts = [], 0
                 source = cast(ApsisClient, ReportedConsents(reported))
                 by_id = {plan.contact_id: (plan, contact) for plan, contact in writes}
                 now = run.now_iso()
@@ -393,7 +457,8 @@ class FullSync:
                     batch.contacts += 1
                     batch.end_key = int(cid) if cid.isdigit() else batch.end_key
                 if page.total is not None:
-                    batch.total = page.total
+                    batch.total = total = page.total
+                batch.max_rows = tail_batch_rows(s.import_rows, s.import_tail_batches, total, before, tapered)
                 if page.next_position is None:
                     batch.exhausted = True
                 if batch.exhausted or batch.rows == 0 or not batch.fits():
@@ -515,6 +580,19 @@ class FullSync:
         if position is None and not batch.exhausted:
             raise FlowError("an import batch without a position")
         return FullSyncStep(position, batch.contacts, batch.total), tx
+
+
+def tail_batch_rows(import_rows: int, tail_batches: int, total: int | None, before: int, tapered: int) -> int:
+    """Rows of the batch after ``before`` contacts. ``import_rows``, except once what is left of ``total``
+    fits in one batch: then it is cut in ``tail_batches`` batches, each half of what is left (the last takes
+    the rest), so that the last batch, whose upload, processing and acknowledgement nothing else overlaps,
+    is small. A few imports more per sync (two files a batch), far inside 10 imports a minute."""
+    if total is None or tail_batches <= 1:
+        return import_rows
+    left = total - before
+    if left > import_rows or tapered >= tail_batches - 1:
+        return import_rows
+    return max(1, left // 2)
 
 
 def _first_cause(group: BaseExceptionGroup) -> BaseException:

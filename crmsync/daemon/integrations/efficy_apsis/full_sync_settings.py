@@ -16,7 +16,9 @@ class FullSyncSettings:
     import_threshold: int = 0
     concurrency: int = 16
     read_ahead: int = 16
+    read_sessions: int = 1
     import_rows: int = 50_000
+    import_tail_batches: int = 3
     import_file_bytes: int = MAX_IMPORT_FILE_BYTES
     batches_in_flight: int = 2
     spool_bytes: int = 1_000_000
