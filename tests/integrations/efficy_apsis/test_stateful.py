@@ -172,7 +172,9 @@ class EfficyApsisMachine(RuleBasedStateMachine):
         self.contacts: list[int] = []
         self.unsubscribes: list[ref.Unsubscribe] = []
         self.sightings: list[ref.Sighting] = []
-        self.synced_fields: dict[str, list[Any]] = {}  # a contact's fields as each completed sync read them
+        # a contact's fields as each sync that may have written read them (a crashed or failed run included:
+        # what it wrote before it stopped stays in APSIS)
+        self.synced_fields: dict[str, list[Any]] = {}
         self.checked = 0
         self.history: list[bytes] = []
         self.told_since_sync: set[str] = set()  # contacts whose changes were delivered since the last realtime
@@ -345,10 +347,14 @@ class EfficyApsisMachine(RuleBasedStateMachine):
                       ref.fields_at(self.efficy.fields_log, cid, self.efficy.fields_log[-1].at))
                 for cid in contact_ids}
 
+    def _note_attempt(self, cards: dict[str, tuple[list[int], Any]]) -> None:
+        """A sync ran, completed or not: it may have written what it read of these cards."""
+        for cid, (_links, fields) in cards.items():
+            self.synced_fields.setdefault(cid, []).append(fields)
+
     def _note_reads(self, cards: dict[str, tuple[list[int], Any]], at: datetime) -> None:
         """A sync completed: it read these cards at or after ``at`` (before any later test event)."""
-        for cid, (links, fields) in cards.items():
-            self.synced_fields.setdefault(cid, []).append(fields)
+        for cid, (links, _fields) in cards.items():
             for pid in PROFILE_SLOTS:
                 self.sightings.append(ref.Sighting(at, cid, pid, int(pid) in links))
 
@@ -358,6 +364,7 @@ class EfficyApsisMachine(RuleBasedStateMachine):
         pending = self.portal.run(self.f.db.tx, q.peek_pending, NAME, 100)
         named = sorted({str(e.payload.get("contact_id")) for e in pending if e.payload})
         cards = self._cards(named)
+        self._note_attempt(cards)
         ok = self._run(lambda f: f.realtime())
         if ok:
             self._note_reads(cards, at)
@@ -374,6 +381,7 @@ class EfficyApsisMachine(RuleBasedStateMachine):
         self._advance(dt)
         at = self.now()
         cards = self._cards([str(c) for c in self.contacts])
+        self._note_attempt(cards)
         if self._run(lambda f: f.full_sync()):
             self._note_reads(cards, at)
 
@@ -385,6 +393,12 @@ class EfficyApsisMachine(RuleBasedStateMachine):
     @rule(flow=st.sampled_from(["realtime", "full_sync", "consent_backflow"]), calls=st.integers(0, 12))
     def crash_and_restart(self, flow: str, calls: int) -> None:
         self.budget[0] = calls
+        if flow == "full_sync":  # it may write what it read before the crash
+            self._note_attempt(self._cards([str(c) for c in self.contacts]))
+        elif flow == "realtime":
+            pending = self.portal.run(self.f.db.tx, q.peek_pending, NAME, 100) if self.f is not None else []
+            self._note_attempt(self._cards(sorted({str(e.payload.get("contact_id")) for e in pending
+                                                   if e.payload})))
         try:
             if flow == "realtime":
                 self._run(lambda f: f.realtime())
