@@ -157,6 +157,9 @@ def main(contacts: int, latency_ms: float, workers: int | None) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__)
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         configure_logging("error", stream=sys.stderr)
         trio.run(serve, int(sys.argv[2]), float(sys.argv[3]) / 1000)

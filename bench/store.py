@@ -62,4 +62,7 @@ async def main(n: int) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__)
+        sys.exit(0)
     trio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 5000)

@@ -545,6 +545,9 @@ secret_file = "{d}/hook"
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__)
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "app":
         trio.run(_app_only, int(sys.argv[2]) if len(sys.argv) > 2 else 20000,
                  int(sys.argv[3]) if len(sys.argv) > 3 else 50)

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import gc
 
-#: allocations before a young collection (Python's default is 700)
-GC_YOUNG_THRESHOLD = 50_000
-#: young collections before a middle one, middle ones before a full one (Python's defaults: 10, 10)
-GC_OLDER_THRESHOLDS = (20, 100)
+#: allocations before a young collection (Python's default is 700). Measured: 50,000 with older thresholds of
+#: (20, 100) kept cyclic garbage so long that a 100k-contact bulk sync peaked at 114 MB instead of 81 MB, for no
+#: gain in CPU or webhook latency over 10,000 with Python's older thresholds.
+GC_YOUNG_THRESHOLD = 10_000
+#: young collections before a middle one, middle ones before a full one (Python's defaults)
+GC_OLDER_THRESHOLDS = (10, 10)
 
 
 def freeze_startup_heap() -> None:
