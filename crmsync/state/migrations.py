@@ -175,6 +175,24 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (integration, contact_id, tag)
     ) WITHOUT ROWID;
     """,
+    # 9: everyaction_mobilecommons: Mobile Commons opt-ins that mc_to_ea could not sync yet because of the
+    # matched EveryAction record's data (no email, ...); ea_to_mc counts the record's changes in ``marked``,
+    # and mc_to_ea re-examines an opt-in whose ``marked`` moved past what it last ``examined``
+    """
+    CREATE TABLE IF NOT EXISTS ea_mc_waiting_opt_ins (
+        integration TEXT NOT NULL,
+        profile_id TEXT NOT NULL,          -- Mobile Commons profile id
+        phone TEXT NOT NULL,               -- the profile's mobile number, E.164
+        van_id TEXT,                       -- the matched EveryAction record; NULL: none matched yet
+        reason TEXT NOT NULL,              -- why it could not sync (a report reason)
+        since TEXT NOT NULL,               -- first skipped
+        marked INTEGER NOT NULL DEFAULT 0, -- changes of the record (or of a record with this phone) seen
+        examined INTEGER NOT NULL DEFAULT 0,  -- ``marked`` as it was when mc_to_ea last read the record
+        PRIMARY KEY (integration, profile_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS ea_mc_waiting_opt_ins_van ON ea_mc_waiting_opt_ins (integration, van_id);
+    CREATE INDEX IF NOT EXISTS ea_mc_waiting_opt_ins_phone ON ea_mc_waiting_opt_ins (integration, phone);
+    """,
 ]
 
 

@@ -184,6 +184,27 @@ def test_mc_to_ea_opt_out_updates_the_match_and_an_opt_in_the_match() -> None:
     assert kept_out.skip == "opted_out_in_everyaction" and not kept_out.opt_in
 
 
+def test_mc_to_ea_only_an_opt_in_skipped_for_the_records_data_waits() -> None:
+    """An opt-in skipped because the record cannot sync yet waits (it syncs once the record can: the seed's
+    required fields "must ... exist in both databases in order to sync data"); opt-outs always travel."""
+    def waits(mc: ConsentFact, person: Contact | None, ea: ConsentFact = ConsentFact(UNK),
+              contact: Contact = US) -> bool:
+        return rules.opt_in_waits(mc_plan(mc, person=person, ea=ea, contact=contact), contact, mc, ea)
+
+    keyword = Contact(phone="+13125550100", first_name="A")  # a keyword joiner: no email, no address
+    no_email_record = Contact(phone="+13125550199", first_name="A", country="US")
+    assert mc_plan(fact(IN, 5, 5), person=no_email_record, contact=keyword).skip == "no_email"
+    assert waits(fact(IN, 5, 5), no_email_record, contact=keyword)
+    assert waits(fact(IN, 5, 5), Contact(email="a@example.org", first_name="A", country="CA"), contact=keyword)
+    assert waits(fact(IN, 5, 5), None, contact=keyword)  # no record to match and no email to create one
+    assert not waits(fact(IN, 5, 5), US, contact=keyword)  # it syncs now: nothing to wait for
+    assert not waits(fact(OUT, 5, 5), no_email_record, ea=fact(IN, None, 1), contact=keyword)  # opt-outs travel
+    assert not waits(fact(IN, 5, 5), no_email_record, ea=fact(IN, None, 1), contact=keyword)  # already in
+    assert not waits(fact(IN, 5, 5), no_email_record, ea=fact(OUT, None, 9), contact=keyword)  # EA out wins
+    foreign = Contact(other_mobile="+14165550100", mobile_not_us=True, first_name="A")
+    assert not waits(fact(IN, 5, 5), None, contact=foreign)  # a non-US mobile never syncs
+
+
 def test_fingerprint_is_stable_and_sensitive() -> None:
     a = rules.ea_payload(US, IN, "1")
     assert rules.fingerprint(a) == rules.fingerprint(dict(reversed(list(a.items()))))

@@ -123,8 +123,15 @@ async def _sync_rows(config: EveryActionMobileCommonsConfig, ea: EveryActionClie
     turns = PhoneTurns()
     reads = ProfileReads(mc)
 
+    # Mobile Commons opt-ins waiting on an EveryAction record (store.py): each change of a record marks those
+    # waiting on it (or on its phone) due, for mc_to_ea to re-examine; no store write when none waits
+    waiting = await run.db.tx(store.any_waiting, name)
+
     async def handle(seq: int, change: ContactChange, record: RecordRun) -> list[store.TxFn]:
-        return await sync_one(config, ea, mc, record, str(change.van_id), seq, turns, reads)
+        writes = await sync_one(config, ea, mc, record, str(change.van_id), seq, turns, reads)
+        if waiting:
+            writes.append(store.mark_waiting(name, str(change.van_id), rules.nanp_e164(change.phone)))
+        return writes
 
     pipeline = Pipeline[ContactChange](
         run=run, handle=handle, ids=lambda change: {"crm_id": str(change.van_id)},

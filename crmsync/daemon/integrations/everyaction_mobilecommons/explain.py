@@ -224,6 +224,10 @@ async def explain_mc_to_ea(kind: Any, profile: Profile, person: VanPerson | None
         steps.append(rule("a new EveryAction record needs an email (new opt-ins only)", {"email": contact.email},
                           _yes(contact.email is not None)))
     steps.append(_mapping(contact, rules.contact_from_van(person) if person else None, False, "everyaction"))
+    waiting = await ctx.db.tx(store.read_waiting, ctx.integration, profile.id)
+    if waiting is not None:
+        steps.append(rule("opt-in waiting for the EveryAction record", waiting, "waiting",
+                          "re-examined by mc_to_ea after ea_to_mc sees the record change"))
     verdict = await ctx.verdict(mc_to_ea.FLOW, lambda run: _one_record(
         run, lambda record: mc_to_ea.sync_one(cfg, kind.ea, kind.mc, record, profile)))
     return {"flow": mc_to_ea.FLOW, "from": {"system": "mobilecommons", "id": profile.id},

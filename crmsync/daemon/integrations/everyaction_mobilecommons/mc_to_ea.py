@@ -7,6 +7,10 @@ Constituent ID, else ``people/find`` (email, or names + phone); a new opt-in wit
 becomes a new record through ``findOrCreate`` with opt-in status true; an opt-out sets the matching record's
 opt-in status to false. The Mobile Commons id goes to EveryAction as an identifier and the VAN ID to the
 profile's Constituent ID, so later runs match by link, never by email.
+
+An opt-in skipped because the record cannot sync yet (no email, ...: ``rules.opt_in_waits``) waits in the store;
+after the changed profiles, each run re-reads the waiting opt-ins whose EveryAction record ea_to_mc saw change
+(store.py), so the opt-in reaches EveryAction once the record can sync, although the profile did not change.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ log = structlog.get_logger("crmsync.integrations.everyaction_mobilecommons.mc_to
 
 FLOW = "mc_to_ea"
 BATCH = 100  # records acknowledged per store transaction
+DUE_PER_READ = 100  # phones per profiles read of the due waiting opt-ins
 VAN_NAMES = {"first_name": "firstName", "last_name": "lastName"}
 ADDRESS = {"street_address": "addressLine1", "street_address_2": "addressLine2", "city": "city",
            "state": "stateOrProvince", "zip_code": "zipOrPostalCode", "country": "countryCode"}
@@ -56,15 +61,40 @@ async def run_mc_to_ea(config: EveryActionMobileCommonsConfig, ea: EveryActionCl
     start = (datetime.fromisoformat(raw_cursor) - config.mc_overlap if raw_cursor
              else now - config.mc_initial_lookback)
 
+    # the waiting opt-ins whose EveryAction record changed since they were last examined (store.py)
+    due = await run.db.tx(store.due_waiting, name)
+    unseen = {pid for pid, _ in due}
+
     async def handle(seq: int, profile: Profile, record: RecordRun) -> list[store.TxFn]:
+        unseen.discard(profile.id)
         return await sync_one(config, ea, mc, record, profile)
+
+    def final() -> list[store.TxFn]:
+        # a due opt-in whose profile is gone (no profile for its phone any more) has nothing left to sync
+        gone = [store.drop_waiting(name, pid) for pid in sorted(unseen)]
+        return [*gone, store.set_cursor(name, FLOW, now.isoformat(), run.now_iso())]
 
     pipeline = Pipeline[Profile](
         run=run, handle=handle, ids=lambda profile: {"messaging_id": profile.id}, key=lambda profile: profile.id,
         workers=config.workers, group=BATCH)
-    profiles = cast("AsyncGenerator[Profile, None]", mc.profiles(updated_from=start, updated_to=now))
+    profiles = _changed_then_due(mc, start, now, [phone for _, phone in due])
     async with contextlib.aclosing(profiles):
-        await pipeline.run_all(profiles, lambda: [store.set_cursor(name, FLOW, now.isoformat(), run.now_iso())])
+        await pipeline.run_all(profiles, final)
+
+
+async def _changed_then_due(mc: MobileCommonsClient, start: datetime, now: datetime, due_phones: list[str]
+                            ) -> AsyncGenerator[Profile, None]:
+    """The profiles changed in the window, then those of the due waiting opt-ins (read by phone, many per call:
+    research B3); the pipeline drops a profile already seen among the changed ones."""
+    changed = cast("AsyncGenerator[Profile, None]", mc.profiles(updated_from=start, updated_to=now))
+    async with contextlib.aclosing(changed):
+        async for profile in changed:
+            yield profile
+    for i in range(0, len(due_phones), DUE_PER_READ):
+        batch = cast("AsyncGenerator[Profile, None]", mc.profiles(phone_numbers=due_phones[i:i + DUE_PER_READ]))
+        async with contextlib.aclosing(batch):
+            async for profile in batch:
+                yield profile
 
 
 async def _match(config: EveryActionMobileCommonsConfig, ea: EveryActionClient, profile: Profile,
@@ -115,16 +145,27 @@ async def sync_one(config: EveryActionMobileCommonsConfig, ea: EveryActionClient
                                                      previous, obs))  # the consent history
     payload_fp = rules.fingerprint(rules.mc_payload(contact, mc_fact.status, pid))
     id_type = config.everyaction.identifier_type
+    ea_fact = obs.fact() if obs else rules.ConsentFact(rules.Consent.UNKNOWN)
     plan = rules.plan_mc_to_ea(
         contact=contact, mc=mc_fact, person=rules.contact_from_van(person) if person else None,
-        ea=obs.fact() if obs else rules.ConsentFact(rules.Consent.UNKNOWN), liberal=config.liberal_sync,
+        ea=ea_fact, liberal=config.liberal_sync,
         required=config.required_fields(), payload_unchanged=known.fingerprint == payload_fp,
         has_identifier=person is not None and person.identifier(id_type) == pid,
         missing_country_is_us=config.missing_country == "assume_us",
     )
     if plan.skip is not None and not plan.opt_out:
-        run.skip(plan.skip, crm_id=str(person.van_id) if person else None, messaging_id=pid, message=plan.note)
+        message = plan.note
+        if rules.opt_in_waits(plan, contact, mc_fact, ea_fact):
+            assert contact.phone is not None
+            writes.append(store.put_waiting(name, pid, contact.phone, str(person.van_id) if person else None,
+                                            plan.skip, known.waiting_marked or 0, stamp))
+            message = _join(rules.WAITING_NOTE, plan.note)
+        elif known.waiting_marked is not None:
+            writes.append(store.drop_waiting(name, pid))  # no longer an opt-in that may sync
+        run.skip(plan.skip, crm_id=str(person.van_id) if person else None, messaging_id=pid, message=message)
         return writes
+    if known.waiting_marked is not None:
+        writes.append(store.drop_waiting(name, pid))  # it syncs now
     # an opt-in, an opt-out or data to a match all come with a North-American mobile (a US one for anything but
     # an opt-out)
     assert phone is not None

@@ -454,6 +454,19 @@ def plan_mc_to_ea(
     return Plan(data=data, opt_in=opt_in, opt_out=opt_out, consent=final, link_id=link, note=note, links=True)
 
 
+def opt_in_waits(plan: Plan, contact: Contact, mc: ConsentFact, ea: ConsentFact) -> bool:
+    """A Mobile Commons opt-in skipped only because the record cannot sync yet (no email, not a US record, a
+    Required? field empty, or no record with an email to match): it waits and syncs once the record can (the
+    seed: "Any new opt-ins ... are synced to EveryAction"; the fields "must ... exist in both databases in order
+    to sync data"). Opt-outs never wait (they always travel); an opt-in already in EveryAction has nothing to
+    wait for; a profile without a US mobile number never syncs."""
+    return (plan.skip is not None and not plan.opt_out and plan.consent == Consent.IN and mc.status == Consent.IN
+            and ea.status != Consent.IN and contact.phone is not None)
+
+
+WAITING_NOTE = "the opt-in waits; it syncs to EveryAction once the record can sync"
+
+
 def ea_payload(contact: Contact, consent: Consent, van_id: str) -> dict[str, object]:
     """What ea_to_mc wants Mobile Commons to hold: the fingerprinted payload."""
     return {**{k: contact.get(k) for k in ("phone", *DATA_FIELDS)}, "consent": consent.value, "van_id": van_id}

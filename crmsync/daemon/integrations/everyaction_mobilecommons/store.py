@@ -5,7 +5,12 @@
   (last payload mc_to_ea wanted EveryAction to hold);
 * kv ``ea_consent_phone:{E.164}``: the last EveryAction opt-in status seen for that phone number and when (see
   rules.EaObservation). VAN stores opt-in per phone, so it is observed per phone: a record seen without a
-  listed mobile must not overwrite what another flow saw for the number.
+  listed mobile must not overwrite what another flow saw for the number;
+* waiting opt-ins (table ``ea_mc_waiting_opt_ins``): Mobile Commons opt-ins mc_to_ea could not sync yet
+  because of the EveryAction record's data (no email, ...). ea_to_mc counts each change of a record (by VAN ID,
+  or by phone for an opt-in that matched no record) in ``marked``; mc_to_ea re-examines the opt-ins whose
+  ``marked`` moved past the value it read before its last look (``examined``), and drops an entry once the
+  opt-in synced or the profile is no longer opted in.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class Known:
     fingerprint: str | None
     observation: EaObservation | None
     profile_link: str | None = None  # ea_to_mc: the VAN ID linked to the phone's existing profile
+    waiting_marked: int | None = None  # mc_to_ea: the profile's opt-in waits (its ``marked``); None: it does not
 
 
 def read_for_van(c: sqlite3.Connection, integration: str, van_id: str, phone: str | None,
@@ -42,7 +48,8 @@ def read_for_profile(c: sqlite3.Connection, integration: str, profile_id: str, p
     """What mc_to_ea knows of a profile (and of the EveryAction opt-in status last seen for its phone)."""
     fp = q.get_fingerprint(c, integration, f"ea:{profile_id}")
     return Known(q.link_for_messaging(c, integration, profile_id), fp[0] if fp else None,
-                 read_observation(c, integration, phone) if phone else None)
+                 read_observation(c, integration, phone) if phone else None,
+                 waiting_marked=_waiting_marked(c, integration, profile_id))
 
 
 def read_observation(c: sqlite3.Connection, integration: str, phone: str) -> EaObservation | None:
@@ -63,3 +70,55 @@ def put_fingerprint(integration: str, key: str, fp: str, version: str | None, no
 
 def set_cursor(integration: str, flow: str, value: str, now: str) -> TxFn:
     return lambda c: q.set_cursor(c, integration, flow, value, now)
+
+
+# -- waiting opt-ins -------------------------------------------------------------------------------------------
+
+
+def _waiting_marked(c: sqlite3.Connection, integration: str, profile_id: str) -> int | None:
+    row = c.execute("SELECT marked FROM ea_mc_waiting_opt_ins WHERE integration = ? AND profile_id = ?",
+                    (integration, profile_id)).fetchone()
+    return int(row[0]) if row else None
+
+
+def read_waiting(c: sqlite3.Connection, integration: str, profile_id: str) -> dict[str, Any] | None:
+    """The profile's waiting opt-in (for explain), or None."""
+    row = c.execute("SELECT reason, since, van_id, marked > examined FROM ea_mc_waiting_opt_ins"
+                    " WHERE integration = ? AND profile_id = ?", (integration, profile_id)).fetchone()
+    return None if row is None else {"reason": row[0], "since": row[1], "VAN ID": row[2],
+                                     "record changed since last examined": bool(row[3])}
+
+
+def any_waiting(c: sqlite3.Connection, integration: str) -> bool:
+    return c.execute("SELECT 1 FROM ea_mc_waiting_opt_ins WHERE integration = ? LIMIT 1",
+                     (integration,)).fetchone() is not None
+
+
+def due_waiting(c: sqlite3.Connection, integration: str) -> list[tuple[str, str]]:
+    """(profile id, phone) of the waiting opt-ins whose record changed since mc_to_ea last looked."""
+    return [(r[0], r[1]) for r in c.execute(
+        "SELECT profile_id, phone FROM ea_mc_waiting_opt_ins WHERE integration = ? AND marked > examined"
+        " ORDER BY profile_id", (integration,))]
+
+
+def put_waiting(integration: str, profile_id: str, phone: str, van_id: str | None, reason: str, examined: int,
+                now: str) -> TxFn:
+    """The opt-in waits; ``examined``: its ``marked`` as read before the record was (a change counted since
+    then keeps it due)."""
+    return lambda c: c.execute(
+        "INSERT INTO ea_mc_waiting_opt_ins (integration, profile_id, phone, van_id, reason, since, examined)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (integration, profile_id) DO UPDATE SET"
+        " phone = excluded.phone, van_id = excluded.van_id, reason = excluded.reason, examined = excluded.examined",
+        (integration, profile_id, phone, van_id, reason, now, examined))
+
+
+def drop_waiting(integration: str, profile_id: str) -> TxFn:
+    return lambda c: c.execute("DELETE FROM ea_mc_waiting_opt_ins WHERE integration = ? AND profile_id = ?",
+                               (integration, profile_id))
+
+
+def mark_waiting(integration: str, van_id: str, phone: str | None) -> TxFn:
+    """ea_to_mc saw this record change: the opt-ins waiting on it (or on its phone) are due again."""
+    return lambda c: c.execute(
+        "UPDATE ea_mc_waiting_opt_ins SET marked = marked + 1 WHERE integration = ? AND (van_id = ? OR phone = ?)",
+        (integration, van_id, phone))
