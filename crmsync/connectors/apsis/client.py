@@ -223,8 +223,10 @@ class ApsisClient(ApiClient):
         self.min_token_age_for_403_refresh = min_token_age_for_403_refresh
         self.imports = ImportLimiter(imports_per_minute, concurrent_imports)
         self.consent_report_settings = consent_report
-        self._report_creations = SlidingWindowLimiter(report_creations_per_second, 1.0, name="apsis_reports")
-        self._report_polls = SlidingWindowLimiter(report_polls_per_minute, 60.0, name="apsis_report_polls")
+        self._report_creations = SlidingWindowLimiter(report_creations_per_second, 1.0, name="apsis_reports",
+                                                      margin=0.05)  # transit-time slack, see SlidingWindowLimiter
+        self._report_polls = SlidingWindowLimiter(report_polls_per_minute, 60.0, name="apsis_report_polls",
+                                                 margin=1.0)
         self._max_concurrency = max_concurrency
         self._token_endpoint = _TokenEndpoint(
             self.base_url, ClientCredentials(client_id, client_secret), http=self.http, observer=observer,
