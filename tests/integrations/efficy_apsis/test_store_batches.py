@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from crmsync.connectors.apsis.records import CHANNEL_EMAIL, CHANNEL_SMS, ApsisProfile, ConsentKey
 from crmsync.daemon.integrations.efficy_apsis import store
@@ -81,16 +82,7 @@ def test_page_sightings_store_what_each_plan_alone_stores(tmp_path: Path) -> Non
     at = T0 + timedelta(days=1)
     plans = [Plan("skip", cid, read_at=at if i % 9 else None,
                   sightings=(("1", i % 2 == 0), ("2", i % 3 == 0)) if i % 11 else ()) for i, cid in enumerate(ids)]
-    results = []
-    for name, write in (("alone", lambda c: [store.plan_sightings(NAME, p)(c) for p in plans]),
-                        ("page", store.page_sightings(NAME, plans))):
-        db = Database.open_sync(tmp_path / f"{name}.db")
-        db.tx_sync(_seed, ids)
-        db.tx_sync(write)
-        results.append(db.tx_sync(lambda c: c.execute(
-            "SELECT contact_id, profile_id, present_since, absent_at FROM link_observations "
-            "ORDER BY contact_id, profile_id").fetchall()))
-        db.close()
+    results = _sightings_alone_and_by_page(tmp_path, ids, plans)
     assert results[0] == results[1]
     assert len(results[0]) > 100
 
@@ -129,6 +121,13 @@ def test_page_sightings_with_several_read_times_and_zones(tmp_path: Path) -> Non
     times = (at, same_instant_elsewhere, later)
     plans = [Plan("skip", cid, read_at=times[i % 3], sightings=(("1", i % 2 == 0), ("2", i % 5 != 0)))
              for i, cid in enumerate(ids + ids[:20])]  # the first 20 read twice
+    results = _sightings_alone_and_by_page(tmp_path, ids, plans)
+    assert results[0] == results[1]
+    assert any("+02:00" in str(tuple(row)) for row in results[0])
+
+
+def _sightings_alone_and_by_page(tmp_path: Path, ids: list[str], plans: list[Plan]) -> list[list[Any]]:
+    """The link observations ``plans`` leave, written plan by plan and then as one page (two stores)."""
     results = []
     for name, write in (("alone", lambda c: [store.plan_sightings(NAME, p)(c) for p in plans]),
                         ("page", store.page_sightings(NAME, plans))):
@@ -139,5 +138,4 @@ def test_page_sightings_with_several_read_times_and_zones(tmp_path: Path) -> Non
             "SELECT contact_id, profile_id, present_since, absent_at FROM link_observations "
             "ORDER BY contact_id, profile_id").fetchall()))
         db.close()
-    assert results[0] == results[1]
-    assert any("+02:00" in str(tuple(row)) for row in results[0])
+    return results

@@ -78,6 +78,23 @@ def _count_transactions(world: World) -> list[int]:
     return count
 
 
+async def _run_metered(world: World, tmp_path: Path, flow: str
+                       ) -> tuple[dict[str, Any], Counter[str], dict[str, SlotMeter], list[int]]:
+    """One run of ``flow`` with every per-record call counted by kind and every API's slots metered, and the
+    store transactions it made counted."""
+    kinds: Counter[str] = Counter()
+    meters = _metered(world, kinds)
+    async with trio.open_nursery() as nursery:
+        sup = await world.start(nursery, make_config(tmp_path, world.path_id, workers=WORKERS,
+                                                     day_hours=["06:00", "07:00"]))
+        await sup.activate(NAME)
+        kinds.clear()
+        transactions = _count_transactions(world)
+        report = await world.run(flow)
+        nursery.cancel_scope.cancel()
+    return report, kinds, meters, transactions
+
+
 async def test_ea_to_mc_keeps_every_call_slot_busy_and_reads_the_store_once_per_group(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
@@ -89,16 +106,7 @@ async def test_ea_to_mc_keeps_every_call_slot_busy_and_reads_the_store_once_per_
         world.ea.add_person(f"P{i}", "Slot", email=f"s{i}@example.org", phone=f"3125551{i:03d}",
                             phone_opt_in=OptInStatus.OPT_IN, address_line1=f"{i + 1} Main St", city="Chicago",
                             zip="60601")
-    kinds: Counter[str] = Counter()
-    meters = _metered(world, kinds)
-    async with trio.open_nursery() as nursery:
-        sup = await world.start(nursery, make_config(tmp_path, world.path_id, workers=WORKERS,
-                                                     day_hours=["06:00", "07:00"]))
-        await sup.activate(NAME)
-        kinds.clear()
-        transactions = _count_transactions(world)
-        report = await world.run("ea_to_mc")
-        nursery.cancel_scope.cancel()
+    report, kinds, meters, transactions = await _run_metered(world, tmp_path, "ea_to_mc")
     assert report["run"]["status"] == "success" and report["counts"]["created"] == N
     # calls per contact: the person once, one profile_update, the Mobile Commons id back to EveryAction; the
     # profiles read many phones a call, never an empty extra page (none of these phones has a profile yet)
@@ -156,16 +164,7 @@ async def test_mc_to_ea_keeps_every_call_slot_busy_the_same_way(
         profile = world.mc.profile(f"3125552{i:03d}")
         assert profile is not None
         profile.email, profile.first_name = f"m{i}@example.org", f"M{i}"
-    kinds: Counter[str] = Counter()
-    meters = _metered(world, kinds)
-    async with trio.open_nursery() as nursery:
-        sup = await world.start(nursery, make_config(tmp_path, world.path_id, workers=WORKERS,
-                                                     day_hours=["06:00", "07:00"]))
-        await sup.activate(NAME)
-        kinds.clear()
-        transactions = _count_transactions(world)
-        report = await world.run("mc_to_ea")
-        nursery.cancel_scope.cancel()
+    report, kinds, meters, transactions = await _run_metered(world, tmp_path, "mc_to_ea")
     assert report["run"]["status"] == "success" and report["counts"]["created"] == N
     # per new opt-in: the search by mobile number, people/find, findOrCreate, the VAN ID into the profile's
     # Constituent ID; the changed profiles are read a page at a time (then the empty last page)
