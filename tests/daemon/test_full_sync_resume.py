@@ -17,6 +17,13 @@ from tests.conftest import fake_config, start_supervisor
 from tests.fake_kind import world
 
 
+def _fifty_records_ten_seconds_a_page(tmp_path: Path) -> tuple[Any, Any]:
+    """Integration "a": 50 records, pages of 10, each page taking 10 s to read."""
+    w = world("a")
+    w.source.page_delay = 10.0
+    return fake_config(tmp_path, {"a": {"records": 50, "page_size": 10}}), w
+
+
 async def _cancel_after_two_pages(supervisor: Any, db: Database) -> None:
     await supervisor.activate("a")
     await supervisor.full_sync("a")
@@ -29,9 +36,7 @@ async def _cancel_after_two_pages(supervisor: Any, db: Database) -> None:
 async def test_full_sync_after_cancel_resumes_from_the_checkpoint_when_mappings_are_unchanged(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, db: Database, sim_clock: WallClock
 ) -> None:
-    config = fake_config(tmp_path, {"a": {"records": 50, "page_size": 10}})
-    w = world("a")
-    w.source.page_delay = 10.0
+    config, w = _fifty_records_ten_seconds_a_page(tmp_path)
     async with trio.open_nursery() as nursery:
         supervisor = await start_supervisor(nursery, config, db, sim_clock)
         await _cancel_after_two_pages(supervisor, db)
@@ -53,9 +58,7 @@ async def test_full_sync_after_cancel_resumes_from_the_checkpoint_when_mappings_
 async def test_full_sync_from_start_starts_over_after_a_cancel(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, db: Database, sim_clock: WallClock
 ) -> None:
-    config = fake_config(tmp_path, {"a": {"records": 50, "page_size": 10}})
-    w = world("a")
-    w.source.page_delay = 10.0
+    config, w = _fifty_records_ten_seconds_a_page(tmp_path)
     async with trio.open_nursery() as nursery:
         supervisor = await start_supervisor(nursery, config, db, sim_clock)
         await _cancel_after_two_pages(supervisor, db)
@@ -72,9 +75,7 @@ async def test_full_sync_from_start_starts_over_after_a_cancel(
 async def test_full_sync_after_cancel_starts_over_when_the_mappings_changed(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, db: Database, sim_clock: WallClock
 ) -> None:
-    config = fake_config(tmp_path, {"a": {"records": 50, "page_size": 10}})
-    w = world("a")
-    w.source.page_delay = 10.0
+    config, w = _fifty_records_ten_seconds_a_page(tmp_path)
     async with trio.open_nursery() as nursery:
         supervisor = await start_supervisor(nursery, config, db, sim_clock)
         await _cancel_after_two_pages(supervisor, db)

@@ -32,6 +32,15 @@ def news_contact(f: Flows) -> int:
                                 MOBILE="+32470123456", COUNTRY="BE", ROBINSON=False)
 
 
+async def synced_then_unsubscribed(f: Flows, clock: WallClock) -> int:
+    """A contact linked to "Newsletter" on 2024-02-01, synced, then unsubscribed in APSIS on 2024-03-15 12:00."""
+    cid = news_contact(f)
+    await f.full_sync()
+    at(clock, datetime(2024, 3, 15, 12, 0, tzinfo=UTC))
+    f.apsis.opt_out(str(cid), NEWS.topic, CHANNEL_EMAIL)
+    return cid
+
+
 async def test_an_unrelated_edit_after_a_footer_unsubscribe_keeps_the_person_opted_out(
         autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
     clock = WallClock(start=datetime(2024, 2, 1, 9, 0, tzinfo=UTC))
@@ -80,10 +89,7 @@ async def test_a_link_recreated_after_an_unsubscribe_resubscribes(
         autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
     clock = WallClock(start=datetime(2024, 2, 1, 9, 0, tzinfo=UTC))
     async with flows(tmp_path, clock) as f:
-        cid = news_contact(f)
-        await f.full_sync()
-        at(clock, datetime(2024, 3, 15, 12, 0, tzinfo=UTC))
-        f.apsis.opt_out(str(cid), NEWS.topic, CHANNEL_EMAIL)
+        cid = await synced_then_unsubscribed(f, clock)
         at(clock, datetime(2024, 3, 20, 8, 0, tzinfo=UTC))
         f.efficy.remove_profile_from_contact(cid, 1)  # a CRM user removes it ...
         await f.push(cid)
@@ -99,10 +105,7 @@ async def test_a_link_recreated_after_the_backflow_removed_it_resubscribes(
         autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
     clock = WallClock(start=datetime(2024, 2, 1, 9, 0, tzinfo=UTC))
     async with flows(tmp_path, clock) as f:
-        cid = news_contact(f)
-        await f.full_sync()
-        at(clock, datetime(2024, 3, 15, 12, 0, tzinfo=UTC))
-        f.apsis.opt_out(str(cid), NEWS.topic, CHANNEL_EMAIL)
+        cid = await synced_then_unsubscribed(f, clock)
         at(clock, datetime(2024, 3, 15, 12, 15, tzinfo=UTC))
         await f.backflow()
         assert 1 not in f.efficy.contact(cid)["profile_ids"]
@@ -118,10 +121,7 @@ async def test_a_link_first_seen_after_an_unsubscribe_says_nothing_about_when_it
     """Removed and re-added while crmsync did not look: without the link's own time, that is doubt."""
     clock = WallClock(start=datetime(2024, 2, 1, 9, 0, tzinfo=UTC))
     async with flows(tmp_path, clock) as f:
-        cid = news_contact(f)
-        await f.full_sync()
-        at(clock, datetime(2024, 3, 15, 12, 0, tzinfo=UTC))
-        f.apsis.opt_out(str(cid), NEWS.topic, CHANNEL_EMAIL)
+        cid = await synced_then_unsubscribed(f, clock)
         at(clock, datetime(2024, 3, 20, 8, 0, tzinfo=UTC))
         f.efficy.remove_profile_from_contact(cid, 1)
         at(clock, datetime(2024, 4, 2, 9, 0, tzinfo=UTC))
@@ -138,10 +138,7 @@ async def test_the_links_own_change_time_decides_when_efficy_exposes_it(
     config = make_config(tmp_path, efficy={"profile_link_changed_field": "D_CHANGE"})
     async with flows(tmp_path, clock, config=config) as f:
         f.efficy.link_changed_field = "D_CHANGE"
-        cid = news_contact(f)
-        await f.full_sync()
-        at(clock, datetime(2024, 3, 15, 12, 0, tzinfo=UTC))
-        f.apsis.opt_out(str(cid), NEWS.topic, CHANNEL_EMAIL)
+        cid = await synced_then_unsubscribed(f, clock)
         at(clock, datetime(2024, 3, 20, 8, 0, tzinfo=UTC))
         f.efficy.remove_profile_from_contact(cid, 1)  # unseen by crmsync
         at(clock, datetime(2024, 4, 2, 9, 0, tzinfo=UTC))
