@@ -27,6 +27,13 @@ settings.register_profile("nightly", max_examples=100_000, deadline=None, print_
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long search runs for hours: the per-test timeout (pyproject, pytest-timeout) is for CI's runs."""
+    if settings.get_current_profile_name() == "nightly":
+        for item in items:
+            item.add_marker(pytest.mark.timeout(0))
+
+
 @pytest.fixture(autouse=True)
 def _fresh_fake_worlds() -> None:
     fake_kind.WORLDS.clear()

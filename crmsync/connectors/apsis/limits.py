@@ -37,20 +37,22 @@ class SlidingWindowLimiter:
 
     async def acquire(self) -> float:
         """Wait for a slot; returns seconds waited."""
-        waited = 0.0
+        asked = trio.current_time()
+        span = self.window + self.margin
         async with self._lock:
             while True:
                 now = trio.current_time()
-                span = self.window + self.margin
-                while self._stamps and self._stamps[0] <= now - span:
+                # a stamp frees its slot at ``stamp + span``, computed the same way here and for the wait below:
+                # waking at that deadline must free it, whatever the float rounding (``now - span`` compared to
+                # the stamp could keep it, and a wait of 0.0 would spin forever)
+                while self._stamps and self._stamps[0] + span <= now:
                     self._stamps.popleft()
                 if len(self._stamps) < self.limit:
                     self._stamps.append(now)
-                    return waited
-                delay = self._stamps[0] + span - now
-                log.debug("window_wait", limiter=self.name, delay_s=round(delay, 3))
-                waited += delay
-                await trio.sleep(delay)
+                    return now - asked
+                frees_at = self._stamps[0] + span
+                log.debug("window_wait", limiter=self.name, delay_s=round(frees_at - now, 3))
+                await trio.sleep_until(frees_at)
 
 
 class ImportLimiter:
