@@ -23,12 +23,13 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from functools import partial
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import httpx
 import structlog
@@ -353,8 +354,9 @@ class EfficyClient(ApiClient):
                         self._remember_session(response)
                         reader = AnswerStream(self.schema.contact_id_field, max_depth=MAX_ANSWER_DEPTH)
                         try:
-                            async for chunk in response.aiter_bytes():
-                                reader.feed(chunk)
+                            async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as chunks:
+                                async for chunk in chunks:
+                                    reader.feed(chunk)
                             frame = reader.close()
                         except ValueError as exc:
                             malformed = exc
