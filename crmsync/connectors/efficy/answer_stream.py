@@ -42,6 +42,7 @@ MAX_FRAME_CHARS = 4 * 2 ** 20
 _WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's four (RFC 8259 §2), as json.loads skips them
 _INT64 = 2 ** 63
 _NUMBER_GOES_ON = frozenset("0123456789.eE+-")
+_AFTER_ROW = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
 # a pending value is decoded again only once this many times as much text has arrived: a long row split over
 # many small chunks costs linear time, not quadratic
 _GROWTH = 2
@@ -94,6 +95,31 @@ def row_contact_id(row: Mapping[str, Any], id_field: str) -> str | None:
         if str(key).upper() == id_field:
             value = item
     return normalise_key(value)
+
+
+class _RowIds:
+    """:func:`row_contact_id` for rows that mostly share their columns: which column holds the id is worked
+    out once per column list (a few kept: a hostile answer's varied columns fall back to the plain loop)."""
+
+    __slots__ = ("_column_of", "id_field")
+
+    def __init__(self, id_field: str):
+        self.id_field = id_field
+        self._column_of: dict[tuple[str, ...], str | None] = {}
+
+    def __call__(self, row: dict[str, Any]) -> str | None:
+        columns = tuple(row)
+        try:
+            column = self._column_of[columns]
+        except KeyError:
+            if len(self._column_of) >= 16:
+                return row_contact_id(row, self.id_field)
+            column = None
+            for key in columns:
+                if key.upper() == self.id_field:
+                    column = key
+            self._column_of[columns] = column
+        return None if column is None else normalise_key(row[column])
 
 
 def first_ids(node: Any) -> ContactIds | None:
@@ -278,22 +304,40 @@ class AnswerStream:
         self._open(depth)
         ids = ContactIds()
         room = self.max_depth - depth  # how deep a row may nest
+        id_of = _RowIds(self.id_field)
+        decode = self._decoder.raw_decode
         char = yield from self._peek()
         if char == "]":
             self._pos += 1
             return ids
         while True:
-            row = yield from self._whole()
-            start = self._start
+            # the common case without a step of its own: the whole row, and what follows it, in the text
+            buf, start = self._buf, self._pos
+            try:
+                row, end = decode(buf, start)
+            except (ValueError, RecursionError):  # cut by the chunk, or malformed: _whole() tells which
+                end = -1
+            if 0 <= end < len(buf) and (type(row) is dict or buf[end] not in _NUMBER_GOES_ON) \
+                    and end - start <= self.max_value_chars:
+                self._pos = end
+            else:
+                row = yield from self._whole()
+                buf, start = self._buf, self._start
             self.rows += 1
             # a nested container is rare in a row: look for one before walking the row for its depth
-            if (room < 1 or self._buf.find("{", start + 1, self._pos) >= 0
-                    or self._buf.find("[", start + 1, self._pos) >= 0) and jsonlimits.depth_exceeds(row, room):
+            if (room < 1 or buf.find("{", start + 1, self._pos) >= 0 or buf.find("[", start + 1, self._pos) >= 0) \
+                    and jsonlimits.depth_exceeds(row, room):
                 raise JsonInputError(f"JSON nested deeper than {self.max_depth} levels")
-            if isinstance(row, dict):
-                contact_id = row_contact_id(row, self.id_field)
+            if type(row) is dict:
+                contact_id = id_of(row)
                 if contact_id is not None:
                     ids.append(contact_id)
+            after = _AFTER_ROW.match(buf, self._pos)
+            if after is not None and after.end() < len(buf):
+                self._pos = after.end()
+                if after[1] == "]":
+                    return ids
+                continue
             char = yield from self._peek()
             self._pos += 1
             if char == "]":
