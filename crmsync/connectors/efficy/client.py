@@ -541,19 +541,13 @@ class EfficyClient(ApiClient):
 
     async def profile_members(self, profile_id: str | int) -> list[str]:
         """The contact ids holding a CRM Profile (``K_PROFILE``), from the link table: for tags from CRM
-        Profiles, reconciled periodically like query tags."""
+        Profiles, reconciled periodically like query tags. Unpaged like a saved query (a newsletter profile
+        may hold most contacts), so read as a stream the same way (:meth:`query_members`)."""
         s = self.schema
         ctx = envelope.context("api", [envelope.func("executesqlquery", sql=s.members_sql(),
                                                      queryparams=str(_key(profile_id)), recordCount=0,
                                                      loadBlobs=False)])
-        results = await self._call_one(ctx)
-        seen: dict[str, None] = {}
-        for row in envelope.dataset(results[0]) if results else []:
-            upper = {str(k).upper(): v for k, v in row.items()}
-            cid = normalise_key(upper.get(s.contact_id_field.upper()))
-            if cid is not None:
-                seen.setdefault(cid, None)
-        return list(seen)
+        return (await self._call_for_ids(ctx)).unique()
 
     async def run_query(self, query_id: str | int, *, params: Iterable[str] = ()) -> list[str]:
         """The contact ids a saved query (``K_QUERY``) returns, in query order, without duplicates (tags)."""
