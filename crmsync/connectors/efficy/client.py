@@ -385,6 +385,7 @@ class EfficyClient(ApiClient):
                                          status=response.status_code)
         results = envelope.function_results(frame, context_id)
         ids = first_ids(results[0]) if results else None
+        log.debug("efficy_ids_read", rows=reader.rows, ids=len(ids) if ids is not None else 0)
         return ids if ids is not None else ContactIds()
 
     async def _call_one(self, ctx: dict[str, Any]) -> list[dict[str, Any]]:
