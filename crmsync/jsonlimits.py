@@ -66,3 +66,9 @@ def depth_exceeds(value: Any, max_depth: int) -> bool:
         level = [child for child in chain.from_iterable(
             item.values() if isinstance(item, dict) else item for item in level) if isinstance(child, _CONTAINERS)]
     return False
+
+
+def bounded_decoder() -> json.JSONDecoder:
+    """A decoder refusing what :func:`loads` refuses among values (NaN/Infinity, numbers too large for a
+    float), for parsing piece by piece with ``raw_decode``; nesting is the caller's to bound."""
+    return json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)

@@ -59,7 +59,7 @@ READS: dict[str, frozenset[str]] = {
     "apsis": frozenset({"list_keyspaces", "list_attributes", "attribute_versions", "list_topics", "list_tags",
                         "get_consents", "opted_out_profiles", "consent_report", "get_tags"}),
     "efficy": frozenset({"current_user", "list_contacts", "iter_contacts", "get_contact", "list_profiles",
-                         "profile_members", "run_query"}),
+                         "profile_members", "run_query", "query_members"}),
 }
 
 

@@ -336,6 +336,42 @@ EFFICY_ANSWERS: list[Answer] = [
     Answer("efficy-200-latin1", 200, "application/json", b'[{"@name": "caf\xe9"}]', "MalformedResponseError"),
 ]
 
+def _query_answer(rows: bytes, after_rows: bytes = b"", after_context: bytes = b"") -> bytes:
+    """A saved query's answer (api ``query``): a dataset of rows, then what follows them in the same body."""
+    return (b'[{"#id": "c1", "@name": "api", "@func": [{"@name": "query", "key": 5, "#result": '
+            b'{"#class": "dataset", "#data": [' + rows + b"]}" + after_rows + b"}]}" + after_context + b"]")
+
+
+_ROWS = b", ".join(b'{"K_CONTACT": "%d", "NAME": "Doe", "EMAIL1": "d%d@x.be"}' % (i, i) for i in range(1, 50))
+
+# the saved query's answer is read as a stream (issue 8): what a cut, late error or huge row must still give
+EFFICY_QUERY_ANSWERS: list[Answer] = [
+    Answer("efficy-query-cut-in-a-row", 200, "application/json", _query_answer(_ROWS)[:900],
+           "MalformedResponseError"),
+    Answer("efficy-query-cut-between-rows", 200, "application/json",
+           _query_answer(_ROWS)[:_query_answer(_ROWS).index(b"}, {") + 3], "MalformedResponseError"),
+    Answer("efficy-query-cut-after-the-rows", 200, "application/json", _query_answer(_ROWS)[:-3],
+           "MalformedResponseError"),
+    Answer("efficy-query-error-after-the-rows", 200, "application/json",
+           _query_answer(_ROWS, b', "#error": "Query 5 not found"'), "NotFoundError"),
+    Answer("efficy-query-exception-after-the-context", 200, "application/json",
+           _query_answer(_ROWS, after_context=b', {"@name": "exception", "#error": {"errorstring": "boom"}}'),
+           "FatalApiError"),
+    Answer("efficy-query-session-gone-after-the-rows", 200, "application/json",
+           _query_answer(_ROWS, b', "#error": "Please Logon to Database"'), "AuthError"),
+    Answer("efficy-query-error-echo-after-the-rows", 200, "application/json",
+           _query_answer(_ROWS, b', "#error": "Invalid api key ' + EFFICY_KEY.encode() + b'"'), "FatalApiError"),
+    Answer("efficy-query-huge-row", 200, "application/json",
+           _query_answer(_ROWS + b', {"K_CONTACT": 99, "NOTE": "' + b"x" * (5 * 2 ** 20) + b'"}'),
+           "MalformedResponseError"),
+    Answer("efficy-query-deep-row", 200, "application/json",
+           _query_answer(b'{"K_CONTACT": 1, "X": ' + b"[" * 60 + b"]" * 60 + b"}"), "MalformedResponseError"),
+    Answer("efficy-query-nan-in-a-row", 200, "application/json", _query_answer(b'{"K_CONTACT": NaN}'),
+           "MalformedResponseError"),
+    Answer("efficy-query-latin1-in-a-row", 200, "application/json",
+           _query_answer(b'{"K_CONTACT": 1, "NAME": "caf\xe9"}'), "MalformedResponseError"),
+]
+
 APSIS_ANSWERS: list[Answer] = [
     *_common("apsis", "application/json"),
     Answer("apsis-200-not-json", 200, "application/json", b"<html>gateway</html>", "MalformedResponseError"),

@@ -56,12 +56,16 @@ SYSTEMS: dict[str, tuple[Callable[[httpx.MockTransport], Any], Call]] = {
            lambda c: c.profile("+12025550143")),
     "efficy": (lambda t: EfficyClient("https://efficy.test", api_key=corpus.EFFICY_KEY, transport=t, retry=ONCE),
                lambda c: c.get_contact(1)),
+    "efficy-query": (lambda t: EfficyClient("https://efficy.test", api_key=corpus.EFFICY_KEY, transport=t,
+                                            retry=ONCE),
+                     lambda c: c.run_query(5)),  # the answer read as a stream
     "apsis": (lambda t: ApsisClient("https://apsis.test", client_id="corpus", client_secret=corpus.APSIS_SECRET,
                                     transport=t, retry=ONCE),
               lambda c: c.get_consents("42")),
 }
 ANSWERS = [("ea", a) for a in corpus.EA_ANSWERS] + [("ea-csv", a) for a in corpus.EA_CSV_ANSWERS] + \
     [("mc", a) for a in corpus.MC_ANSWERS] + [("efficy", a) for a in corpus.EFFICY_ANSWERS] + \
+    [("efficy-query", a) for a in corpus.EFFICY_ANSWERS + corpus.EFFICY_QUERY_ANSWERS] + \
     [("apsis", a) for a in corpus.APSIS_ANSWERS]
 
 

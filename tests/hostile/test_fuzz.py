@@ -184,6 +184,23 @@ def test_fuzz_efficy_jsonrpc_answers(answer: Answer) -> None:
     trio.run(_call, "efficy", answer)
 
 
+# the saved query's answer, read as a stream (issue 8): datasets whose rows are anything
+shaped["efficy-query"] = st.lists(st.fixed_dictionaries({}, optional={
+    "#id": scalars, "@name": st.one_of(st.just("api"), st.just("exception"), scalars),
+    "@func": st.lists(st.fixed_dictionaries({}, optional={
+        "#result": st.fixed_dictionaries({"#class": st.one_of(st.just("dataset"), scalars)}, optional={
+            "#data": st.one_of(st.lists(st.one_of(json_values, st.fixed_dictionaries(
+                {}, optional={"K_CONTACT": json_values, "k_contact": json_values}))), json_values)}),
+        "#error": json_values, "@name": scalars}), max_size=3),
+    "#error": json_values}), max_size=3).map(lambda v: json.dumps(v).encode())
+
+
+@FUZZ
+@given(_answers("efficy-query"))
+def test_fuzz_efficy_query_answers_read_as_a_stream(answer: Answer) -> None:
+    trio.run(_call, "efficy-query", answer)
+
+
 @FUZZ
 @given(_answers("apsis"))
 def test_fuzz_apsis_json_answers(answer: Answer) -> None:

@@ -22,17 +22,21 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from functools import partial
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import httpx
 import structlog
 import trio
 
 from crmsync.connectors.efficy import envelope
+from crmsync.connectors.efficy.answer_stream import AnswerStream, ContactIds, first_ids
 from crmsync.connectors.efficy.envelope import RpcError, find_error, normalise_key
 from crmsync.connectors.efficy.paging import ContactPage, decode_position, encode_position
 from crmsync.connectors.efficy.records import (
@@ -51,14 +55,25 @@ from crmsync.connectors.errors import (
     FatalApiError,
     MalformedResponseError,
     NotFoundError,
+    RateLimitedError,
     RetriableApiError,
 )
-from crmsync.connectors.http import ApiClient, json_body, raise_for_status
+from crmsync.connectors.http import (
+    MAX_ANSWER_DEPTH,
+    ApiClient,
+    json_body,
+    raise_for_status,
+    retry_reason,
+    status_class,
+)
+from crmsync.redaction import learn_headers
 
 log = structlog.get_logger("crmsync.connectors.efficy.client")
 
 SESSION_COOKIE = "EfficySession"
 _PARSED = "crmsync.efficy.parsed"  # where check_response leaves the parsed body on the response
+_RPC_HEADERS = {"Content-Type": "application/json"}
+T = TypeVar("T")
 
 #: Messages the Efficy SDK treats as "session gone, log on again once" (research §1.1, verified).
 SESSION_EXPIRED_MARKERS: tuple[str, ...] = (
@@ -268,24 +283,110 @@ class EfficyClient(ApiClient):
     async def call(self, contexts: Sequence[Mapping[str, Any]]) -> list[Any]:
         """POST contexts to ``/crm/json``; returns the response array. Renews an expired session once."""
         body = json.dumps(list(contexts), separators=(",", ":")).encode()
-        params = {"customer": self.customer} if self.customer and self.customer_in_query else None
-        headers = {"Content-Type": "application/json"}
-        try:
-            response = await self.request("POST", self.rpc_path, content=body, params=params, headers=headers)
-        except EfficySessionExpiredError as first:
-            log.info("efficy_session_renew", reason=first.message)
-            self._session = None
-            try:
-                response = await self.request("POST", self.rpc_path, content=body, params=params,
-                                              headers=headers)
-            except EfficySessionExpiredError as second:
-                raise AuthError(self.system, f"refused after renewing the session: {second.message}",
-                                status=second.status, code=second.code) from second
+        response = await self._renewing(partial(self.request, "POST", self.rpc_path, content=body,
+                                                params=self._rpc_params(), headers=_RPC_HEADERS))
         result = response.extensions.get(_PARSED)
         if result is None:
             result = json_body(self.system, response)
         assert isinstance(result, list)  # check_response guarantees it
         return result
+
+    def _rpc_params(self) -> dict[str, str] | None:
+        return {"customer": self.customer} if self.customer and self.customer_in_query else None
+
+    async def _renewing(self, send: Callable[[], Awaitable[T]]) -> T:
+        """``send()``, and once more with a fresh session if Efficy says the session is gone."""
+        try:
+            return await send()
+        except EfficySessionExpiredError as first:
+            log.info("efficy_session_renew", reason=first.message)
+            self._session = None
+            try:
+                return await send()
+            except EfficySessionExpiredError as second:
+                raise AuthError(self.system, f"refused after renewing the session: {second.message}",
+                                status=second.status, code=second.code) from second
+
+    async def _call_for_ids(self, ctx: dict[str, Any]) -> ContactIds:
+        """One context whose first function answers a dataset (a saved query), read as a stream: the ids of
+        its rows, the rows themselves never held (:mod:`.answer_stream`). Same errors as :meth:`call`:
+        Efficy's own (mapped as :meth:`check_response` does), malformed or cut-off answers (retried, then
+        :class:`MalformedResponseError`), an expired session renewed once."""
+        body = json.dumps([ctx], separators=(",", ":")).encode()
+        return await self._renewing(partial(self._retrying_ids, body, ctx["#id"]))
+
+    async def _retrying_ids(self, body: bytes, context_id: str) -> ContactIds:
+        # ApiClient.request's retry loop, around a request whose answer is parsed while it is read
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._ids_once(body, context_id)
+            except RetriableApiError as exc:
+                if attempt >= self.retry.attempts:
+                    raise
+                delay = self.retry.delay(attempt, exc.retry_after)
+                self.observer.api_retry(self.system, retry_reason(exc))
+                if isinstance(exc, RateLimitedError):
+                    self.observer.rate_limit_wait(self.system, delay)
+                log.info("api_retry", system=self.system, method="POST", path=self.rpc_path, attempt=attempt,
+                         delay_s=round(delay, 3), error=exc.message, status=exc.status)
+                await trio.sleep(delay)
+
+    async def _ids_once(self, body: bytes, context_id: str) -> ContactIds:
+        if self._rate is not None:
+            waited = await self._rate.acquire()
+            if waited:
+                self.observer.rate_limit_wait(self.system, waited)
+        malformed: ValueError | None = None
+        async with self._limiter:
+            request = self.http.build_request("POST", self.url(self.rpc_path), content=body,
+                                              params=self._rpc_params(), headers=_RPC_HEADERS)
+            await self.prepare_request(request)
+            sent = time.monotonic()
+            learn_headers(request.headers.items())
+            try:
+                response = await self.http.send(request, stream=True)
+                try:
+                    if response.status_code >= 300:
+                        await response.aread()  # an error page: check_response reads it as usual
+                    else:
+                        self._remember_session(response)
+                        reader = AnswerStream(self.schema.contact_id_field, max_depth=MAX_ANSWER_DEPTH)
+                        try:
+                            async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as chunks:
+                                async for chunk in chunks:
+                                    reader.feed(chunk)
+                            frame = reader.close()
+                        except ValueError as exc:
+                            malformed = exc
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await response.aclose()
+            except httpx.TimeoutException as exc:
+                self.observer.api_request(self.system, "error", time.monotonic() - sent)
+                raise RetriableApiError(self.system, f"timeout: {type(exc).__name__}") from exc
+            except httpx.TransportError as exc:
+                self.observer.api_request(self.system, "error", time.monotonic() - sent)
+                raise RetriableApiError(self.system, f"connection failed: {type(exc).__name__}") from exc
+            except httpx.DecodingError as exc:  # a Content-Encoding that does not inflate
+                malformed = ValueError(type(exc).__name__)
+        self.observer.api_request(self.system, status_class(response.status_code), time.monotonic() - sent)
+        if response.status_code >= 300:
+            self.check_response(response)  # raises: 401 first, then by status, as for every call
+        if malformed is not None:
+            raise MalformedResponseError(self.system, f"malformed JSON in HTTP {response.status_code} response",
+                                         status=response.status_code) from malformed
+        error = find_error(frame)
+        if error is not None:
+            raise self._map_error(error, response)
+        if not isinstance(frame, list):
+            raise MalformedResponseError(self.system, "Efficy response is not a JSON array",
+                                         status=response.status_code)
+        results = envelope.function_results(frame, context_id)
+        ids = first_ids(results[0]) if results else None
+        log.debug("efficy_ids_read", rows=reader.rows, ids=len(ids) if ids is not None else 0)
+        return ids if ids is not None else ContactIds()
 
     async def _call_one(self, ctx: dict[str, Any]) -> list[dict[str, Any]]:
         body = await self.call([ctx])
@@ -441,38 +542,29 @@ class EfficyClient(ApiClient):
 
     async def profile_members(self, profile_id: str | int) -> list[str]:
         """The contact ids holding a CRM Profile (``K_PROFILE``), from the link table: for tags from CRM
-        Profiles, reconciled periodically like query tags."""
+        Profiles, reconciled periodically like query tags. Unpaged like a saved query (a newsletter profile
+        may hold most contacts), so read as a stream the same way (:meth:`query_members`)."""
         s = self.schema
         ctx = envelope.context("api", [envelope.func("executesqlquery", sql=s.members_sql(),
                                                      queryparams=str(_key(profile_id)), recordCount=0,
                                                      loadBlobs=False)])
-        results = await self._call_one(ctx)
-        seen: dict[str, None] = {}
-        for row in envelope.dataset(results[0]) if results else []:
-            upper = {str(k).upper(): v for k, v in row.items()}
-            cid = normalise_key(upper.get(s.contact_id_field.upper()))
-            if cid is not None:
-                seen.setdefault(cid, None)
-        return list(seen)
+        return (await self._call_for_ids(ctx)).unique()
 
     async def run_query(self, query_id: str | int, *, params: Iterable[str] = ()) -> list[str]:
         """The contact ids a saved query (``K_QUERY``) returns, in query order, without duplicates (tags)."""
+        return (await self.query_members(query_id, params=params)).unique()
+
+    async def query_members(self, query_id: str | int, *, params: Iterable[str] = ()) -> ContactIds:
+        """The contact ids a saved query (``K_QUERY``) returns, in query order, **repeats kept**, packed: the
+        answer (every column of every member, in one body: Efficy's query has no paging) is parsed as it
+        arrives and only the ids are kept. For a full sync's store write; :meth:`run_query` for a list."""
         key = _key(query_id)
         extra: dict[str, Any] = {}
         params = list(params)
         if params:
             extra["queryparams"] = "|".join(params)
-        ctx = envelope.context("api", [envelope.func("query", key=key, recordCount=0, loadBlobs=False,
-                                                     **extra)])
-        results = await self._call_one(ctx)
-        seen: dict[str, None] = {}
-        id_field = self.schema.contact_id_field.upper()
-        for row in envelope.dataset(results[0]) if results else []:
-            upper = {str(k).upper(): v for k, v in row.items()}
-            cid = normalise_key(upper.get(id_field))
-            if cid is not None:
-                seen.setdefault(cid, None)
-        return list(seen)
+        return await self._call_for_ids(envelope.context("api", [envelope.func(
+            "query", key=key, recordCount=0, loadBlobs=False, **extra)]))
 
     async def unlink_profile(self, contact_id: str | int, profile_id: str | int) -> None:
         """Remove a CRM Profile from a contact: an opt-out flowing back from the messaging platform.

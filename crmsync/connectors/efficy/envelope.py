@@ -160,6 +160,9 @@ def scalar_result(func_result: Mapping[str, Any]) -> Any:
 
 def normalise_key(value: Any) -> str | None:
     """Efficy keys arrive as numbers, numeric strings or floats (SDKs parseFloat them); return ``"12345"``."""
+    if type(value) is str and len(value) <= 15 and value.isdigit() and value.isascii() \
+            and (value[0] != "0" or len(value) == 1):
+        return value  # already canonical ("12345"): what the float round trip below gives back, exactly
     if value is None or value == "":
         return None
     if isinstance(value, bool):

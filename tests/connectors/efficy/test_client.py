@@ -236,6 +236,13 @@ async def test_saved_query_returns_contact_ids(sim: EfficySimulator, client: Eff
         await client.run_query(12345)
 
 
+async def test_profile_members_are_the_contacts_holding_the_profile(sim: EfficySimulator,
+                                                                   client: EfficyClient) -> None:
+    news, sms, ids = seed(sim, 7)
+    assert await client.profile_members(news) == [str(i) for n, i in enumerate(ids) if n % 2]
+    assert await client.profile_members(sms) == [str(i) for n, i in enumerate(ids) if n % 3 == 0]
+
+
 async def test_unlink_profile_removes_consent_and_is_idempotent(sim: EfficySimulator,
                                                                client: EfficyClient) -> None:
     news = sim.add_profile("Newsletter")

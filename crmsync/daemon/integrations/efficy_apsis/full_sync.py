@@ -338,9 +338,10 @@ class FullSync:
     async def _load_query_members(self, run: RunContext) -> None:
         """The tag queries' members (one Efficy call per query), kept in the store for the plan stage."""
         for tag, query_id in sorted(self.queries.items()):
-            members = await self.efficy.run_query(query_id)
-            await run.db.tx(store.replace_query_members(self.integration, tag, members))
-            log.info("full_sync_query_members_read", tag=tag, members=len(members))
+            # the ids packed, straight from the streamed answer into one transaction: memory stays flat
+            members = await self.efficy.query_members(query_id)
+            count = await run.db.tx(store.replace_query_members(self.integration, tag, members))
+            log.info("full_sync_query_members_read", tag=tag, members=count)
 
     async def _read_report(self, run: RunContext, channel: str, topics: Sequence[str], mapped: frozenset[Any]
                            ) -> int:

@@ -346,13 +346,18 @@ def written_many(integration: str, rows: Sequence[tuple[str, str, str | None]], 
     return tx
 
 
-def replace_query_members(integration: str, tag: str, contact_ids: Sequence[str]) -> TxFn:
-    """The members of one tag query as just read (the bulk full sync carries query tags in its imports)."""
+def replace_query_members(integration: str, tag: str, contact_ids: Iterable[str]) -> TxFn:
+    """The members of one tag query as just read (the bulk full sync carries query tags in its imports).
 
-    def tx(c: sqlite3.Connection) -> None:
+    ``contact_ids`` is consumed row by row (repeats allowed: the table keeps one of each), never copied into a
+    list of rows; the transaction answers the number of distinct members."""
+
+    def tx(c: sqlite3.Connection) -> int:
         c.execute("DELETE FROM efficy_query_members WHERE integration = ? AND tag = ?", (integration, tag))
-        c.executemany("INSERT OR IGNORE INTO efficy_query_members (integration, tag, contact_id) VALUES (?, ?, ?)",
-                      [(integration, tag, cid) for cid in contact_ids])
+        inserted = c.executemany(
+            "INSERT OR IGNORE INTO efficy_query_members (integration, tag, contact_id) VALUES (?, ?, ?)",
+            ((integration, tag, cid) for cid in contact_ids))
+        return inserted.rowcount
 
     return tx
 
