@@ -303,6 +303,24 @@ def link_not_before(contact: EfficyContact, profile_id: str, created_field: str 
     return max(bounds) if bounds else None
 
 
+def link_times(contact: EfficyContact, profile_ids: Iterable[str], created_column: str | None
+               ) -> dict[str, datetime | None]:
+    """:func:`link_not_before` of each of ``profile_ids``, the contact's creation time read once
+    (``created_column``: the creation field, UPPER-CASE): what the plan of every contact asks."""
+    created = contact.fields.get(created_column) if created_column else None
+    if not isinstance(created, datetime):
+        created = None
+    changed_at = contact.profile_changed_at
+    out: dict[str, datetime | None] = {}
+    for pid in profile_ids:
+        changed = changed_at.get(str(pid)) if changed_at else None
+        if not isinstance(changed, datetime):
+            out[pid] = created
+        else:
+            out[pid] = changed if created is None else max(changed, created)
+    return out
+
+
 def link_newer_than_optout(opted_out_at: datetime | None, *, link_changed_at: datetime | None = None,
                            observation: LinkObservation | None = None, read_at: datetime | None = None) -> bool:
     """Whether a link seen present by the read made at ``read_at`` is certainly newer than an opt-out.
@@ -393,11 +411,17 @@ def observe_contact(contact: EfficyContact, rules: Sequence[ConsentRule],
                     ) -> tuple[dict[str, LinkObservation], tuple[tuple[str, bool], ...]]:
     """The observations after this read of ``contact`` (for every mapped CRM Profile), and the sightings
     ``(profile_id, present)`` to record. Nothing is seen when the read carried no profiles."""
+    return _observe(contact, sorted({rule.profile_id for rule in rules}), previous, read_at)
+
+
+def _observe(contact: EfficyContact, profile_ids: Sequence[str], previous: Mapping[str, LinkObservation],
+             read_at: datetime | None) -> tuple[dict[str, LinkObservation], tuple[tuple[str, bool], ...]]:
+    """:func:`observe_contact` with the mapped CRM Profile ids given sorted (a spec makes them once)."""
     out = dict(previous)
     if contact.profile_ids is None or read_at is None:
         return out, ()
     sightings = []
-    for pid in sorted({rule.profile_id for rule in rules}):
+    for pid in profile_ids:
         present = contact.has_profile(pid)
         out[pid] = observe_link(previous.get(pid), present, read_at)
         sightings.append((pid, present))
@@ -577,6 +601,17 @@ class SyncSpec:
     def managed_tags(self) -> frozenset[str]:
         return frozenset(self.tag_profiles) | self.query_tags
 
+    # made once per spec, asked by the plan of every contact
+
+    @cached_property
+    def observed_profile_ids(self) -> list[str]:
+        """The mapped CRM Profile ids, sorted: the links every read observes (:func:`observe_contact`)."""
+        return sorted({rule.profile_id for rule in self.consents})
+
+    @cached_property
+    def created_column(self) -> str | None:
+        return self.created_field.upper() if self.created_field else None
+
 
 @dataclass
 class Known:
@@ -621,7 +656,7 @@ def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None 
                       optouts=dict(optouts or {}))
     current, written_version, linked, optouts = known.current, known.written_version, known.linked, known.optouts
     cid = contact.contact_id
-    seen, sightings = observe_contact(contact, spec.consents, known.observations, read_at)
+    seen, sightings = _observe(contact, spec.observed_profile_ids, known.observations, read_at)
     evidence: dict[str, Any] = {"read_at": read_at, "observations": seen, "sightings": sightings,
                                 "merge_refused": known.merge_refused, "own_optouts": dict(known.own_optouts)}
     # the contact's columns by UPPER-CASE name, made once for the conditions, the mapping and the region
@@ -640,9 +675,8 @@ def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None 
     if is_stale(contact.modified_at, written_version):
         return Plan("skip", cid, reason="stale_read", current=current, **evidence)
     holds = contact.profile_ids or ()
-    link_times = {rule.profile_id: link_not_before(contact, rule.profile_id, spec.created_field)
-                  for rule in spec.consents}
-    consents, obsolete = desired_consents(holds, spec.consents, optouts, link_changed_at=link_times,
+    times = link_times(contact, (rule.profile_id for rule in spec.consents), spec.created_column)
+    consents, obsolete = desired_consents(holds, spec.consents, optouts, link_changed_at=times,
                                           observations=seen, read_at=read_at)
     region = _contact_region(upper, spec.country_field, spec.default_region)
     attributes, notes = normalise_attributes(_map_attributes(contact, upper, spec.attributes, spec.email_field),

@@ -1,0 +1,66 @@
+"""The plan of every contact uses helpers made for speed (what a spec knows computed once per spec, a
+contact's creation time read once for all its links). Each must give exactly what the function it stands
+for gives: :func:`link_not_before` per mapped profile, :func:`observe_contact`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crmsync.connectors.apsis.records import CHANNEL_EMAIL, CHANNEL_SMS, ConsentKey
+from crmsync.connectors.efficy.records import EfficyContact
+from crmsync.daemon.integrations.efficy_apsis.rules import (
+    ConsentRule,
+    LinkObservation,
+    SyncSpec,
+    _observe,
+    link_not_before,
+    link_times,
+    observe_contact,
+)
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+times = st.integers(min_value=0, max_value=5).map(lambda s: T0 + timedelta(seconds=s))
+maybe_times = st.none() | times
+pids = st.sampled_from(["1", "2", "3", "10"])
+# a creation column that may hold a time, text, a number or nothing (only a datetime is a bound)
+created_values = st.none() | times | st.sampled_from(["2024-01-01", "", 7])
+observations = st.builds(LinkObservation, maybe_times, maybe_times)
+
+
+@st.composite
+def contacts(draw: st.DrawFn) -> EfficyContact:
+    fields: dict[str, object] = {"NAME": "x"}
+    created = draw(created_values)
+    if draw(st.booleans()):
+        fields["D_CREATE"] = created
+    held = draw(st.none() | st.lists(pids, unique=True).map(lambda ids: tuple(sorted(ids))))
+    changed = draw(st.dictionaries(pids, times, max_size=3))
+    return EfficyContact("42", None, None, None, fields, held, None, changed)
+
+
+specs = st.builds(
+    lambda rules, created: SyncSpec(consents=tuple(rules), created_field=created),
+    st.lists(st.builds(ConsentRule, pids, st.builds(ConsentKey, st.sampled_from(["news", "offers"]),
+                                                    st.sampled_from([CHANNEL_EMAIL, CHANNEL_SMS]))),
+             max_size=4),
+    st.sampled_from(["D_CREATE", "d_create", None, "OTHER"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(contacts(), specs)
+def test_link_times_are_link_not_before_of_each_rule(contact: EfficyContact, spec: SyncSpec) -> None:
+    expected = {rule.profile_id: link_not_before(contact, rule.profile_id, spec.created_field)
+                for rule in spec.consents}
+    assert link_times(contact, (rule.profile_id for rule in spec.consents), spec.created_column) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(contacts(), specs, st.dictionaries(pids, observations, max_size=3), maybe_times)
+def test_observing_with_the_specs_profile_ids_is_observe_contact(
+        contact: EfficyContact, spec: SyncSpec, previous: dict[str, LinkObservation],
+        read_at: datetime | None) -> None:
+    assert _observe(contact, spec.observed_profile_ids, previous, read_at) == \
+        observe_contact(contact, spec.consents, previous, read_at)
