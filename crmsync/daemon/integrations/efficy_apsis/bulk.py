@@ -37,6 +37,7 @@ from crmsync.daemon.integrations.efficy_apsis.rules import OPT_IN, OPT_OUT, OptO
 MAIN, RESUBSCRIBE, OPTOUT = 0, 1, 2
 ROW_RESERVE = 1_000_000  # bytes kept free in every file of a batch for the next row
 FILE_NAMES = ("opt-in", "re-subscribe", "opt-out")
+_MAIN_ONLY = (MAIN,)
 
 
 class ReportedConsents:
@@ -239,6 +240,8 @@ class ImportBatch:
 
     def add(self, key: str, desired: ApsisProfile, row: ImportRow, entry: LedgerEntry) -> bool:
         """Append one contact to the files it needs; False (nothing written) when a file is full."""
+        if not row.resubscribe_slots and not row.optout_slots:  # the usual row: the main file alone
+            return self._add_main(key, desired, row, entry)
         needed: list[tuple[int, tuple[ConsentKey, ...]]] = [(MAIN, row.main_slots)]
         if row.resubscribe_slots:
             needed.append((RESUBSCRIBE, row.resubscribe_slots))
@@ -258,12 +261,29 @@ class ImportBatch:
                 return False
             done.append(index)
         entry.files = tuple(done)
+        self._accepted(entry)
+        return True
+
+    def _add_main(self, key: str, desired: ApsisProfile, row: ImportRow, entry: LedgerEntry) -> bool:
+        """:meth:`add` of a row that goes in the main file only (the same checks, one file)."""
+        writer = self.writers[MAIN]
+        if writer is None:
+            writer = self._writer(MAIN)
+        if self.rows and (writer.rows >= writer.max_rows or
+                          writer.bytes + min(ROW_RESERVE, self.max_bytes // 4) > writer.max_bytes):
+            return False
+        if not writer.add(key, desired.attributes, row.main_slots, row.add_tags, row.remove_tags):
+            return False
+        entry.files = _MAIN_ONLY
+        self._accepted(entry)
+        return True
+
+    def _accepted(self, entry: LedgerEntry) -> None:
         if self.ledger is None:
             self.ledger = Ledger(self.spool_bytes)
         self.ledger.append(entry)
         self.rows += 1
         self.posts += entry.has_post
-        return True
 
     def entries(self) -> Iterator[LedgerEntry]:
         if self.ledger is not None:
