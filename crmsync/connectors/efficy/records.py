@@ -118,10 +118,14 @@ class EfficyContact:
             pid = normalise_key(key)
             if pid is not None and pid in ids and when is not None:
                 times[pid] = when
-        return EfficyContact(
-            self.contact_id, self.email, self.first_name, self.last_name, self.fields, ids, self.modified_at,
-            times,
-        )
+        # the same fields but these two, copied without the frozen dataclass's __init__ (one setattr a
+        # field): the client makes one such copy per contact it reads with its profiles
+        copy = object.__new__(EfficyContact)
+        values = copy.__dict__
+        values.update(self.__dict__)
+        values["profile_ids"] = ids
+        values["profile_changed_at"] = times
+        return copy
 
 
 @dataclass(frozen=True)
@@ -234,8 +238,14 @@ def _text(value: Any) -> str | None:
 
 def normalise_profile_ids(profile_ids: Iterable[Any]) -> tuple[str, ...]:
     """Profile keys as sorted unique strings (Efficy sends them as numbers or numeric strings)."""
-    keys = {k for k in (normalise_key(p) for p in profile_ids) if k is not None}
-    return tuple(sorted(keys, key=lambda k: (len(k), k)))
+    keys = {k for p in profile_ids if (k := normalise_key(p)) is not None}
+    if len(keys) < 2:
+        return tuple(keys)
+    return tuple(sorted(keys, key=_numeric_order))
+
+
+def _numeric_order(key: str) -> tuple[int, str]:
+    return len(key), key
 
 
 def contact_from_row(row: Mapping[str, Any], profile_ids: Iterable[Any] | None = None, *,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crmsync.connectors.efficy.envelope import dataset, find_error, normalise_key
 from crmsync.connectors.efficy.paging import decode_position, encode_position
@@ -13,6 +15,7 @@ from crmsync.connectors.efficy.records import (
     FieldTypes,
     contact_from_row,
     contacts_from_rows,
+    normalise_profile_ids,
     parse_datetime,
     parse_flag,
     parse_number,
@@ -153,3 +156,37 @@ def test_positions_round_trip_and_reject_garbage() -> None:
     for bad in ("10042", "efficy-k1:abc", "efficy-k1:-5", "other:1"):
         with pytest.raises(ValueError):
             decode_position(bad)
+
+
+# -- a contact with its CRM Profiles: the same value as one built whole -----------------------------------
+
+_keys = st.sampled_from(["3", "10", "2", " 7 ", "", "x", "1e3", "1_0"]) | st.integers(-3, 12) | st.sampled_from(
+    [2.0, 2.5, None, True])
+_when = st.none() | st.sampled_from([datetime(2024, 1, 1, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC)])
+
+
+def _reference_ids(profile_ids: list[object]) -> tuple[str, ...]:
+    """The definition: every key normalised, unique, in numeric order (shorter first, then by text)."""
+    keys = {normalise_key(p) for p in profile_ids} - {None}
+    return tuple(sorted((k for k in keys if k is not None), key=lambda k: (len(k), k)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_keys, max_size=5), st.dictionaries(_keys, _when, max_size=4), st.booleans())
+def test_with_profiles_is_the_contact_built_with_them(profile_ids: list[object],
+                                                      changed_at: dict[object, datetime | None],
+                                                      modified: bool) -> None:
+    base = EfficyContact("42", "a@example.com", "Jane", None, {"NAME": "Doe"}, ("9",),
+                         datetime(2024, 5, 1, tzinfo=UTC) if modified else None, {"9": datetime(2020, 1, 1)})
+    ids = _reference_ids(profile_ids)
+    assert normalise_profile_ids(profile_ids) == ids
+    times = {}
+    for key, when in changed_at.items():
+        pid = normalise_key(key)
+        if pid is not None and pid in ids and when is not None:
+            times[pid] = when
+    got = base.with_profiles(profile_ids, changed_at)
+    want = EfficyContact(base.contact_id, base.email, base.first_name, base.last_name, base.fields, ids,
+                         base.modified_at, times)
+    assert got == want and hash(got) == hash(want) and repr(got) == repr(want)
+    assert type(got.profile_ids) is tuple and base.profile_ids == ("9",)  # the original is left as it was
