@@ -346,9 +346,14 @@ def _reader(kind: FieldType | None, tz: tzinfo) -> Callable[[Any], FieldValue]:
     if kind == "str":
         return lambda value: None if value is None else str(value)
 
+    seen_dates: dict[str, datetime | None] = {}  # untyped date columns repeat too (zero dates above all)
+
     def read_untyped(value: Any) -> FieldValue:
-        if type(value) is str and value and not (value[0].isdigit() or value[0].isspace()):
-            return value  # the usual text value, tested first: what the steps below give it
+        if type(value) is str:
+            if not value:
+                return None  # an empty cell (what the steps below give it)
+            if not (value[0].isdigit() or value[0].isspace()):
+                return value  # the usual text value, tested first: what the steps below give it
         if value is None or isinstance(value, bool | int | float):
             return value
         text = value if type(value) is str else str(value)
@@ -357,7 +362,13 @@ def _reader(kind: FieldType | None, tz: tzinfo) -> Callable[[Any], FieldValue]:
         if not (text[0].isdigit() or text[0].isspace()):
             return text  # cannot be a date (_DATE_RE starts with a digit, after optional spaces)
         if _DATE_RE.match(text.strip()):
-            return parse_datetime(text, tz=tz)  # None for the zero date
+            try:
+                return seen_dates[text]
+            except KeyError:
+                if len(seen_dates) > 4096:
+                    seen_dates.clear()
+                parsed = seen_dates[text] = parse_datetime(text, tz=tz)  # None for the zero date
+                return parsed
         return text
     return read_untyped
 
