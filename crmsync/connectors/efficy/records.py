@@ -295,10 +295,14 @@ def contacts_from_rows(rows: Iterable[Mapping[str, Any]], *, types: FieldTypes =
             raise ValueError("Efficy contact row without K_CONTACT")
         fields = {column: read(values[column]) for column, read in layout.readers}
         changed = fields.get(CHANGED_FIELD)
-        out.append(EfficyContact(
-            contact_id, _text(values.get(email_column)), _text(values.get(FIRST_NAME_FIELD)),
-            _text(values.get(LAST_NAME_FIELD)), fields, None,
-            changed if isinstance(changed, datetime) else None))
+        # what EfficyContact(...) makes, without the frozen dataclass's per-field __init__ (one per row)
+        contact = object.__new__(EfficyContact)
+        contact.__dict__.update(
+            contact_id=contact_id, email=_text(values.get(email_column)),
+            first_name=_text(values.get(FIRST_NAME_FIELD)), last_name=_text(values.get(LAST_NAME_FIELD)),
+            fields=fields, profile_ids=None, modified_at=changed if isinstance(changed, datetime) else None,
+            profile_changed_at={})
+        out.append(contact)
     return out
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crmsync.connectors.apsis.records import CHANNEL_EMAIL, CHANNEL_SMS, ConsentKey
+from crmsync.connectors.apsis.records import CHANNEL_EMAIL, CHANNEL_SMS, ApsisProfile, ConsentKey
 from crmsync.connectors.efficy.records import EfficyContact
 from crmsync.daemon.integrations.efficy_apsis.rules import (
     ConsentRule,
@@ -19,6 +20,7 @@ from crmsync.daemon.integrations.efficy_apsis.rules import (
     link_not_before,
     link_times,
     observe_contact,
+    observe_link,
 )
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -64,3 +66,46 @@ def test_observing_with_the_specs_profile_ids_is_observe_contact(
         read_at: datetime | None) -> None:
     assert _observe(contact, spec.observed_profile_ids, previous, read_at) == \
         observe_contact(contact, spec.consents, previous, read_at)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3), st.booleans()), min_size=1, max_size=12))
+def test_a_first_sighting_is_the_observation_of_that_read(reads: list[tuple[bool, int, bool]]) -> None:
+    """First sightings are made once per read time (shared): whatever the order of reads and times (equal
+    times as distinct objects too), each is exactly the observation its definition builds."""
+    for present, second, fresh in reads:
+        at = T0 + timedelta(seconds=second)
+        if fresh:
+            at = at.replace()  # an equal time, another object
+        got = observe_link(None, present, at)
+        assert got == (LinkObservation(at, None) if present else LinkObservation(None, at))
+        assert (got.present_since if present else got.absent_at) is at
+
+
+_slots = st.builds(ConsentKey, st.sampled_from(["news", "offers"]), st.sampled_from([CHANNEL_EMAIL, CHANNEL_SMS]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=3), st.dictionaries(st.sampled_from(["a", "b", "c"]), st.none() | st.text(max_size=3)),
+       st.dictionaries(_slots, st.sampled_from(["opt-in", "opt-out", "pending", "confirmed"]), max_size=3),
+       st.frozensets(st.sampled_from(["vip", "x"])), st.booleans())
+def test_a_profile_made_owning_its_dicts_is_the_profile_made_by_copying(
+        key: str, attributes: dict[str, object], consents: dict[ConsentKey, str], tags: frozenset[str],
+        as_set: bool) -> None:
+    given_tags = set(tags) if as_set else tags
+    try:
+        expected = ApsisProfile(key, dict(attributes), dict(consents), given_tags)
+    except ValueError as exc:
+        with pytest.raises(ValueError) as refused:
+            ApsisProfile.owning(key, dict(attributes), dict(consents), given_tags)
+        assert str(refused.value) == str(exc)
+        return
+    got = ApsisProfile.owning(key, dict(attributes), dict(consents), given_tags)
+    assert got == expected and repr(got) == repr(expected)
+    assert type(got.attributes) is type(expected.attributes) and type(got.consents) is type(expected.consents)
+    assert type(got.tags) is frozenset
+    # another profile's read-only mappings are shared, and the result is still that profile's value
+    derived = ApsisProfile.owning(key, got.attributes, got.consents, got.tags | {"new"})
+    assert derived == ApsisProfile(key, attributes, consents, tags | {"new"})
+    with pytest.raises(TypeError):
+        derived.attributes["a"] = "changed"  # type: ignore[index]

@@ -59,7 +59,7 @@ def with_query_membership(desired: ApsisProfile, query_tags: frozenset[str], mem
     tags = (desired.tags - query_tags) | (member_of & query_tags)
     if tags == desired.tags:
         return desired
-    return ApsisProfile(desired.key, desired.attributes, desired.consents, tags)
+    return ApsisProfile.owning(desired.key, desired.attributes, desired.consents, tags)
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def addressed(desired: ApsisProfile, current: ApsisProfile | None, address_attri
             per_profile.append(ck)
     if len(keep) == len(desired.consents):
         return desired, tuple(per_profile)
-    return ApsisProfile(desired.key, desired.attributes, keep, desired.tags), tuple(per_profile)
+    return ApsisProfile.owning(desired.key, desired.attributes, keep, desired.tags), tuple(per_profile)
 
 
 def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisProfile | None,

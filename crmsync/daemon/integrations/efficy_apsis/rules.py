@@ -274,7 +274,7 @@ def observe_link(previous: LinkObservation | None, present: bool, at: datetime) 
     """``previous`` updated with one read made at ``at``. Reads may be recorded out of order (a full-sync
     page read before a real-time read but stored after it): an older sighting never undoes a newer one."""
     if previous is None:  # a first sighting (every link of a first sync): what the steps below give
-        return LinkObservation(at, None) if present else LinkObservation(None, at)
+        return _first_sighting(present, at)
     prev = previous
     if prev.absent_at is not None and at <= prev.absent_at:
         return prev  # not newer than the last absence: adds nothing
@@ -285,6 +285,19 @@ def observe_link(previous: LinkObservation | None, present: bool, at: datetime) 
     # absent at ``at``: a presence seen only later than that belongs to a link made after ``at``
     later = prev.present_since if prev.present_since is not None and prev.present_since > at else None
     return LinkObservation(later, at)
+
+
+_first_seen: tuple[datetime | None, LinkObservation, LinkObservation] = (None, LinkObservation(), LinkObservation())
+
+
+def _first_sighting(present: bool, at: datetime) -> LinkObservation:
+    """``LinkObservation(at, None)`` (present) or ``LinkObservation(None, at)``, made once per read time: a
+    page's contacts share their read's time object, and the observations are immutable."""
+    global _first_seen
+    seen = _first_seen
+    if seen[0] is not at:
+        seen = _first_seen = (at, LinkObservation(at, None), LinkObservation(None, at))
+    return seen[1] if present else seen[2]
 
 
 def _second(t: datetime) -> datetime:
@@ -544,7 +557,7 @@ def with_query_tags(desired: ApsisProfile, current: ApsisProfile | None, query_t
     kept = (current.tags & query_tags) if current is not None else frozenset()
     if kept <= desired.tags:  # nothing to keep (every plan asks): no copy of the profile
         return desired
-    return ApsisProfile(desired.key, desired.attributes, desired.consents, desired.tags | kept)
+    return ApsisProfile.owning(desired.key, desired.attributes, desired.consents, desired.tags | kept)
 
 
 def import_ready(desired: ApsisProfile, current: ApsisProfile | None, address_attributes: Mapping[str, str]
@@ -683,8 +696,7 @@ def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None 
                                              spec.attribute_types, region, spec.columns)
     consents, gated = gate_consents(consents, attributes, spec.address_attributes)
     evidence["notes"] = tuple(notes + gated)
-    desired = ApsisProfile(key=cid, attributes=attributes, consents=consents,
-                           tags=profile_tags(holds, spec.tag_profiles))
+    desired = ApsisProfile.owning(cid, attributes, consents, profile_tags(holds, spec.tag_profiles))
     desired = with_query_tags(desired, current, spec.query_tags)
     if linked and current is not None and fingerprint(desired) == fingerprint(current) and not obsolete:
         return Plan("unchanged", cid, desired=desired, current=current, **evidence)
