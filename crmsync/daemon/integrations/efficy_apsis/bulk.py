@@ -133,7 +133,7 @@ def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisP
                      post_remove, clear, tuple(per_profile_optouts))
 
 
-@dataclass
+@dataclass(slots=True)
 class LedgerEntry:
     """What the acknowledge stage needs of one imported contact (a tuple in the batch's ledger)."""
 
