@@ -490,12 +490,28 @@ def _fingerprint_json(profile: ApsisProfile) -> str:
 _json_text = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (ensure_ascii)
 
 
+# JSON texts of the config's attribute names (``"name":``), consent slots (``["topic","channel","kind"]``) and
+# tags (``"tag"``), each made once: a spec names a handful of each, and every fingerprint writes them
+_name_texts: dict[str, str] = {}
+_slot_texts: dict[tuple[str, str, str], str] = {}
+_tag_texts: dict[str, str] = {}
+
+
+def _remember(texts: dict[Any, str], key: Any, text: str) -> str:
+    if len(texts) > 4096:  # bounded whatever the data
+        texts.clear()
+    texts[key] = text
+    return text
+
+
 def _fingerprint_fast(profile: ApsisProfile) -> str | None:
     """The text of :func:`_fingerprint_json` built without the encoder (a bulk sync makes one per contact),
     or None when some value is of a type whose JSON form is left to ``json.dumps`` (floats, odd types)."""
     attributes = profile.attributes
     parts: list[str] = []
     for name in sorted(attributes):
+        if type(name) is not str:
+            return None
         value = attributes[name]
         if type(value) is str:
             cell = _json_text(value)
@@ -509,21 +525,29 @@ def _fingerprint_fast(profile: ApsisProfile) -> str | None:
             cell = int.__repr__(value)
         else:
             return None
-        if type(name) is not str:
-            return None
-        parts.append(f"{_json_text(name)}:{cell}")
+        head = _name_texts.get(name)
+        if head is None:
+            head = _remember(_name_texts, name, _json_text(name) + ":")
+        parts.append(head + cell)
     consents: list[tuple[str, str, str]] = []
     for ck, kind in profile.consents.items():
         if type(ck.topic) is not str or type(ck.channel) is not str or type(kind) is not str:
             return None
         consents.append((ck.topic, ck.channel, kind))
     consents.sort()  # as the lists [topic, channel, kind] sort
-    tags = sorted(profile.tags)
-    for tag in tags:
+    slots: list[str] = []
+    for slot in consents:
+        text = _slot_texts.get(slot)
+        if text is None:
+            text = _remember(_slot_texts, slot, f"[{_json_text(slot[0])},{_json_text(slot[1])},{_json_text(slot[2])}]")
+        slots.append(text)
+    tags: list[str] = []
+    for tag in sorted(profile.tags):
         if type(tag) is not str:
             return None
-    slots = ",".join(f"[{_json_text(t)},{_json_text(c)},{_json_text(k)}]" for t, c, k in consents)
-    return f'{{"attributes":{{{",".join(parts)}}},"consents":[{slots}],"tags":[{",".join(map(_json_text, tags))}]}}'
+        text = _tag_texts.get(tag)
+        tags.append(text if text is not None else _remember(_tag_texts, tag, _json_text(tag)))
+    return f'{{"attributes":{{{",".join(parts)}}},"consents":[{",".join(slots)}],"tags":[{",".join(tags)}]}}'
 
 
 def profile_from_fingerprint(key: str, text: str) -> ApsisProfile | None:
