@@ -4,6 +4,7 @@ for gives: :func:`link_not_before` per mapped profile, :func:`observe_contact`."
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +16,9 @@ from crmsync.connectors.efficy.records import EfficyContact
 from crmsync.daemon.integrations.efficy_apsis.rules import (
     ConsentRule,
     LinkObservation,
+    Plan,
     SyncSpec,
+    _new_plan,
     _observe,
     link_not_before,
     link_times,
@@ -109,3 +112,22 @@ def test_a_profile_made_owning_its_dicts_is_the_profile_made_by_copying(
     assert derived == ApsisProfile(key, attributes, consents, tags | {"new"})
     with pytest.raises(TypeError):
         derived.attributes["a"] = "changed"  # type: ignore[index]
+
+
+_evidence = st.fixed_dictionaries(
+    {"read_at": maybe_times, "observations": st.dictionaries(pids, observations, max_size=2),
+     "sightings": st.lists(st.tuples(pids, st.booleans()), max_size=2).map(tuple),
+     "merge_refused": st.none() | st.just("409"), "own_optouts": st.dictionaries(_slots, times, max_size=1)},
+    optional={"notes": st.lists(st.sampled_from(["a note", "another"]), max_size=2).map(tuple)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["skip", "unchanged", "write"]), _evidence, st.none() | st.just("stale_read"),
+       st.none() | st.builds(ApsisProfile, st.just("7")), st.none() | st.builds(ApsisProfile, st.just("7")))
+def test_a_plan_made_directly_is_the_plan_the_dataclass_makes(
+        action: str, evidence: dict[str, object], reason: str | None, desired: ApsisProfile | None,
+        current: ApsisProfile | None) -> None:
+    got = _new_plan(action, "7", dict(evidence), reason=reason, desired=desired, current=current)
+    want = Plan(action, "7", reason=reason, desired=desired, current=current, **evidence)  # type: ignore[arg-type]
+    assert got == want and repr(got) == repr(want)
+    assert list(vars(got)) == [f.name for f in fields(Plan)] == list(vars(want))  # every field, none more

@@ -708,9 +708,9 @@ def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None 
     else:
         reason = failed_condition(contact_fields(contact, spec.email_field), spec.conditions)
     if reason is not None:
-        return Plan("skip", cid, reason=reason, **evidence)
+        return _new_plan("skip", cid, evidence, reason=reason)
     if is_stale(contact.modified_at, written_version):
-        return Plan("skip", cid, reason="stale_read", current=current, **evidence)
+        return _new_plan("skip", cid, evidence, reason="stale_read", current=current)
     holds = contact.profile_ids or ()
     times = link_times(contact, (rule.profile_id for rule in spec.consents), spec.created_column)
     consents, obsolete = desired_consents(holds, spec.consents, optouts, link_changed_at=times,
@@ -723,6 +723,20 @@ def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None 
     desired = ApsisProfile.owning(cid, attributes, consents, profile_tags(holds, spec.tag_profiles))
     desired = with_query_tags(desired, current, spec.query_tags)
     if linked and current is not None and fingerprint(desired) == fingerprint(current) and not obsolete:
-        return Plan("unchanged", cid, desired=desired, current=current, **evidence)
-    return Plan("write", cid, desired=desired, current=current if linked else None,
-                obsolete_optouts=tuple(obsolete), **evidence)
+        return _new_plan("unchanged", cid, evidence, desired=desired, current=current)
+    return _new_plan("write", cid, evidence, desired=desired, current=current if linked else None,
+                     obsolete_optouts=tuple(obsolete))
+
+
+def _new_plan(action: str, contact_id: str, evidence: dict[str, Any], *, reason: str | None = None,
+              desired: ApsisProfile | None = None, current: ApsisProfile | None = None,
+              obsolete_optouts: tuple[OptOutRecord, ...] = ()) -> Plan:
+    """``Plan(action, contact_id, reason=..., ..., **evidence)`` without the frozen dataclass's per-field
+    ``__init__`` (one plan per contact): every field set, ``notes`` ``()`` unless the evidence gives them."""
+    plan = object.__new__(Plan)
+    plan.__dict__.update(action=action, contact_id=contact_id, reason=reason, desired=desired, current=current,
+                         obsolete_optouts=obsolete_optouts, read_at=evidence["read_at"],
+                         observations=evidence["observations"], sightings=evidence["sightings"],
+                         notes=evidence.get("notes", ()), merge_refused=evidence["merge_refused"],
+                         own_optouts=evidence["own_optouts"])
+    return plan
