@@ -5,7 +5,7 @@ for gives: :func:`link_not_before` per mapped profile, :func:`observe_contact`."
 from __future__ import annotations
 
 from dataclasses import fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -24,6 +24,7 @@ from crmsync.daemon.integrations.efficy_apsis.rules import (
     link_times,
     observe_contact,
     observe_link,
+    version_str,
 )
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -131,3 +132,14 @@ def test_a_plan_made_directly_is_the_plan_the_dataclass_makes(
     want = Plan(action, "7", reason=reason, desired=desired, current=current, **evidence)  # type: ignore[arg-type]
     assert got == want and repr(got) == repr(want)
     assert list(vars(got)) == [f.name for f in fields(Plan)] == list(vars(want))  # every field, none more
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.none() | st.integers(0, 3), st.booleans()), min_size=1, max_size=10))
+def test_a_version_text_is_the_times_isoformat(reads: list[tuple[int | None, bool]]) -> None:
+    """Repeated time objects, equal times as other objects (in another zone too), and None in between."""
+    shared = {s: T0 + timedelta(seconds=s) for s in range(4)}
+    for second, fresh in reads:
+        when = None if second is None else (
+            shared[second].astimezone(timezone(timedelta(hours=2))) if fresh else shared[second])
+        assert version_str(when) == (when.isoformat() if when is not None else None)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pickle
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -107,12 +107,16 @@ def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisP
     ``current`` is the last payload crmsync sent (None: never); ``seen`` is that view with the consents the
     opt-out check saw in APSIS (what ``check_apsis_optouts`` returns), which decides what is written.
     """
-    opted_out = {c.key for c in reported if c.type == OPT_OUT}
+    opted_out = {c.key for c in reported if c.type == OPT_OUT} if reported else _NO_SLOTS
     main: list[ConsentKey] = []
     resub: list[ConsentKey] = []
     outs: list[ConsentKey] = []
-    for ck, kind in sorted(desired.consents.items(), key=lambda kv: (kv[0].topic, kv[0].channel)):
-        if (seen is not None and seen.consents.get(ck) == kind) or ck in per_profile_optouts:
+    seen_consents = seen.consents if seen is not None else None
+    items: Iterable[tuple[ConsentKey, str]] = desired.consents.items()
+    if len(desired.consents) > 1:
+        items = sorted(items, key=_slot_order)
+    for ck, kind in items:
+        if (seen_consents is not None and seen_consents.get(ck) == kind) or ck in per_profile_optouts:
             continue
         if kind == OPT_OUT:
             outs.append(ck)
@@ -127,10 +131,23 @@ def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisP
     if not clear_in_import and current is not None:
         clear = tuple(sorted(a for a, v in desired.attributes.items()
                              if v is None and current.attributes.get(a) is not None))
-    in_file_add, in_file_remove = (tuple(sorted(add)), tuple(sorted(remove))) if tags_in_import else ((), ())
-    post_add, post_remove = ((), ()) if tags_in_import else (tuple(sorted(add)), tuple(sorted(remove)))
-    return ImportRow(tuple(main), tuple(resub), tuple(outs), in_file_add, in_file_remove, post_add,
-                     post_remove, clear, tuple(per_profile_optouts))
+    adding = tuple(sorted(add)) if add else ()
+    removing = tuple(sorted(remove)) if remove else ()
+    in_file_add, in_file_remove = (adding, removing) if tags_in_import else ((), ())
+    post_add, post_remove = ((), ()) if tags_in_import else (adding, removing)
+    # ImportRow(...) without the frozen dataclass's per-field __init__ (one row per written contact)
+    row = object.__new__(ImportRow)
+    row.__dict__.update(main_slots=tuple(main), resubscribe_slots=tuple(resub), optout_slots=tuple(outs),
+                        add_tags=in_file_add, remove_tags=in_file_remove, post_add_tags=post_add,
+                        post_remove_tags=post_remove, post_clear=clear, post_optouts=tuple(per_profile_optouts))
+    return row
+
+
+_NO_SLOTS: frozenset[ConsentKey] = frozenset()
+
+
+def _slot_order(item: tuple[ConsentKey, str]) -> tuple[str, str]:
+    return item[0].topic, item[0].channel
 
 
 @dataclass(slots=True)

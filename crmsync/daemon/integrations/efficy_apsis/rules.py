@@ -561,8 +561,19 @@ def profile_from_fingerprint(key: str, text: str) -> ApsisProfile | None:
         return None
 
 
+_last_version: tuple[datetime | None, str | None] = (None, None)
+
+
 def version_str(version: datetime | None) -> str | None:
-    return version.isoformat() if version is not None else None
+    """The text stored for an Efficy modification time (``isoformat``). A page's rows with the same time
+    share one object (the reader parses each text once a page): its text is made once too."""
+    global _last_version
+    last = _last_version
+    if version is last[0]:
+        return last[1]
+    text = version.isoformat() if version is not None else None
+    _last_version = (version, text)
+    return text
 
 
 def is_stale(contact_version: datetime | None, written_version: str | None) -> bool:
