@@ -20,10 +20,12 @@ from crmsync.daemon.integrations.efficy_apsis.rules import (
     SyncSpec,
     _new_plan,
     _observe,
+    _upper_case_names,
     link_not_before,
     link_times,
     observe_contact,
     observe_link,
+    profile_tags,
     version_str,
 )
 
@@ -69,7 +71,40 @@ def test_observing_with_the_specs_profile_ids_is_observe_contact(
         contact: EfficyContact, spec: SyncSpec, previous: dict[str, LinkObservation],
         read_at: datetime | None) -> None:
     assert _observe(contact, spec.observed_profile_ids, previous, read_at) == \
-        observe_contact(contact, spec.consents, previous, read_at)
+        observe_contact(contact, spec.consents, previous, read_at) == \
+        observe_contact_definition(contact, spec.consents, previous, read_at)
+
+
+def observe_contact_definition(contact: EfficyContact, rules: tuple[ConsentRule, ...],
+                               previous: dict[str, LinkObservation], read_at: datetime | None
+                               ) -> tuple[dict[str, LinkObservation], tuple[tuple[str, bool], ...]]:
+    """observe_contact as first written: every mapped CRM Profile, sorted, through observe_link."""
+    out = dict(previous)
+    if contact.profile_ids is None or read_at is None:
+        return out, ()
+    sightings = []
+    for pid in sorted({rule.profile_id for rule in rules}):
+        present = contact.has_profile(pid)
+        out[pid] = observe_link(previous.get(pid), present, read_at)
+        sightings.append((pid, present))
+    return out, tuple(sightings)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["NAME", "name", "Name", "EMAIL1", "D_CREATE", "É", "é", "ß", "K1"]),
+                          st.integers(0, 3)), max_size=6))
+def test_upper_case_names_is_whether_upper_casing_changes_nothing(items: list[tuple[str, int]]) -> None:
+    fields = dict(items)
+    upper = {k.upper(): v for k, v in fields.items()}
+    same = list(upper.items()) == list(fields.items())
+    assert _upper_case_names(fields) == same
+    assert _upper_case_names(dict(fields)) == same  # asked again (remembered)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(pids, max_size=3), st.dictionaries(st.sampled_from(["vip", "gold"]), pids, max_size=2))
+def test_profile_tags_are_the_tags_of_held_profiles(holds: list[str], tag_profiles: dict[str, str]) -> None:
+    assert profile_tags(holds, tag_profiles) == frozenset(t for t, pid in tag_profiles.items() if pid in holds)
 
 
 @settings(max_examples=300, deadline=None)

@@ -431,12 +431,14 @@ def _observe(contact: EfficyContact, profile_ids: Sequence[str], previous: Mappi
              read_at: datetime | None) -> tuple[dict[str, LinkObservation], tuple[tuple[str, bool], ...]]:
     """:func:`observe_contact` with the mapped CRM Profile ids given sorted (a spec makes them once)."""
     out = dict(previous)
-    if contact.profile_ids is None or read_at is None:
+    held = contact.profile_ids
+    if held is None or read_at is None:
         return out, ()
     sightings = []
     for pid in profile_ids:
-        present = contact.has_profile(pid)
-        out[pid] = observe_link(previous.get(pid), present, read_at)
+        present = str(pid) in held  # contact.has_profile(pid)
+        before = previous.get(pid)
+        out[pid] = _first_sighting(present, read_at) if before is None else observe_link(before, present, read_at)
         sightings.append((pid, present))
     return out, tuple(sightings)
 
@@ -453,6 +455,8 @@ def optin_candidates(desired: Mapping[ConsentKey, str], current: ApsisProfile | 
 
 def profile_tags(holds: Iterable[str], tag_profiles: Mapping[str, str]) -> frozenset[str]:
     """Tags a contact gets from the CRM Profiles it holds (tag -> profile id)."""
+    if not tag_profiles:
+        return frozenset()
     held = set(holds)
     return frozenset(tag for tag, pid in tag_profiles.items() if pid in held)
 
@@ -707,8 +711,10 @@ def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None 
     seen, sightings = _observe(contact, spec.observed_profile_ids, known.observations, read_at)
     evidence: dict[str, Any] = {"read_at": read_at, "observations": seen, "sightings": sightings,
                                 "merge_refused": known.merge_refused, "own_optouts": dict(known.own_optouts)}
-    # the contact's columns by UPPER-CASE name, made once for the conditions, the mapping and the region
-    upper = {k.upper(): v for k, v in contact.fields.items()}
+    # the contact's columns by UPPER-CASE name, made once for the conditions, the mapping and the region (read
+    # only): the contact's own fields when every name is upper-case already (as a page's reader makes them)
+    fields = contact.fields
+    upper = fields if _upper_case_names(fields) else {k.upper(): v for k, v in fields.items()}
     if len(upper) == len(contact.fields):  # no two columns differ by case only: same as contact_fields
         tested = dict(upper)
         tested["K_CONTACT"] = int(cid) if cid.isdigit() else cid
@@ -737,6 +743,21 @@ def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None 
         return _new_plan("unchanged", cid, evidence, desired=desired, current=current)
     return _new_plan("write", cid, evidence, desired=desired, current=current if linked else None,
                      obsolete_optouts=tuple(obsolete))
+
+
+_upper_layouts: dict[tuple[Any, ...], bool] = {}  # column names -> all upper-case already (a page's rows share one)
+
+
+def _upper_case_names(fields: Mapping[str, Any]) -> bool:
+    """Whether every column name of ``fields`` is its own upper case (``{k.upper(): v}`` would be the same
+    mapping), decided once per set of column names."""
+    names = tuple(fields)
+    known = _upper_layouts.get(names)
+    if known is None:
+        if len(_upper_layouts) > 256:  # bounded whatever the data
+            _upper_layouts.clear()
+        known = _upper_layouts[names] = all(name.upper() == name for name in names)
+    return known
 
 
 def _new_plan(action: str, contact_id: str, evidence: dict[str, Any], *, reason: str | None = None,
