@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crmsync.connectors.apsis.records import CHANNEL_EMAIL, CHANNEL_SMS, ApsisProfile, Consent, ConsentKey
-from crmsync.daemon.integrations.efficy_apsis.bulk import ImportRow, import_row
+from crmsync.daemon.integrations.efficy_apsis.bulk import ImportRow, addressed, import_row
 from crmsync.daemon.integrations.efficy_apsis.rules import OPT_IN, OPT_OUT
 
 
@@ -47,7 +47,7 @@ def import_row_definition(desired: ApsisProfile, current: ApsisProfile | None, s
 slots = st.builds(ConsentKey, st.sampled_from(["news", "offers", "b"]), st.sampled_from([CHANNEL_EMAIL, CHANNEL_SMS]))
 kinds = st.sampled_from([OPT_IN, OPT_OUT])
 tags = st.frozensets(st.sampled_from(["vip", "gold", "q1", "other"]))
-attributes = st.dictionaries(st.sampled_from(["a", "b", "c"]), st.none() | st.just("x"))
+attributes = st.dictionaries(st.sampled_from(["a", "b", "c"]), st.none() | st.sampled_from(["x", ""]))
 profiles = st.builds(ApsisProfile, st.just("7"), attributes, st.dictionaries(slots, kinds, max_size=4), tags)
 reports = st.lists(st.builds(lambda ck, kind: Consent(ck.topic, ck.channel, kind), slots,
                              st.sampled_from([OPT_IN, OPT_OUT, "pending"])), max_size=3)
@@ -66,3 +66,32 @@ def test_import_row_places_every_write_as_its_definition(
     want = import_row_definition(desired, current, seen, reported, **kwargs)  # type: ignore[arg-type]
     assert got == want and repr(got) == repr(want)
     assert list(vars(got)) == list(vars(want))
+
+
+ADDRESSES = {CHANNEL_EMAIL: "a", CHANNEL_SMS: "b"}
+
+
+def addressed_definition(desired: ApsisProfile, current: ApsisProfile | None
+                         ) -> tuple[ApsisProfile, tuple[ConsentKey, ...]]:
+    """addressed as first written: consents on channels without an address left out, except an opt-out
+    where crmsync last sent an opt-in (kept, and written per profile)."""
+    keep: dict[ConsentKey, str] = {}
+    per_profile: list[ConsentKey] = []
+    for ck, kind in desired.consents.items():
+        if desired.attributes.get(ADDRESSES.get(ck.channel, "")):
+            keep[ck] = kind
+        elif kind == OPT_OUT and current is not None and current.consents.get(ck) == OPT_IN:
+            keep[ck] = kind
+            per_profile.append(ck)
+    if len(keep) == len(desired.consents):
+        return desired, tuple(per_profile)
+    return ApsisProfile(desired.key, desired.attributes, keep, desired.tags), tuple(per_profile)
+
+
+@settings(max_examples=500, deadline=None)
+@given(profiles, st.none() | profiles)
+def test_addressed_is_its_definition(desired: ApsisProfile, current: ApsisProfile | None) -> None:
+    got, got_slots = addressed(desired, current, ADDRESSES)
+    want, want_slots = addressed_definition(desired, current)
+    assert got == want and got_slots == want_slots
+    assert (got is desired) == (want is desired)  # the profile itself when nothing is left out

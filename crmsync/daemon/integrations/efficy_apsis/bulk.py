@@ -86,6 +86,12 @@ def addressed(desired: ApsisProfile, current: ApsisProfile | None, address_attri
     One exception, since an opt-out always travels: an opt-out on a slot where crmsync last sent an opt-in
     is kept, and returned as a slot to write per profile after the import (the import cannot carry it).
     """
+    attributes = desired.attributes
+    for ck in desired.consents:
+        if not attributes.get(address_attributes.get(ck.channel, "")):
+            break
+    else:  # every consent has its address (the usual profile): the loop below would keep them all
+        return desired, ()
     keep: dict[ConsentKey, str] = {}
     per_profile: list[ConsentKey] = []
     for ck, kind in desired.consents.items():
