@@ -15,12 +15,19 @@ Printed beside each target: APSIS calls per profile (<= 0.01), daemon CPU per re
 shared and noisy; the figures go to bench/README.md.
 
     .venv/bin/python bench/full_sync.py [--sizes 10000,100000] [--with-1m] [--latency 0.02] [--sessions 1]
+
+Profiling: ``BENCH_DAEMON_CMD``, when set, is a command prefix (e.g. a profiler wrapper such as
+``.venv/bin/py-spy record -r 500 -f raw --threads -o sync.txt --``) put before the sync process's own
+command line (``python bench/efficy_apsis_procs.py sync ...``); the simulators and the read floor run as
+without it. A sampling profiler slows the sync down, so read its CPU figures as the profiled run's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -34,9 +41,11 @@ HERE = Path(__file__).resolve().parent
 PROCS = [sys.executable, str(HERE / "efficy_apsis_procs.py")]
 
 
-def _run_json(args: list[str]) -> dict[str, Any]:
-    out = subprocess.run(PROCS + args, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def _run_json(args: list[str], prefix: list[str] | None = None) -> dict[str, Any]:
+    out = subprocess.run([*(prefix or []), *PROCS, *args], check=True, capture_output=True, text=True).stdout
+    # the process's own answer is its last JSON line (a wrapper such as a profiler may print after it)
+    lines = [line for line in out.strip().splitlines() if line.startswith("{")]
+    return json.loads(lines[-1])
 
 
 class Simulators:
@@ -77,7 +86,8 @@ def measure(contacts: int, latency: float, *, threshold: int = 1, page_size: int
         floor = _run_json(["page-through", *common])
         apsis_before = stats(urls["apsis"])
         efficy_before = stats(urls["efficy"])
-        result = _run_json(["sync", *common, "--threshold", str(threshold)])
+        wrapper = shlex.split(os.environ.get("BENCH_DAEMON_CMD", ""))  # e.g. a profiler (module docstring)
+        result = _run_json(["sync", *common, "--threshold", str(threshold)], wrapper)
         apsis_after = stats(urls["apsis"])
         efficy_after = stats(urls["efficy"])
     result.update(

@@ -119,6 +119,7 @@ class ImportFileWriter:
         self.bytes = len(header)
         self.rows = 0
         self._slot_index = {ck: i for i, ck in enumerate(layout.slots)}
+        self._no_slots = ["0"] * len(layout.slots)
         self._tag_index = {t: i for i, t in enumerate(layout.tags)}
         self._pending: list[bytes] = []
 
@@ -137,14 +138,13 @@ class ImportFileWriter:
         if self.rows >= self.max_rows:
             return False
         layout = self.layout
-        consent_cells = ["0"] * len(layout.slots)
-        for ck in slots:
-            consent_cells[self._slot_index[ck]] = "1"
         cells = [key]
-        for name in layout.attributes:
-            value = attributes.get(name)
-            cells.append(value if type(value) is str else import_cell(value))
-        cells += consent_cells
+        cells += [value if type(value) is str else import_cell(value)
+                  for value in map(attributes.get, layout.attributes)]
+        first = len(cells)  # the consent cells: "0" unless the row's slots say "1"
+        cells += self._no_slots
+        for ck in slots:
+            cells[first + self._slot_index[ck]] = "1"
         if layout.tags:
             tag_cells = [""] * len(layout.tags)
             ts = layout.tag_settings

@@ -133,6 +133,26 @@ class ApsisProfile:
             if kind not in WRITABLE_CONSENT_TYPES:
                 raise ValueError(f"consent {ck.topic}/{ck.channel}: {kind!r} cannot be written via the API")
 
+    @classmethod
+    def owning(cls, key: str, attributes: Mapping[str, Any], consents: Mapping[ConsentKey, str],
+               tags: Iterable[str] = frozenset()) -> ApsisProfile:
+        """``ApsisProfile(key, attributes, consents, tags)`` for a caller that hands over ``attributes`` and
+        ``consents`` and never touches them again (the plan of every contact builds its own): the same checks
+        and value, without copying the two dicts. Give each as a dict of the caller's own, or as another
+        profile's ``attributes`` / ``consents`` (read-only views of dicts no one else holds): those are shared
+        as they are."""
+        if not key:
+            raise ValueError("an APSIS profile needs a non-empty key")
+        for ck, kind in consents.items():
+            if kind not in WRITABLE_CONSENT_TYPES:
+                raise ValueError(f"consent {ck.topic}/{ck.channel}: {kind!r} cannot be written via the API")
+        profile = object.__new__(cls)
+        profile.__dict__.update(
+            key=key, attributes=attributes if type(attributes) is MappingProxyType else MappingProxyType(attributes),
+            consents=consents if type(consents) is MappingProxyType else MappingProxyType(consents),
+            tags=tags if type(tags) is frozenset else frozenset(tags))
+        return profile
+
 
 @dataclass(frozen=True)
 class AttributeDefinition:

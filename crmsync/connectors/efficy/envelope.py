@@ -160,9 +160,11 @@ def scalar_result(func_result: Mapping[str, Any]) -> Any:
 
 def normalise_key(value: Any) -> str | None:
     """Efficy keys arrive as numbers, numeric strings or floats (SDKs parseFloat them); return ``"12345"``."""
-    if type(value) is str and len(value) <= 15 and value.isdigit() and value.isascii() \
-            and (value[0] != "0" or len(value) == 1):
-        return value  # already canonical ("12345"): what the float round trip below gives back, exactly
+    if type(value) is int:  # the usual key (what the steps below give it)
+        return str(value)
+    if type(value) is str and 0 < len(value) <= 15 and value.isascii() and value.isdigit() and \
+            (value[0] != "0" or len(value) == 1):
+        return value  # a canonical decimal key: float() reads it exactly (15 digits < 2**53), so it stays
     if value is None or value == "":
         return None
     if isinstance(value, bool):

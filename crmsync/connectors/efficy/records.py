@@ -118,10 +118,14 @@ class EfficyContact:
             pid = normalise_key(key)
             if pid is not None and pid in ids and when is not None:
                 times[pid] = when
-        return EfficyContact(
-            self.contact_id, self.email, self.first_name, self.last_name, self.fields, ids, self.modified_at,
-            times,
-        )
+        # the same fields but these two, copied without the frozen dataclass's __init__ (one setattr a
+        # field): the client makes one such copy per contact it reads with its profiles
+        copy = object.__new__(EfficyContact)
+        values = copy.__dict__
+        values.update(self.__dict__)
+        values["profile_ids"] = ids
+        values["profile_changed_at"] = times
+        return copy
 
 
 @dataclass(frozen=True)
@@ -234,8 +238,14 @@ def _text(value: Any) -> str | None:
 
 def normalise_profile_ids(profile_ids: Iterable[Any]) -> tuple[str, ...]:
     """Profile keys as sorted unique strings (Efficy sends them as numbers or numeric strings)."""
-    keys = {k for k in (normalise_key(p) for p in profile_ids) if k is not None}
-    return tuple(sorted(keys, key=lambda k: (len(k), k)))
+    keys = {k for p in profile_ids if (k := normalise_key(p)) is not None}
+    if len(keys) < 2:
+        return tuple(keys)
+    return tuple(sorted(keys, key=_numeric_order))
+
+
+def _numeric_order(key: str) -> tuple[int, str]:
+    return len(key), key
 
 
 def contact_from_row(row: Mapping[str, Any], profile_ids: Iterable[Any] | None = None, *,
@@ -285,10 +295,14 @@ def contacts_from_rows(rows: Iterable[Mapping[str, Any]], *, types: FieldTypes =
             raise ValueError("Efficy contact row without K_CONTACT")
         fields = {column: read(values[column]) for column, read in layout.readers}
         changed = fields.get(CHANGED_FIELD)
-        out.append(EfficyContact(
-            contact_id, _text(values.get(email_column)), _text(values.get(FIRST_NAME_FIELD)),
-            _text(values.get(LAST_NAME_FIELD)), fields, None,
-            changed if isinstance(changed, datetime) else None))
+        # what EfficyContact(...) makes, without the frozen dataclass's per-field __init__ (one per row)
+        contact = object.__new__(EfficyContact)
+        contact.__dict__.update(
+            contact_id=contact_id, email=_text(values.get(email_column)),
+            first_name=_text(values.get(FIRST_NAME_FIELD)), last_name=_text(values.get(LAST_NAME_FIELD)),
+            fields=fields, profile_ids=None, modified_at=changed if isinstance(changed, datetime) else None,
+            profile_changed_at={})
+        out.append(contact)
     return out
 
 
@@ -336,9 +350,14 @@ def _reader(kind: FieldType | None, tz: tzinfo) -> Callable[[Any], FieldValue]:
     if kind == "str":
         return lambda value: None if value is None else str(value)
 
+    seen_dates: dict[str, datetime | None] = {}  # untyped date columns repeat too (zero dates above all)
+
     def read_untyped(value: Any) -> FieldValue:
-        if type(value) is str and value and not (value[0].isdigit() or value[0].isspace()):
-            return value  # the usual text value, tested first: what the steps below give it
+        if type(value) is str:
+            if not value:
+                return None  # an empty cell (what the steps below give it)
+            if not (value[0].isdigit() or value[0].isspace()):
+                return value  # the usual text value, tested first: what the steps below give it
         if value is None or isinstance(value, bool | int | float):
             return value
         text = value if type(value) is str else str(value)
@@ -347,7 +366,13 @@ def _reader(kind: FieldType | None, tz: tzinfo) -> Callable[[Any], FieldValue]:
         if not (text[0].isdigit() or text[0].isspace()):
             return text  # cannot be a date (_DATE_RE starts with a digit, after optional spaces)
         if _DATE_RE.match(text.strip()):
-            return parse_datetime(text, tz=tz)  # None for the zero date
+            try:
+                return seen_dates[text]
+            except KeyError:
+                if len(seen_dates) > 4096:
+                    seen_dates.clear()
+                parsed = seen_dates[text] = parse_datetime(text, tz=tz)  # None for the zero date
+                return parsed
         return text
     return read_untyped
 

@@ -133,3 +133,42 @@ def test_fast_csv_line_is_the_csv_writers_line_or_declines(values: list[str]) ->
         assert fast == buf.getvalue().encode("utf-8")
     elif values and not any(ch in "".join(values) for ch in ',"\r\n') and (len(values) > 1 or values[0]):
         raise AssertionError(f"declined a line that needs no quoting: {values!r}")
+
+
+# -- a file's rows are the layout's cells (the reference: the module docstring's column layout) ----------
+
+SMS = ConsentKey("usercreated.topics.offers-d4e5f6", "com.apsis1.channels.sms")
+_ROW_LAYOUT = ImportLayout("opt-in", False, (ATTR_CRMID, ATTR_EMAIL, "mobile"), (NEWS, SMS), (PROSPECT, VIP))
+_attribute_values = st.none() | st.booleans() | st.integers(-5, 5) | st.text(
+    alphabet=st.sampled_from([*'ab ,"\n1é']), max_size=5)
+_rows = st.tuples(
+    st.text(alphabet="0123456789", min_size=1, max_size=4),
+    st.dictionaries(st.sampled_from([ATTR_CRMID, ATTR_EMAIL, "mobile", "other"]), _attribute_values),
+    st.lists(st.sampled_from([NEWS, SMS]), unique=True),
+    st.sets(st.sampled_from([PROSPECT, VIP])), st.sets(st.sampled_from([PROSPECT, VIP])))
+
+
+def _reference_cells(key: str, attributes: dict[str, object], slots: list[ConsentKey], add: set[str],
+                     remove: set[str]) -> list[str]:
+    def cell(value: object) -> str:
+        return "" if value is None else ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+    tags = _ROW_LAYOUT.tag_settings
+    return ([key] + [cell(attributes.get(a)) for a in _ROW_LAYOUT.attributes]
+            + ["1" if ck in slots else "0" for ck in _ROW_LAYOUT.slots]
+            + [tags.add_cell if t in add else tags.remove_cell if t in remove else "" for t in _ROW_LAYOUT.tags])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_rows, max_size=5))
+def test_a_files_rows_are_the_layouts_cells(rows: list[tuple[str, dict[str, object], list[ConsentKey],
+                                                             set[str], set[str]]]) -> None:
+    writer = ImportFileWriter(_ROW_LAYOUT, max_bytes=10**6, max_rows=100)
+    expected = io.StringIO()
+    out = csv.writer(expected, lineterminator="\n")
+    out.writerow(_ROW_LAYOUT.header())
+    for key, attributes, slots, add, remove in rows:
+        assert writer.add(key, attributes, slots, sorted(add), sorted(remove - add))
+        out.writerow(_reference_cells(key, attributes, slots, add, remove - add))
+    assert writer.file().read() == expected.getvalue().encode("utf-8")
+    writer.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crmsync.connectors.efficy.envelope import dataset, find_error, normalise_key
 from crmsync.connectors.efficy.paging import decode_position, encode_position
@@ -13,6 +15,7 @@ from crmsync.connectors.efficy.records import (
     FieldTypes,
     contact_from_row,
     contacts_from_rows,
+    normalise_profile_ids,
     parse_datetime,
     parse_flag,
     parse_number,
@@ -153,3 +156,87 @@ def test_positions_round_trip_and_reject_garbage() -> None:
     for bad in ("10042", "efficy-k1:abc", "efficy-k1:-5", "other:1"):
         with pytest.raises(ValueError):
             decode_position(bad)
+
+
+# -- a contact with its CRM Profiles: the same value as one built whole -----------------------------------
+
+_keys = st.sampled_from(["3", "10", "2", " 7 ", "", "x", "1e3", "1_0"]) | st.integers(-3, 12) | st.sampled_from(
+    [2.0, 2.5, None, True])
+_when = st.none() | st.sampled_from([datetime(2024, 1, 1, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC)])
+
+
+def _reference_ids(profile_ids: list[object]) -> tuple[str, ...]:
+    """The definition: every key normalised, unique, in numeric order (shorter first, then by text)."""
+    keys = {normalise_key(p) for p in profile_ids} - {None}
+    return tuple(sorted((k for k in keys if k is not None), key=lambda k: (len(k), k)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_keys, max_size=5), st.dictionaries(_keys, _when, max_size=4), st.booleans())
+def test_with_profiles_is_the_contact_built_with_them(profile_ids: list[object],
+                                                      changed_at: dict[object, datetime | None],
+                                                      modified: bool) -> None:
+    base = EfficyContact("42", "a@example.com", "Jane", None, {"NAME": "Doe"}, ("9",),
+                         datetime(2024, 5, 1, tzinfo=UTC) if modified else None, {"9": datetime(2020, 1, 1)})
+    ids = _reference_ids(profile_ids)
+    assert normalise_profile_ids(profile_ids) == ids
+    times = {}
+    for key, when in changed_at.items():
+        pid = normalise_key(key)
+        if pid is not None and pid in ids and when is not None:
+            times[pid] = when
+    got = base.with_profiles(profile_ids, changed_at)
+    want = EfficyContact(base.contact_id, base.email, base.first_name, base.last_name, base.fields, ids,
+                         base.modified_at, times)
+    assert got == want and hash(got) == hash(want) and repr(got) == repr(want)
+    assert type(got.profile_ids) is tuple and base.profile_ids == ("9",)  # the original is left as it was
+
+
+# -- fast paths hold their definitions -----------------------------------------------------------------------
+
+def _normalise_key_definition(value: object) -> str | None:
+    """normalise_key as first written (every value through the same steps): the reference."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else str(value)
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text or None
+    return str(int(number)) if number.is_integer() and "_" not in text else text
+
+
+_key_values = (st.integers() | st.text(alphabet=st.sampled_from([*"0123456789", " ", "_", "-", "+", ".", "e",
+                                                                  "\u0662", "\u00b2", "x"]), max_size=20)
+               | st.integers(min_value=0).map(str) | st.integers(min_value=0).map(lambda i: "0" + str(i))
+               | st.floats(allow_nan=False, allow_infinity=False) | st.booleans() | st.none())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_key_values)
+def test_normalise_key_is_its_definition(value: object) -> None:
+    assert normalise_key(value) == _normalise_key_definition(value)
+
+
+_cell_values = st.sampled_from(["1899-12-30T00:00:00", "2024-03-14T09:00:00", " 2024-03-14 ", "2024-03-14",
+                                "2024-13-45", "2024-03-14T09:00:00Z", "", "  ", "12", "abc", "0470", None, 3,
+                                2.5, True])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.fixed_dictionaries({"BIRTHDATE": _cell_values, "CUSTOM": _cell_values, "NAME": _cell_values,
+                                       "D_CHANGE": _cell_values}), min_size=1, max_size=8))
+def test_a_page_with_repeated_untyped_dates_is_typed_like_row_by_row(cells: list[dict[str, object]]) -> None:
+    rows = [{"K_CONTACT": 100 + i, **row} for i, row in enumerate(cells)]
+    tz = timezone(timedelta(hours=-3))
+    expected = [contact_from_row(r, tz=tz) for r in rows]
+    got = contacts_from_rows(rows, tz=tz)
+    assert got == expected
+    assert [[type(v) for v in c.fields.values()] for c in got] == \
+        [[type(v) for v in c.fields.values()] for c in expected]

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crmsync.connectors.apsis.records import CHANNEL_EMAIL, CHANNEL_SMS, ApsisProfile, ConsentKey
+from crmsync.daemon.integrations.efficy_apsis import rules
 from crmsync.daemon.integrations.efficy_apsis.rules import fingerprint, profile_from_fingerprint
 
 
@@ -47,3 +48,18 @@ def test_a_demo_profile_reads_back_to_the_same_text() -> None:
     assert text == dumps_text(profile)
     back = profile_from_fingerprint("7", text)
     assert back is not None and fingerprint(back) == text
+
+
+def test_the_same_text_as_name_topic_kind_and_tag_and_more_names_than_remembered() -> None:
+    """The direct writer remembers the JSON text of names, slots and tags (bounded): one string in every role,
+    and more distinct ones than it keeps, still give json.dumps's text."""
+    for word in ("name", "opt-in", 'q"uote', "é"):
+        profile = ApsisProfile("1", {word: word, "x": None}, {ConsentKey(word, word): "opt-in",
+                                                              ConsentKey("t", CHANNEL_SMS): "opt-out"},
+                               frozenset({word, "opt-in"}))
+        assert fingerprint(profile) == dumps_text(profile)
+    for i in range(10_000):
+        profile = ApsisProfile("1", {f"attr{i}": i, "n": f"v{i}"}, {ConsentKey(f"topic{i}", CHANNEL_EMAIL): "opt-in"},
+                               frozenset({f"tag{i}", "vip"}))
+        assert fingerprint(profile) == dumps_text(profile), i
+    assert max(len(rules._name_texts), len(rules._slot_texts), len(rules._tag_texts)) <= 4097  # memory bounded

@@ -139,3 +139,34 @@ def _sightings_alone_and_by_page(tmp_path: Path, ids: list[str], plans: list[Pla
             "ORDER BY contact_id, profile_id").fetchall()))
         db.close()
     return results
+
+
+def test_written_many_stores_what_written_stores_profile_by_profile(tmp_path: Path) -> None:
+    """A batch's links and fingerprints (one DELETE per chunk of keys) equal ``written`` one profile at a time:
+    a profile linked to another contact loses that link, whatever the chunk it falls in."""
+    ids = [str(50_000 + i) for i in range(1_200)]  # more keys than one IN (...) chunk
+    batch = ids[::2] + ids[5:9]  # some keys twice
+    now = "2026-01-02T00:00:00+00:00"
+
+    def seed(c: sqlite3.Connection) -> None:
+        _seed(c, ids)
+        for i, cid in enumerate(ids):
+            if i % 4 != 1:  # another contact holds this profile key (a merged or renumbered contact)
+                q.put_link(c, NAME, f"old-{cid}", cid, "then")
+            if i % 11 == 0:
+                q.put_link(c, "other", f"old-{cid}", cid, "then")  # another integration: left alone
+
+    results = []
+    for name, write in (
+            ("alone", lambda c: [store.written(NAME, ApsisProfile(k, {"crmid": k}), "v1", now)(c) for k in batch]),
+            ("many", store.written_many(NAME, [(k, fingerprint(ApsisProfile(k, {"crmid": k})), "v1")
+                                               for k in batch], now))):
+        db = Database.open_sync(tmp_path / f"{name}.db")
+        db.tx_sync(seed)
+        db.tx_sync(write)
+        results.append(db.tx_sync(lambda c: (
+            c.execute("SELECT * FROM links ORDER BY integration, crm_id").fetchall(),
+            c.execute("SELECT * FROM fingerprints ORDER BY integration, record_key").fetchall())))
+        db.close()
+    assert results[0] == results[1]
+    assert any(row[1].startswith("old-") for row in results[1][0])  # kept: keys not in the batch, other integration

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pickle
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -37,6 +37,7 @@ from crmsync.daemon.integrations.efficy_apsis.rules import OPT_IN, OPT_OUT, OptO
 MAIN, RESUBSCRIBE, OPTOUT = 0, 1, 2
 ROW_RESERVE = 1_000_000  # bytes kept free in every file of a batch for the next row
 FILE_NAMES = ("opt-in", "re-subscribe", "opt-out")
+_MAIN_ONLY = (MAIN,)
 
 
 class ReportedConsents:
@@ -58,7 +59,7 @@ def with_query_membership(desired: ApsisProfile, query_tags: frozenset[str], mem
     tags = (desired.tags - query_tags) | (member_of & query_tags)
     if tags == desired.tags:
         return desired
-    return ApsisProfile(desired.key, desired.attributes, desired.consents, tags)
+    return ApsisProfile.owning(desired.key, desired.attributes, desired.consents, tags)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,12 @@ def addressed(desired: ApsisProfile, current: ApsisProfile | None, address_attri
     One exception, since an opt-out always travels: an opt-out on a slot where crmsync last sent an opt-in
     is kept, and returned as a slot to write per profile after the import (the import cannot carry it).
     """
+    attributes = desired.attributes
+    for ck in desired.consents:
+        if not attributes.get(address_attributes.get(ck.channel, "")):
+            break
+    else:  # every consent has its address (the usual profile): the loop below would keep them all
+        return desired, ()
     keep: dict[ConsentKey, str] = {}
     per_profile: list[ConsentKey] = []
     for ck, kind in desired.consents.items():
@@ -95,7 +102,7 @@ def addressed(desired: ApsisProfile, current: ApsisProfile | None, address_attri
             per_profile.append(ck)
     if len(keep) == len(desired.consents):
         return desired, tuple(per_profile)
-    return ApsisProfile(desired.key, desired.attributes, keep, desired.tags), tuple(per_profile)
+    return ApsisProfile.owning(desired.key, desired.attributes, keep, desired.tags), tuple(per_profile)
 
 
 def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisProfile | None,
@@ -106,12 +113,16 @@ def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisP
     ``current`` is the last payload crmsync sent (None: never); ``seen`` is that view with the consents the
     opt-out check saw in APSIS (what ``check_apsis_optouts`` returns), which decides what is written.
     """
-    opted_out = {c.key for c in reported if c.type == OPT_OUT}
+    opted_out = {c.key for c in reported if c.type == OPT_OUT} if reported else _NO_SLOTS
     main: list[ConsentKey] = []
     resub: list[ConsentKey] = []
     outs: list[ConsentKey] = []
-    for ck, kind in sorted(desired.consents.items(), key=lambda kv: (kv[0].topic, kv[0].channel)):
-        if (seen is not None and seen.consents.get(ck) == kind) or ck in per_profile_optouts:
+    seen_consents = seen.consents if seen is not None else None
+    items: Iterable[tuple[ConsentKey, str]] = desired.consents.items()
+    if len(desired.consents) > 1:
+        items = sorted(items, key=_slot_order)
+    for ck, kind in items:
+        if (seen_consents is not None and seen_consents.get(ck) == kind) or ck in per_profile_optouts:
             continue
         if kind == OPT_OUT:
             outs.append(ck)
@@ -126,13 +137,26 @@ def import_row(desired: ApsisProfile, current: ApsisProfile | None, seen: ApsisP
     if not clear_in_import and current is not None:
         clear = tuple(sorted(a for a, v in desired.attributes.items()
                              if v is None and current.attributes.get(a) is not None))
-    in_file_add, in_file_remove = (tuple(sorted(add)), tuple(sorted(remove))) if tags_in_import else ((), ())
-    post_add, post_remove = ((), ()) if tags_in_import else (tuple(sorted(add)), tuple(sorted(remove)))
-    return ImportRow(tuple(main), tuple(resub), tuple(outs), in_file_add, in_file_remove, post_add,
-                     post_remove, clear, tuple(per_profile_optouts))
+    adding = tuple(sorted(add)) if add else ()
+    removing = tuple(sorted(remove)) if remove else ()
+    in_file_add, in_file_remove = (adding, removing) if tags_in_import else ((), ())
+    post_add, post_remove = ((), ()) if tags_in_import else (adding, removing)
+    # ImportRow(...) without the frozen dataclass's per-field __init__ (one row per written contact)
+    row = object.__new__(ImportRow)
+    row.__dict__.update(main_slots=tuple(main), resubscribe_slots=tuple(resub), optout_slots=tuple(outs),
+                        add_tags=in_file_add, remove_tags=in_file_remove, post_add_tags=post_add,
+                        post_remove_tags=post_remove, post_clear=clear, post_optouts=tuple(per_profile_optouts))
+    return row
 
 
-@dataclass
+_NO_SLOTS: frozenset[ConsentKey] = frozenset()
+
+
+def _slot_order(item: tuple[ConsentKey, str]) -> tuple[str, str]:
+    return item[0].topic, item[0].channel
+
+
+@dataclass(slots=True)
 class LedgerEntry:
     """What the acknowledge stage needs of one imported contact (a tuple in the batch's ledger)."""
 
@@ -239,6 +263,8 @@ class ImportBatch:
 
     def add(self, key: str, desired: ApsisProfile, row: ImportRow, entry: LedgerEntry) -> bool:
         """Append one contact to the files it needs; False (nothing written) when a file is full."""
+        if not row.resubscribe_slots and not row.optout_slots:  # the usual row: the main file alone
+            return self._add_main(key, desired, row, entry)
         needed: list[tuple[int, tuple[ConsentKey, ...]]] = [(MAIN, row.main_slots)]
         if row.resubscribe_slots:
             needed.append((RESUBSCRIBE, row.resubscribe_slots))
@@ -258,12 +284,29 @@ class ImportBatch:
                 return False
             done.append(index)
         entry.files = tuple(done)
+        self._accepted(entry)
+        return True
+
+    def _add_main(self, key: str, desired: ApsisProfile, row: ImportRow, entry: LedgerEntry) -> bool:
+        """:meth:`add` of a row that goes in the main file only (the same checks, one file)."""
+        writer = self.writers[MAIN]
+        if writer is None:
+            writer = self._writer(MAIN)
+        if self.rows and (writer.rows >= writer.max_rows or
+                          writer.bytes + min(ROW_RESERVE, self.max_bytes // 4) > writer.max_bytes):
+            return False
+        if not writer.add(key, desired.attributes, row.main_slots, row.add_tags, row.remove_tags):
+            return False
+        entry.files = _MAIN_ONLY
+        self._accepted(entry)
+        return True
+
+    def _accepted(self, entry: LedgerEntry) -> None:
         if self.ledger is None:
             self.ledger = Ledger(self.spool_bytes)
         self.ledger.append(entry)
         self.rows += 1
         self.posts += entry.has_post
-        return True
 
     def entries(self) -> Iterator[LedgerEntry]:
         if self.ledger is not None:

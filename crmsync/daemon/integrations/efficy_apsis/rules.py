@@ -274,7 +274,7 @@ def observe_link(previous: LinkObservation | None, present: bool, at: datetime) 
     """``previous`` updated with one read made at ``at``. Reads may be recorded out of order (a full-sync
     page read before a real-time read but stored after it): an older sighting never undoes a newer one."""
     if previous is None:  # a first sighting (every link of a first sync): what the steps below give
-        return LinkObservation(at, None) if present else LinkObservation(None, at)
+        return _first_sighting(present, at)
     prev = previous
     if prev.absent_at is not None and at <= prev.absent_at:
         return prev  # not newer than the last absence: adds nothing
@@ -285,6 +285,19 @@ def observe_link(previous: LinkObservation | None, present: bool, at: datetime) 
     # absent at ``at``: a presence seen only later than that belongs to a link made after ``at``
     later = prev.present_since if prev.present_since is not None and prev.present_since > at else None
     return LinkObservation(later, at)
+
+
+_first_seen: tuple[datetime | None, LinkObservation, LinkObservation] = (None, LinkObservation(), LinkObservation())
+
+
+def _first_sighting(present: bool, at: datetime) -> LinkObservation:
+    """``LinkObservation(at, None)`` (present) or ``LinkObservation(None, at)``, made once per read time: a
+    page's contacts share their read's time object, and the observations are immutable."""
+    global _first_seen
+    seen = _first_seen
+    if seen[0] is not at:
+        seen = _first_seen = (at, LinkObservation(at, None), LinkObservation(None, at))
+    return seen[1] if present else seen[2]
 
 
 def _second(t: datetime) -> datetime:
@@ -301,6 +314,24 @@ def link_not_before(contact: EfficyContact, profile_id: str, created_field: str 
                           contact.fields.get(created_field.upper()) if created_field else None)
               if isinstance(t, datetime)]
     return max(bounds) if bounds else None
+
+
+def link_times(contact: EfficyContact, profile_ids: Iterable[str], created_column: str | None
+               ) -> dict[str, datetime | None]:
+    """:func:`link_not_before` of each of ``profile_ids``, the contact's creation time read once
+    (``created_column``: the creation field, UPPER-CASE): what the plan of every contact asks."""
+    created = contact.fields.get(created_column) if created_column else None
+    if not isinstance(created, datetime):
+        created = None
+    changed_at = contact.profile_changed_at
+    out: dict[str, datetime | None] = {}
+    for pid in profile_ids:
+        changed = changed_at.get(str(pid)) if changed_at else None
+        if not isinstance(changed, datetime):
+            out[pid] = created
+        else:
+            out[pid] = changed if created is None else max(changed, created)
+    return out
 
 
 def link_newer_than_optout(opted_out_at: datetime | None, *, link_changed_at: datetime | None = None,
@@ -393,13 +424,21 @@ def observe_contact(contact: EfficyContact, rules: Sequence[ConsentRule],
                     ) -> tuple[dict[str, LinkObservation], tuple[tuple[str, bool], ...]]:
     """The observations after this read of ``contact`` (for every mapped CRM Profile), and the sightings
     ``(profile_id, present)`` to record. Nothing is seen when the read carried no profiles."""
+    return _observe(contact, sorted({rule.profile_id for rule in rules}), previous, read_at)
+
+
+def _observe(contact: EfficyContact, profile_ids: Sequence[str], previous: Mapping[str, LinkObservation],
+             read_at: datetime | None) -> tuple[dict[str, LinkObservation], tuple[tuple[str, bool], ...]]:
+    """:func:`observe_contact` with the mapped CRM Profile ids given sorted (a spec makes them once)."""
     out = dict(previous)
-    if contact.profile_ids is None or read_at is None:
+    held = contact.profile_ids
+    if held is None or read_at is None:
         return out, ()
     sightings = []
-    for pid in sorted({rule.profile_id for rule in rules}):
-        present = contact.has_profile(pid)
-        out[pid] = observe_link(previous.get(pid), present, read_at)
+    for pid in profile_ids:
+        present = str(pid) in held  # contact.has_profile(pid)
+        before = previous.get(pid)
+        out[pid] = _first_sighting(present, read_at) if before is None else observe_link(before, present, read_at)
         sightings.append((pid, present))
     return out, tuple(sightings)
 
@@ -416,6 +455,8 @@ def optin_candidates(desired: Mapping[ConsentKey, str], current: ApsisProfile | 
 
 def profile_tags(holds: Iterable[str], tag_profiles: Mapping[str, str]) -> frozenset[str]:
     """Tags a contact gets from the CRM Profiles it holds (tag -> profile id)."""
+    if not tag_profiles:
+        return frozenset()
     held = set(holds)
     return frozenset(tag for tag, pid in tag_profiles.items() if pid in held)
 
@@ -453,12 +494,28 @@ def _fingerprint_json(profile: ApsisProfile) -> str:
 _json_text = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (ensure_ascii)
 
 
+# JSON texts of the config's attribute names (``"name":``), consent slots (``["topic","channel","kind"]``) and
+# tags (``"tag"``), each made once: a spec names a handful of each, and every fingerprint writes them
+_name_texts: dict[str, str] = {}
+_slot_texts: dict[tuple[str, str, str], str] = {}
+_tag_texts: dict[str, str] = {}
+
+
+def _remember(texts: dict[Any, str], key: Any, text: str) -> str:
+    if len(texts) > 4096:  # bounded whatever the data
+        texts.clear()
+    texts[key] = text
+    return text
+
+
 def _fingerprint_fast(profile: ApsisProfile) -> str | None:
     """The text of :func:`_fingerprint_json` built without the encoder (a bulk sync makes one per contact),
     or None when some value is of a type whose JSON form is left to ``json.dumps`` (floats, odd types)."""
     attributes = profile.attributes
     parts: list[str] = []
     for name in sorted(attributes):
+        if type(name) is not str:
+            return None
         value = attributes[name]
         if type(value) is str:
             cell = _json_text(value)
@@ -472,21 +529,29 @@ def _fingerprint_fast(profile: ApsisProfile) -> str | None:
             cell = int.__repr__(value)
         else:
             return None
-        if type(name) is not str:
-            return None
-        parts.append(f"{_json_text(name)}:{cell}")
+        head = _name_texts.get(name)
+        if head is None:
+            head = _remember(_name_texts, name, _json_text(name) + ":")
+        parts.append(head + cell)
     consents: list[tuple[str, str, str]] = []
     for ck, kind in profile.consents.items():
         if type(ck.topic) is not str or type(ck.channel) is not str or type(kind) is not str:
             return None
         consents.append((ck.topic, ck.channel, kind))
     consents.sort()  # as the lists [topic, channel, kind] sort
-    tags = sorted(profile.tags)
-    for tag in tags:
+    slots: list[str] = []
+    for slot in consents:
+        text = _slot_texts.get(slot)
+        if text is None:
+            text = _remember(_slot_texts, slot, f"[{_json_text(slot[0])},{_json_text(slot[1])},{_json_text(slot[2])}]")
+        slots.append(text)
+    tags: list[str] = []
+    for tag in sorted(profile.tags):
         if type(tag) is not str:
             return None
-    slots = ",".join(f"[{_json_text(t)},{_json_text(c)},{_json_text(k)}]" for t, c, k in consents)
-    return f'{{"attributes":{{{",".join(parts)}}},"consents":[{slots}],"tags":[{",".join(map(_json_text, tags))}]}}'
+        text = _tag_texts.get(tag)
+        tags.append(text if text is not None else _remember(_tag_texts, tag, _json_text(tag)))
+    return f'{{"attributes":{{{",".join(parts)}}},"consents":[{",".join(slots)}],"tags":[{",".join(tags)}]}}'
 
 
 def profile_from_fingerprint(key: str, text: str) -> ApsisProfile | None:
@@ -500,8 +565,19 @@ def profile_from_fingerprint(key: str, text: str) -> ApsisProfile | None:
         return None
 
 
+_last_version: tuple[datetime | None, str | None] = (None, None)
+
+
 def version_str(version: datetime | None) -> str | None:
-    return version.isoformat() if version is not None else None
+    """The text stored for an Efficy modification time (``isoformat``). A page's rows with the same time
+    share one object (the reader parses each text once a page): its text is made once too."""
+    global _last_version
+    last = _last_version
+    if version is last[0]:
+        return last[1]
+    text = version.isoformat() if version is not None else None
+    _last_version = (version, text)
+    return text
 
 
 def is_stale(contact_version: datetime | None, written_version: str | None) -> bool:
@@ -520,7 +596,7 @@ def with_query_tags(desired: ApsisProfile, current: ApsisProfile | None, query_t
     kept = (current.tags & query_tags) if current is not None else frozenset()
     if kept <= desired.tags:  # nothing to keep (every plan asks): no copy of the profile
         return desired
-    return ApsisProfile(desired.key, desired.attributes, desired.consents, desired.tags | kept)
+    return ApsisProfile.owning(desired.key, desired.attributes, desired.consents, desired.tags | kept)
 
 
 def import_ready(desired: ApsisProfile, current: ApsisProfile | None, address_attributes: Mapping[str, str]
@@ -577,6 +653,17 @@ class SyncSpec:
     def managed_tags(self) -> frozenset[str]:
         return frozenset(self.tag_profiles) | self.query_tags
 
+    # made once per spec, asked by the plan of every contact
+
+    @cached_property
+    def observed_profile_ids(self) -> list[str]:
+        """The mapped CRM Profile ids, sorted: the links every read observes (:func:`observe_contact`)."""
+        return sorted({rule.profile_id for rule in self.consents})
+
+    @cached_property
+    def created_column(self) -> str | None:
+        return self.created_field.upper() if self.created_field else None
+
 
 @dataclass
 class Known:
@@ -621,11 +708,13 @@ def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None 
                       optouts=dict(optouts or {}))
     current, written_version, linked, optouts = known.current, known.written_version, known.linked, known.optouts
     cid = contact.contact_id
-    seen, sightings = observe_contact(contact, spec.consents, known.observations, read_at)
+    seen, sightings = _observe(contact, spec.observed_profile_ids, known.observations, read_at)
     evidence: dict[str, Any] = {"read_at": read_at, "observations": seen, "sightings": sightings,
                                 "merge_refused": known.merge_refused, "own_optouts": dict(known.own_optouts)}
-    # the contact's columns by UPPER-CASE name, made once for the conditions, the mapping and the region
-    upper = {k.upper(): v for k, v in contact.fields.items()}
+    # the contact's columns by UPPER-CASE name, made once for the conditions, the mapping and the region (read
+    # only): the contact's own fields when every name is upper-case already (as a page's reader makes them)
+    fields = contact.fields
+    upper = fields if _upper_case_names(fields) else {k.upper(): v for k, v in fields.items()}
     if len(upper) == len(contact.fields):  # no two columns differ by case only: same as contact_fields
         tested = dict(upper)
         tested["K_CONTACT"] = int(cid) if cid.isdigit() else cid
@@ -636,23 +725,50 @@ def plan_contact(contact: EfficyContact, spec: SyncSpec, *, known: Known | None 
     else:
         reason = failed_condition(contact_fields(contact, spec.email_field), spec.conditions)
     if reason is not None:
-        return Plan("skip", cid, reason=reason, **evidence)
+        return _new_plan("skip", cid, evidence, reason=reason)
     if is_stale(contact.modified_at, written_version):
-        return Plan("skip", cid, reason="stale_read", current=current, **evidence)
+        return _new_plan("skip", cid, evidence, reason="stale_read", current=current)
     holds = contact.profile_ids or ()
-    link_times = {rule.profile_id: link_not_before(contact, rule.profile_id, spec.created_field)
-                  for rule in spec.consents}
-    consents, obsolete = desired_consents(holds, spec.consents, optouts, link_changed_at=link_times,
+    times = link_times(contact, (rule.profile_id for rule in spec.consents), spec.created_column)
+    consents, obsolete = desired_consents(holds, spec.consents, optouts, link_changed_at=times,
                                           observations=seen, read_at=read_at)
     region = _contact_region(upper, spec.country_field, spec.default_region)
     attributes, notes = normalise_attributes(_map_attributes(contact, upper, spec.attributes, spec.email_field),
                                              spec.attribute_types, region, spec.columns)
     consents, gated = gate_consents(consents, attributes, spec.address_attributes)
     evidence["notes"] = tuple(notes + gated)
-    desired = ApsisProfile(key=cid, attributes=attributes, consents=consents,
-                           tags=profile_tags(holds, spec.tag_profiles))
+    desired = ApsisProfile.owning(cid, attributes, consents, profile_tags(holds, spec.tag_profiles))
     desired = with_query_tags(desired, current, spec.query_tags)
     if linked and current is not None and fingerprint(desired) == fingerprint(current) and not obsolete:
-        return Plan("unchanged", cid, desired=desired, current=current, **evidence)
-    return Plan("write", cid, desired=desired, current=current if linked else None,
-                obsolete_optouts=tuple(obsolete), **evidence)
+        return _new_plan("unchanged", cid, evidence, desired=desired, current=current)
+    return _new_plan("write", cid, evidence, desired=desired, current=current if linked else None,
+                     obsolete_optouts=tuple(obsolete))
+
+
+_upper_layouts: dict[tuple[Any, ...], bool] = {}  # column names -> all upper-case already (a page's rows share one)
+
+
+def _upper_case_names(fields: Mapping[str, Any]) -> bool:
+    """Whether every column name of ``fields`` is its own upper case (``{k.upper(): v}`` would be the same
+    mapping), decided once per set of column names."""
+    names = tuple(fields)
+    known = _upper_layouts.get(names)
+    if known is None:
+        if len(_upper_layouts) > 256:  # bounded whatever the data
+            _upper_layouts.clear()
+        known = _upper_layouts[names] = all(name.upper() == name for name in names)
+    return known
+
+
+def _new_plan(action: str, contact_id: str, evidence: dict[str, Any], *, reason: str | None = None,
+              desired: ApsisProfile | None = None, current: ApsisProfile | None = None,
+              obsolete_optouts: tuple[OptOutRecord, ...] = ()) -> Plan:
+    """``Plan(action, contact_id, reason=..., ..., **evidence)`` without the frozen dataclass's per-field
+    ``__init__`` (one plan per contact): every field set, ``notes`` ``()`` unless the evidence gives them."""
+    plan = object.__new__(Plan)
+    plan.__dict__.update(action=action, contact_id=contact_id, reason=reason, desired=desired, current=current,
+                         obsolete_optouts=obsolete_optouts, read_at=evidence["read_at"],
+                         observations=evidence["observations"], sightings=evidence["sightings"],
+                         notes=evidence.get("notes", ()), merge_refused=evidence["merge_refused"],
+                         own_optouts=evidence["own_optouts"])
+    return plan

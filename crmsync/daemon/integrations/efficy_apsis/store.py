@@ -331,8 +331,13 @@ def written_many(integration: str, rows: Sequence[tuple[str, str, str | None]], 
     """:func:`written` for many profiles at once: ``(key, fingerprint text, Efficy version)`` each."""
 
     def tx(c: sqlite3.Connection) -> None:
-        c.executemany("DELETE FROM links WHERE integration = ? AND messaging_id = ? AND crm_id != ?",
-                      [(integration, key, key) for key, _, _ in rows])
+        # another contact linked to one of these profiles loses that link (one statement per chunk of keys:
+        # for each key, messaging_id = key and crm_id != key)
+        keys = [key for key, _, _ in rows]
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start:start + _IN_CHUNK]
+            c.execute(f"DELETE FROM links WHERE integration = ? AND messaging_id IN ({','.join('?' * len(chunk))}) "
+                      "AND crm_id != messaging_id", (integration, *chunk))
         c.executemany(
             "INSERT INTO links (integration, crm_id, messaging_id, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (integration, crm_id) DO UPDATE SET messaging_id = excluded.messaging_id, "
