@@ -77,3 +77,18 @@ async def test_tagged_members_are_added_and_removed_per_tag(tmp_path: Path) -> N
     assert await db.tx(store.count_tagged, "ea", "vip") == 2
     assert await db.tx(store.get_members, "ea", "prospect") == {"1"}
     await db.aclose()
+
+
+async def test_candidates_left_by_a_run_that_stopped_are_dropped_by_the_next(tmp_path: Path) -> None:
+    """A run that stopped midway (crash, error) leaves its candidates; the next run's staging removes them, so
+    the scratch table does not grow run after run."""
+    db = await Database.open(tmp_path / "s.db")
+    first = await db.tx(q.start_run, "ea", "tags", "schedule", "2026-11-30T00:00:00+00:00")
+    await db.tx(store.stage_tag_candidates(first, "ea", "vip", ["1", "2"]))
+    await db.tx(q.finish_run, first, "failed", {}, "boom", "2026-11-30T00:01:00+00:00")
+    second = await db.tx(q.start_run, "ea", "tags", "schedule", "2026-11-30T00:02:00+00:00")
+    await db.tx(store.stage_tag_candidates(second, "ea", "other", ["3"]))
+    assert await db.tx(store.tag_candidates_page, first, "ea", "vip", store.CANDIDATES_START, 10) == []
+    assert await db.tx(store.tag_candidates_page, second, "ea", "other", store.CANDIDATES_START, 10) == [
+        (1, "3", True)]
+    await db.aclose()
