@@ -193,6 +193,32 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS ea_mc_waiting_opt_ins_van ON ea_mc_waiting_opt_ins (integration, van_id);
     CREATE INDEX IF NOT EXISTS ea_mc_waiting_opt_ins_phone ON ea_mc_waiting_opt_ins (integration, phone);
     """,
+    # efficy_apsis tags flow: the contacts crmsync tagged from a query or CRM Profile, one row each (until now
+    # one JSON list per tag in kv ``tag_members:{tag}``, read and written whole: moved here, then dropped);
+    # and each run's candidates (the members just read, then those tagged before), walked in chunks in the
+    # flow's order (id length, id) so a run holds one chunk, not every member
+    """
+    CREATE TABLE IF NOT EXISTS efficy_tagged_members (
+        integration TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        contact_id TEXT NOT NULL,
+        PRIMARY KEY (integration, tag, contact_id)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO efficy_tagged_members (integration, tag, contact_id)
+        SELECT kv.integration, substr(kv.key, 13), CAST(member.value AS TEXT)
+        FROM kv, json_each(kv.value) AS member
+        WHERE substr(kv.key, 1, 12) = 'tag_members:' AND json_valid(kv.value);
+    DELETE FROM kv WHERE substr(key, 1, 12) = 'tag_members:' AND json_valid(value);
+    CREATE TABLE IF NOT EXISTS efficy_tag_candidates (
+        run_id INTEGER NOT NULL,
+        integration TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        id_length INTEGER NOT NULL,
+        contact_id TEXT NOT NULL,
+        member INTEGER NOT NULL,         -- 1: in the query / holds the profile now; 0: only tagged before
+        PRIMARY KEY (run_id, integration, tag, id_length, contact_id)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

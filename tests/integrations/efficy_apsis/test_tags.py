@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 from crmsync.clock import WallClock
+from crmsync.daemon.integrations.efficy_apsis import store, tags
 from tests.integrations.efficy_apsis.harness import NAME, PROSPECT, VIP, world
 
 
@@ -79,3 +83,61 @@ async def test_a_run_mixing_every_outcome_reports_each_candidate_once_in_order(
         assert w.apsis.write_calls - writes == 4
         assert {cid for cid in synced if VIP in w.apsis.tags_of(str(cid))} == {synced[0], synced[1], synced[4],
                                                                                synced[5]}
+
+
+async def test_a_flow_that_crashes_midway_still_remembers_whom_it_tagged(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8 item 1: "a crash mid-flow must not lose the memory of who was tagged". The flow stops after its
+    first chunk was tagged in APSIS; those contacts then leave the query, and the next run must untag them."""
+    monkeypatch.setattr(tags, "CHUNK", 2)
+    async with world(tmp_path, clock, contacts=20) as w:
+        w.efficy.add_query("VIP", [], query_id=99990001)  # nobody has the tag after the full sync
+        await w.supervisor.full_sync(NAME)
+        assert (await w.wait_full_sync())["state"] == "completed"
+        synced = sorted((c["K_CONTACT"] for c in w.efficy.contacts() if w.apsis.profile(str(c["K_CONTACT"]))),
+                        key=lambda k: (len(str(k)), str(k)))
+        first, rest = synced[:2], synced[2:4]
+        w.efficy.add_query("VIP", [*first, *rest], query_id=99990001)
+        load_states = store.load_states
+        tag_chunks = 0
+
+        def crash_on_second_tag_chunk(c: Any, integration: str, ids: Any, rules: Any) -> Any:
+            nonlocal tag_chunks
+            if not rules:  # the tags flow's loads (syncs load with the consent rules)
+                tag_chunks += 1
+                if tag_chunks == 2:
+                    raise sqlite3.OperationalError("disk I/O error")
+            return load_states(c, integration, ids, rules)
+
+        monkeypatch.setattr(store, "load_states", crash_on_second_tag_chunk)
+        result = await w.supervisor.run_flow(NAME, "tags", wait=True)
+        assert result["run"]["status"] == "failed"
+        assert {cid for cid in synced if VIP in w.apsis.tags_of(str(cid))} == set(first)
+        monkeypatch.setattr(store, "load_states", load_states)
+
+        w.efficy.add_query("VIP", rest, query_id=99990001)  # the first chunk's contacts left the query
+        result = await w.supervisor.run_flow(NAME, "tags", wait=True)
+        assert result["run"]["status"] == "success"
+        assert {cid for cid in synced if VIP in w.apsis.tags_of(str(cid))} == set(rest)
+
+
+async def test_members_never_synced_are_reported_skipped_and_not_remembered_as_tagged(
+        autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock) -> None:
+    """The module's contract: only linked profiles are tagged; members never synced are reported skipped
+    ``not_synced`` (each run, as long as they are members), and crmsync does not count them as tagged."""
+    async with world(tmp_path, clock, contacts=24) as w:
+        await w.supervisor.full_sync(NAME)
+        assert (await w.wait_full_sync())["state"] == "completed"
+        ids = [c["K_CONTACT"] for c in w.efficy.contacts()]
+        synced = [cid for cid in ids if w.apsis.profile(str(cid))]
+        never = [cid for cid in ids if not w.apsis.profile(str(cid))]
+        assert synced and never
+        w.efficy.add_query("VIP", [synced[0], never[0]], query_id=99990001)
+        for _ in range(2):
+            result = await w.supervisor.run_flow(NAME, "tags", wait=True)
+            rows = {r["crm_id"]: r for r in await w.rows(result["run"]["id"])}
+            assert rows[str(never[0])]["outcome"] == "skipped"
+            assert rows[str(never[0])]["reason"] == "not_synced"
+            assert await w.db.tx(store.get_members, NAME, VIP) == {str(synced[0])}
+        assert not w.apsis.profile(str(never[0]))

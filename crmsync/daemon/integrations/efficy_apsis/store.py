@@ -10,12 +10,12 @@
 * kv ``own_optout:{contact}:{topic}|{channel}``: when crmsync's own write put an opt-out in force there;
 * kv ``merge_refused:{contact}``: APSIS's 409 on merging the contact's profile with the email-keyspace
   profile of its address (reported, never retried);
-* kv ``tag_members:{tag}``: the contacts crmsync tagged from a query (to untag those who leave it).
+* table ``efficy_tagged_members``: the contacts crmsync tagged from a query or CRM Profile (to untag those
+  who leave it); table ``efficy_tag_candidates``: a tags run's candidates, walked in chunks.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -270,15 +270,70 @@ def drop_optout(integration: str, record: OptOutRecord) -> TxFn:
 
 
 def get_members(c: sqlite3.Connection, integration: str, tag: str) -> set[str]:
-    raw = q.kv_get(c, integration, f"tag_members:{tag}")
-    return set(json.loads(raw)) if raw else set()
+    """The contacts crmsync tagged with ``tag`` (every one: for inspection and tests; the flow walks
+    :func:`tag_candidates_page` instead)."""
+    return {r[0] for r in c.execute("SELECT contact_id FROM efficy_tagged_members WHERE integration = ? AND tag = ?",
+                                    (integration, tag))}
 
 
-def set_members(integration: str, tag: str, members: Iterable[str]) -> TxFn:
-    value = json.dumps(sorted(members))
+def count_tagged(c: sqlite3.Connection, integration: str, tag: str) -> int:
+    return int(c.execute("SELECT count(*) FROM efficy_tagged_members WHERE integration = ? AND tag = ?",
+                         (integration, tag)).fetchone()[0])
+
+
+def record_tagged(integration: str, tag: str, tagged: Sequence[str], untagged: Sequence[str]) -> TxFn:
+    """Contacts whose ``tag`` APSIS now holds (acknowledged or already there) and those it no longer holds
+    or that were never synced: written with the report rows of the chunk that decided them."""
 
     def tx(c: sqlite3.Connection) -> None:
-        q.kv_set(c, integration, f"tag_members:{tag}", value)
+        c.executemany("INSERT OR IGNORE INTO efficy_tagged_members (integration, tag, contact_id) VALUES (?, ?, ?)",
+                      [(integration, tag, cid) for cid in tagged])
+        c.executemany("DELETE FROM efficy_tagged_members WHERE integration = ? AND tag = ? AND contact_id = ?",
+                      [(integration, tag, cid) for cid in untagged])
+
+    return tx
+
+
+def stage_tag_candidates(run_id: int, integration: str, tag: str, members: Iterable[str]) -> TxFn:
+    """A run's candidates for ``tag``: the ``members`` just read (consumed row by row, repeats allowed), then
+    the contacts tagged before that are not members any more. Rows left by runs that are not running (a
+    crash) go first. The transaction answers the number of distinct members."""
+
+    def tx(c: sqlite3.Connection) -> int:
+        c.execute("DELETE FROM efficy_tag_candidates WHERE integration = ? AND (run_id = ? AND tag = ? OR "
+                  "run_id NOT IN (SELECT id FROM runs WHERE status = 'running'))", (integration, run_id, tag))
+        # the length is Python's (code points), the sort key the flow always used: (len(id), id)
+        inserted = c.executemany(
+            "INSERT OR IGNORE INTO efficy_tag_candidates (run_id, integration, tag, id_length, contact_id, member) "
+            "VALUES (?, ?, ?, ?, ?, 1)", ((run_id, integration, tag, len(cid), cid) for cid in members))
+        count = inserted.rowcount
+        c.execute("INSERT OR IGNORE INTO efficy_tag_candidates "
+                  "(run_id, integration, tag, id_length, contact_id, member) "
+                  "SELECT ?, integration, tag, length(contact_id), contact_id, 0 FROM efficy_tagged_members "
+                  "WHERE integration = ? AND tag = ?", (run_id, integration, tag))
+        return count
+
+    return tx
+
+
+#: where a walk of the candidates starts: before every (id length, id)
+CANDIDATES_START: tuple[int, str] = (-1, "")
+
+
+def tag_candidates_page(c: sqlite3.Connection, run_id: int, integration: str, tag: str, after: tuple[int, str],
+                        limit: int) -> list[tuple[int, str, bool]]:
+    """The next ``limit`` candidates after ``after`` in (id length, id) order: (id length, contact id, is a
+    member); the last one's (id length, id) is where the next page starts."""
+    rows = c.execute("SELECT id_length, contact_id, member FROM efficy_tag_candidates "
+                     "WHERE run_id = ? AND integration = ? AND tag = ? AND (id_length, contact_id) > (?, ?) "
+                     "ORDER BY id_length, contact_id LIMIT ?", (run_id, integration, tag, *after, limit))
+    return [(int(n), str(cid), bool(member)) for n, cid, member in rows]
+
+
+def drop_tag_candidates(run_id: int, integration: str, tag: str) -> TxFn:
+    def tx(c: sqlite3.Connection) -> None:
+        c.execute("DELETE FROM efficy_tag_candidates WHERE run_id = ? AND integration = ? AND tag = ?",
+                  (run_id, integration, tag))
 
     return tx
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from itertools import chain
 
 import structlog
 
@@ -33,44 +32,48 @@ CHUNK = 500
 
 async def run_tags(run: RunContext, *, efficy: EfficyClient, apsis: ApsisClient, queries: dict[str, int],
                    integration: str, concurrency: int, profiles: dict[str, int] | None = None) -> None:
-    # a query's members come packed (ContactIds, repeats possible): the set below is their only copy as strings
     sources: list[tuple[str, Callable[[], Awaitable[Iterable[str]]]]] = [
         *((tag, partial(efficy.query_members, qid)) for tag, qid in sorted(queries.items())),
         *((tag, partial(efficy.profile_members, pid)) for tag, pid in sorted((profiles or {}).items())),
     ]
     for tag, list_members in sources:
-        members = set(await list_members())
-        previous = await run.db.tx(store.get_members, integration, tag)
-        # no union set, no copy of the previous members: at 100,000 members each was megabytes at the peak
-        candidates = sorted(chain(members, (cid for cid in previous if cid not in members)),
-                            key=lambda k: (len(k), k))
-        run.fetched(len(members))
-        tagged = previous  # updated in place from here on
-        for start in range(0, len(candidates), CHUNK):
-            chunk = candidates[start:start + CHUNK]
+        # the members (packed, repeats possible) go straight into the store with the contacts tagged before:
+        # the flow then holds one chunk of candidates at a time, never a set of every member
+        members = await run.db.tx(store.stage_tag_candidates(run.run_id, integration, tag, await list_members()))
+        run.fetched(members)
+        after = store.CANDIDATES_START
+        while page := await run.db.tx(store.tag_candidates_page, run.run_id, integration, tag, after, CHUNK):
+            after = page[-1][:2]
+            member_of = {cid: member for _, cid, member in page}
+            chunk = list(member_of)
             states = await run.db.tx(store.load_states, integration, chunk, ())
 
             async def one(cid: str, states: dict[str, store.ContactState] = states, tag: str = tag,
-                          members: set[str] = members) -> Written:
-                return await _retag(cid, states[cid], tag, cid in members, apsis, integration, run.now_iso())
+                          member_of: dict[str, bool] = member_of) -> Written:
+                return await _retag(cid, states[cid], tag, member_of[cid], apsis, integration, run.now_iso())
 
             # most candidates need no call (a bulk full sync carried their tag in its import): those are
             # decided here, and only the others become tasks
-            decided = [_settled(cid, states[cid], tag, cid in members) for cid in chunk]
+            decided = [_settled(cid, states[cid], tag, member_of[cid]) for cid in chunk]
             calls = iter(await bounded_map(one, [cid for cid, w in zip(chunk, decided, strict=True) if w is None],
                                            concurrency))
             results = [w if w is not None else next(calls) for w in decided]
             tx: list[store.TxFn] = []
+            tagged: list[str] = []
+            untagged: list[str] = []
             for w in results:
                 w.report(run)
                 tx.extend(w.tx)
                 if w.outcome in ("updated", "unchanged"):
-                    (tagged.add if w.contact_id in members else tagged.discard)(w.contact_id)
+                    (tagged if member_of[w.contact_id] else untagged).append(w.contact_id)
                 elif w.outcome == "skipped":
-                    tagged.discard(w.contact_id)
-            await run.flush(*tx)
-        await run.flush(store.set_members(integration, tag, tagged))
-        log.info("tag_synced", tag=tag, members=len(members), tagged=len(tagged))
+                    untagged.append(w.contact_id)
+            # who holds the tag is recorded with the chunk's writes, once APSIS acknowledged them: a crash
+            # later in the run keeps it
+            await run.flush(*tx, store.record_tagged(integration, tag, tagged, untagged))
+        await run.db.tx(store.drop_tag_candidates(run.run_id, integration, tag))
+        log.info("tag_synced", tag=tag, members=members,
+                 tagged=await run.db.tx(store.count_tagged, integration, tag))
 
 
 def _settled(cid: str, state: store.ContactState, tag: str, member: bool) -> Written | None:
