@@ -18,7 +18,8 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -239,6 +240,19 @@ class ApiClient:
                 )
                 await trio.sleep(delay)
 
+    @contextmanager
+    def transport_errors(self, sent: float) -> Iterator[None]:
+        """httpx's timeouts and connection failures, while sending or reading, as retriable errors (counted as
+        errored requests, ``sent``: ``time.monotonic()`` when the request went)."""
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            self.observer.api_request(self.system, "error", time.monotonic() - sent)
+            raise RetriableApiError(self.system, f"timeout: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            self.observer.api_request(self.system, "error", time.monotonic() - sent)
+            raise RetriableApiError(self.system, f"connection failed: {type(exc).__name__}") from exc
+
     async def _send_once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         if self._rate is not None:
             waited = await self._rate.acquire()
@@ -250,15 +264,9 @@ class ApiClient:
             await self.prepare_request(request)
             sent = time.monotonic()  # real latency, even under a test's MockClock
             learn_headers(request.headers.items())  # what we send is what an echoing error page would show
-            try:
+            with self.transport_errors(sent):
                 response = await self.http.send(request)
                 await response.aread()
-            except httpx.TimeoutException as exc:
-                self.observer.api_request(self.system, "error", time.monotonic() - sent)
-                raise RetriableApiError(self.system, f"timeout: {type(exc).__name__}") from exc
-            except httpx.TransportError as exc:
-                self.observer.api_request(self.system, "error", time.monotonic() - sent)
-                raise RetriableApiError(self.system, f"connection failed: {type(exc).__name__}") from exc
         self.observer.api_request(self.system, status_class(response.status_code), time.monotonic() - sent)
         self.check_response(response)
         return response

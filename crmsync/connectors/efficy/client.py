@@ -345,32 +345,28 @@ class EfficyClient(ApiClient):
             await self.prepare_request(request)
             sent = time.monotonic()
             learn_headers(request.headers.items())
-            try:
-                response = await self.http.send(request, stream=True)
+            with self.transport_errors(sent):
                 try:
-                    if response.status_code >= 300:
-                        await response.aread()  # an error page: check_response reads it as usual
-                    else:
-                        self._remember_session(response)
-                        reader = AnswerStream(self.schema.contact_id_field, max_depth=MAX_ANSWER_DEPTH)
-                        try:
-                            async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as chunks:
-                                async for chunk in chunks:
-                                    reader.feed(chunk)
-                            frame = reader.close()
-                        except ValueError as exc:
-                            malformed = exc
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await response.aclose()
-            except httpx.TimeoutException as exc:
-                self.observer.api_request(self.system, "error", time.monotonic() - sent)
-                raise RetriableApiError(self.system, f"timeout: {type(exc).__name__}") from exc
-            except httpx.TransportError as exc:
-                self.observer.api_request(self.system, "error", time.monotonic() - sent)
-                raise RetriableApiError(self.system, f"connection failed: {type(exc).__name__}") from exc
-            except httpx.DecodingError as exc:  # a Content-Encoding that does not inflate
-                malformed = ValueError(type(exc).__name__)
+                    response = await self.http.send(request, stream=True)
+                    try:
+                        if response.status_code >= 300:
+                            await response.aread()  # an error page: check_response reads it as usual
+                        else:
+                            self._remember_session(response)
+                            reader = AnswerStream(self.schema.contact_id_field, max_depth=MAX_ANSWER_DEPTH)
+                            stream = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+                            try:
+                                async with aclosing(stream) as chunks:
+                                    async for chunk in chunks:
+                                        reader.feed(chunk)
+                                frame = reader.close()
+                            except ValueError as exc:
+                                malformed = exc
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await response.aclose()
+                except httpx.DecodingError as exc:  # a Content-Encoding that does not inflate
+                    malformed = ValueError(type(exc).__name__)
         self.observer.api_request(self.system, status_class(response.status_code), time.monotonic() - sent)
         if response.status_code >= 300:
             self.check_response(response)  # raises: 401 first, then by status, as for every call

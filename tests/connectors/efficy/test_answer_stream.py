@@ -267,25 +267,3 @@ def test_depth_is_bounded_as_the_whole_parse_bounds_it_wherever_the_chunks_fall(
             streamed(split(body, cuts))
         return
     assert streamed(split(body, cuts)) == expected
-
-
-def _normalise_key_by_float(value: Any) -> str | None:
-    """normalise_key as it was before its fast path for canonical digit strings: the reference."""
-    if value is None or value == "" or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else str(value)
-    text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text or None
-    return str(int(number)) if number.is_integer() and "_" not in text else text
-
-
-@settings(max_examples=500, deadline=None)
-@given(st.one_of(st.from_regex(r"\A[0-9]{1,20}\Z"), st.text(max_size=20), key_values))
-def test_normalise_key_fast_path_gives_what_the_float_round_trip_gives(value: Any) -> None:
-    assert envelope.normalise_key(value) == _normalise_key_by_float(value)

@@ -215,7 +215,8 @@ def _normalise_key_definition(value: object) -> str | None:
 _key_values = (st.integers() | st.text(alphabet=st.sampled_from([*"0123456789", " ", "_", "-", "+", ".", "e",
                                                                   "\u0662", "\u00b2", "x"]), max_size=20)
                | st.integers(min_value=0).map(str) | st.integers(min_value=0).map(lambda i: "0" + str(i))
-               | st.floats(allow_nan=False, allow_infinity=False) | st.booleans() | st.none())
+               | st.floats(allow_nan=False, allow_infinity=False) | st.booleans() | st.none()
+               | st.from_regex(r"\A[0-9]{1,20}\Z") | st.text(max_size=20))
 
 
 @settings(max_examples=1000, deadline=None)

@@ -56,16 +56,21 @@ async def test_profile_tags_are_reconciled_even_when_a_webhook_was_missed(
         assert all(PROSPECT in w.apsis.tags_of(str(cid)) for cid in holders[1:])
 
 
+async def _fully_synced(w: Any) -> tuple[list[int], list[int]]:
+    """A full sync, then the contacts it put in APSIS and those it did not (failing the sync conditions)."""
+    await w.supervisor.full_sync(NAME)
+    assert (await w.wait_full_sync())["state"] == "completed"
+    ids = [c["K_CONTACT"] for c in w.efficy.contacts()]
+    return ([cid for cid in ids if w.apsis.profile(str(cid))],
+            [cid for cid in ids if not w.apsis.profile(str(cid))])
+
+
 async def test_a_run_mixing_every_outcome_reports_each_candidate_once_in_order(
         autojump_clock: trio.testing.MockClock, tmp_path: Path, clock: WallClock) -> None:
     """Candidates needing no APSIS call (never synced, tag already right) are decided without a task, the
     others patched: every candidate still gets its one report row, in the flow's candidate order."""
     async with world(tmp_path, clock, contacts=24) as w:
-        await w.supervisor.full_sync(NAME)
-        assert (await w.wait_full_sync())["state"] == "completed"
-        ids = [c["K_CONTACT"] for c in w.efficy.contacts()]
-        synced = [cid for cid in ids if w.apsis.profile(str(cid))]
-        never = [cid for cid in ids if not w.apsis.profile(str(cid))]
+        synced, never = await _fully_synced(w)
         assert len(synced) >= 6 and never
         w.efficy.add_query("VIP", synced[:4], query_id=99990001)
         await w.supervisor.run_flow(NAME, "tags", wait=True)  # synced[:4] tagged
@@ -73,7 +78,7 @@ async def test_a_run_mixing_every_outcome_reports_each_candidate_once_in_order(
         w.efficy.add_query("VIP", members, query_id=99990001)
         writes = w.apsis.write_calls
         result = await w.supervisor.run_flow(NAME, "tags", wait=True)
-        rows = [r for r in await w.rows(result["run"]["id"]) if r["crm_id"] in {str(c) for c in ids}]
+        rows = [r for r in await w.rows(result["run"]["id"]) if r["crm_id"] in {str(c) for c in synced + never}]
         expected = {str(synced[0]): "unchanged", str(synced[1]): "unchanged", str(synced[4]): "updated",
                     str(synced[5]): "updated", str(synced[2]): "updated", str(synced[3]): "updated",
                     str(never[0]): "skipped"}
@@ -127,11 +132,7 @@ async def test_members_never_synced_are_reported_skipped_and_not_remembered_as_t
     """The module's contract: only linked profiles are tagged; members never synced are reported skipped
     ``not_synced`` (each run, as long as they are members), and crmsync does not count them as tagged."""
     async with world(tmp_path, clock, contacts=24) as w:
-        await w.supervisor.full_sync(NAME)
-        assert (await w.wait_full_sync())["state"] == "completed"
-        ids = [c["K_CONTACT"] for c in w.efficy.contacts()]
-        synced = [cid for cid in ids if w.apsis.profile(str(cid))]
-        never = [cid for cid in ids if not w.apsis.profile(str(cid))]
+        synced, never = await _fully_synced(w)
         assert synced and never
         w.efficy.add_query("VIP", [synced[0], never[0]], query_id=99990001)
         for _ in range(2):
