@@ -244,6 +244,10 @@ class EfficyClient(ApiClient):
         self._remember_session(response)
         body = json_body(self.system, response)
         response.extensions[_PARSED] = body  # call() reads the results from it: a page is parsed once
+        self._check_answer(body, response)
+
+    def _check_answer(self, body: Any, response: httpx.Response) -> None:
+        """Efficy's errors come in a 200 answer: raise the one it names, or refuse an answer of the wrong shape."""
         error = find_error(body)
         if error is not None:
             raise self._map_error(error, response)
@@ -373,12 +377,7 @@ class EfficyClient(ApiClient):
         if malformed is not None:
             raise MalformedResponseError(self.system, f"malformed JSON in HTTP {response.status_code} response",
                                          status=response.status_code) from malformed
-        error = find_error(frame)
-        if error is not None:
-            raise self._map_error(error, response)
-        if not isinstance(frame, list):
-            raise MalformedResponseError(self.system, "Efficy response is not a JSON array",
-                                         status=response.status_code)
+        self._check_answer(frame, response)
         results = envelope.function_results(frame, context_id)
         ids = first_ids(results[0]) if results else None
         log.debug("efficy_ids_read", rows=reader.rows, ids=len(ids) if ids is not None else 0)
